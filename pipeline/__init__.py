@@ -1,0 +1,1 @@
+"""The Faust app, topic declarations, codecs and Herald's pure domain logic."""

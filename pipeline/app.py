@@ -1,0 +1,91 @@
+"""Herald's Faust app: the app with its settings, then every topic it owns.
+
+Read top to bottom like a table of contents. Agents live in ``agents/`` (one per
+file) and attach themselves to this app; tables live in ``tables/``.
+
+Values travel as raw bytes and are decoded by ``pipeline.codecs`` inside each
+agent, so that a record that fails validation becomes a dead letter with its
+reason instead of crashing the stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from config import get_settings
+
+settings = get_settings()
+
+app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{b.strip()}" for b in settings.kafka_brokers.split(",")],
+    store="memory://",
+    autodiscover=["agents"],
+    origin="pipeline",
+    topic_partitions=settings.topic_partitions,
+    topic_replication_factor=1,
+    topic_allow_declare=False,  # scripts/stack.py declares topics explicitly, see TOPICS
+    topic_disable_leader=True,
+    web_enabled=False,
+    consumer_auto_offset_reset="earliest",
+    stream_wait_empty=False,
+    broker_commit_every=5000,
+    broker_commit_interval=1.0,
+    producer_linger_ms=5,
+    producer_max_batch_size=1_048_576,
+    producer_max_request_size=4_194_304,
+    key_serializer="raw",
+    value_serializer="raw",
+)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic Herald owns: its name, partitions and Kafka configuration."""
+
+    name: str
+    partitions: int
+    compacted: bool = False
+    retention_ms: int | None = None
+
+    @property
+    def config(self) -> dict[str, str]:
+        config = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        if self.retention_ms is not None:
+            config["retention.ms"] = str(self.retention_ms)
+        return config
+
+
+_P = settings.topic_partitions
+_WEEK_MS = 7 * 24 * 3600 * 1000
+
+# Latest state per key (compacted) or a log of facts (deleted after retention).
+USER_PROFILES = TopicSpec("user-profiles", _P, compacted=True)
+USER_EVENTS = TopicSpec("user-events", _P, retention_ms=_WEEK_MS)
+PREFERENCE_UPDATES = TopicSpec("preference-updates", _P, compacted=True)
+CAMPAIGN_LAUNCHES = TopicSpec("campaign-launches", _P)
+CAMPAIGN_CONTROL = TopicSpec("campaign-control", _P)
+DEAD_LETTERS = TopicSpec("dead-letters", _P, retention_ms=4 * _WEEK_MS)
+
+TOPICS: tuple[TopicSpec, ...] = (
+    USER_PROFILES,
+    USER_EVENTS,
+    PREFERENCE_UPDATES,
+    CAMPAIGN_LAUNCHES,
+    CAMPAIGN_CONTROL,
+    DEAD_LETTERS,
+)
+
+user_profiles_topic = app.topic(USER_PROFILES.name, partitions=USER_PROFILES.partitions)
+user_events_topic = app.topic(USER_EVENTS.name, partitions=USER_EVENTS.partitions)
+dead_letters_topic = app.topic(DEAD_LETTERS.name, partitions=DEAD_LETTERS.partitions)
+
+
+def main() -> None:
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pydantic models for records and the API, Postgres migrations, Cassandra CQL."""
