@@ -22,6 +22,7 @@ app = faust.App(
     settings.app_id,
     broker=[f"kafka://{b.strip()}" for b in settings.kafka_brokers.split(",")],
     store="memory://",
+    datadir=str(settings.local_dir / "faust"),
     autodiscover=["agents"],
     origin="pipeline",
     topic_partitions=settings.topic_partitions,
@@ -81,11 +82,3 @@ TOPICS: tuple[TopicSpec, ...] = (
 user_profiles_topic = app.topic(USER_PROFILES.name, partitions=USER_PROFILES.partitions)
 user_events_topic = app.topic(USER_EVENTS.name, partitions=USER_EVENTS.partitions)
 dead_letters_topic = app.topic(DEAD_LETTERS.name, partitions=DEAD_LETTERS.partitions)
-
-
-def main() -> None:
-    app.main()
-
-
-if __name__ == "__main__":
-    main()

@@ -58,11 +58,10 @@ def cql_statements(keyspace: str) -> list[str]:
 
 def migrate_cassandra(settings: Settings) -> int:
     """Create the keyspace and tables; return how many statements ran."""
-    from cassandra.cluster import Cluster
+    from pipeline.stores.cassandra import connect
 
-    cluster = Cluster(settings.cassandra_host_list, port=settings.cassandra_port)
+    cluster, session = connect(settings)
     try:
-        session = cluster.connect()
         statements = cql_statements(settings.cassandra_keyspace)
         for statement in statements:
             session.execute(statement, timeout=60)

@@ -1,0 +1,1 @@
+"""Faust agents, one per file, discovered by pipeline.app (``autodiscover=["agents"]``)."""

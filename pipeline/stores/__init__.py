@@ -1,0 +1,1 @@
+"""Herald's stores behind small interfaces: one module per store."""
