@@ -6,7 +6,7 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
@@ -19,7 +19,10 @@ def cluster(settings: Settings) -> Cluster:
         settings.cassandra_host_list,
         port=settings.cassandra_port,
         protocol_version=5,
-        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc="datacenter1")),
+        execution_profiles={EXEC_PROFILE_DEFAULT: ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc="datacenter1")),
+            request_timeout=30.0,
+        )},
     )
 
 
@@ -30,7 +33,8 @@ def connect(settings: Settings) -> tuple[Cluster, Session]:
 
 
 def run_async(session: Session, statement: Any, params: Any = None) -> asyncio.Future:
-    """Run a statement on the driver's own threads; resolve an asyncio future with the rows."""
+    """Run a statement on the driver's own threads; resolve an asyncio future with its rows
+    (the first page, which is all the small reads and the writes here need)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future = loop.create_future()
 
