@@ -23,7 +23,7 @@ app = faust.App(
     broker=[f"kafka://{b.strip()}" for b in settings.kafka_brokers.split(",")],
     store="memory://",
     datadir=str(settings.local_dir / "faust"),
-    autodiscover=["agents"],
+    autodiscover=["agents", "tables"],
     origin="pipeline",
     topic_partitions=settings.topic_partitions,
     topic_replication_factor=1,
@@ -52,6 +52,11 @@ class TopicSpec:
     retention_ms: int | None = None
 
     @property
+    def table_name(self) -> str:
+        """For a table's changelog topic ``<app_id>-<table>-changelog``: the table's name."""
+        return self.name.removeprefix(f"{settings.app_id}-").removesuffix("-changelog")
+
+    @property
     def config(self) -> dict[str, str]:
         config = {"cleanup.policy": "compact" if self.compacted else "delete"}
         if self.retention_ms is not None:
@@ -70,6 +75,9 @@ CAMPAIGN_LAUNCHES = TopicSpec("campaign-launches", _P)
 CAMPAIGN_CONTROL = TopicSpec("campaign-control", _P)
 DEAD_LETTERS = TopicSpec("dead-letters", _P, retention_ms=4 * _WEEK_MS)
 
+# Changelogs of Faust tables, named as Faust names them, declared here like the rest.
+DEAD_LETTER_COUNTS = TopicSpec(f"{settings.app_id}-dead_letter_counts-changelog", _P, compacted=True)
+
 TOPICS: tuple[TopicSpec, ...] = (
     USER_PROFILES,
     USER_EVENTS,
@@ -77,6 +85,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     CAMPAIGN_LAUNCHES,
     CAMPAIGN_CONTROL,
     DEAD_LETTERS,
+    DEAD_LETTER_COUNTS,
 )
 
 user_profiles_topic = app.topic(USER_PROFILES.name, partitions=USER_PROFILES.partitions)

@@ -38,6 +38,10 @@ def explain(error: ValidationError) -> str:
     """One line that names each failing field and why: ``email: not an email address``."""
     parts = []
     for item in error.errors(include_url=False):
+        if item["type"] == "json_invalid":
+            return f"not JSON: {item['ctx'].get('error', item['msg'])}"
+        if item["type"] == "model_type" or (item["type"] == "model_attributes_type" and not item["loc"]):
+            return "expected a JSON object"
         field = ".".join(str(p) for p in item["loc"]) or "record"
         parts.append(f"{field}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
@@ -64,15 +68,8 @@ def decode_batch(raws: list[RawRecord], model: type[M], stage: str) -> Decoded[M
             dead.append(dead_letter(raw, stage, "empty value"))
             continue
         try:
-            payload = orjson.loads(raw.value)
-        except orjson.JSONDecodeError as exc:
-            dead.append(dead_letter(raw, stage, f"not JSON: {exc}"))
-            continue
-        if not isinstance(payload, dict):
-            dead.append(dead_letter(raw, stage, f"expected a JSON object, got {type(payload).__name__}"))
-            continue
-        try:
-            records.append(model.model_validate(payload))
+            # Straight from bytes: pydantic-core parses and validates in one pass.
+            records.append(model.model_validate_json(raw.value))
         except ValidationError as exc:
             dead.append(dead_letter(raw, stage, explain(exc)))
         else:

@@ -25,7 +25,7 @@ def test_valid_profiles_decode_in_order_with_their_sources():
     [
         (b"", "empty value"),
         (b"{oops", "not JSON"),
-        (b"[1, 2]", "expected a JSON object, got list"),
+        (b"[1, 2]", "expected a JSON object"),
         (b'{"user_id": -5}', "user_id: Input should be greater than 0"),
         (b'{"user_id": 5, "phone": "12345"}', "phone: not an E.164 phone number"),
         (b'{"user_id": 5, "timezone": "Mars/Base"}', "timezone: not an IANA time zone"),

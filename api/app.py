@@ -1,0 +1,54 @@
+"""Herald's HTTP API, assembled in one place.
+
+    uvicorn api.app:create_app --factory
+
+Each module under ``api/`` exports a ``routes`` list; ``create_app`` mounts
+them, installs the one error shape and the metrics middleware, and opens the
+server clients in the lifespan. Handlers find what they need on
+``request.app.state``:
+
+    settings    the Settings this app was built with
+    postgres    asyncpg pool            redis      redis.asyncio client
+    cassandra   cassandra-driver Session (await CQL with ``pipeline.stores.cassandra.run_async``)
+    kafka       started AIOKafkaProducer
+    key_cache   verified API keys (``api.auth``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from api import health, keys, metrics, openapi
+from api.auth import KeyCache
+from api.clients import open_clients
+from api.errors import exception_handlers
+from config import Settings, get_settings
+
+MODULES = (health, metrics, openapi, keys)
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async with open_clients(app.state.settings) as clients:
+        app.state.postgres = clients.postgres
+        app.state.redis = clients.redis
+        app.state.cassandra = clients.cassandra
+        app.state.kafka = clients.kafka
+        yield
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+    app = Starlette(
+        routes=[route for module in MODULES for route in module.routes],
+        middleware=[Middleware(metrics.MetricsMiddleware)],
+        exception_handlers=exception_handlers,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.key_cache = KeyCache(settings.api_key_cache_s)
+    return app

@@ -1,0 +1,42 @@
+"""The audit trail: who changed what, with the entity before and after.
+
+Every mutation calls ``record`` on the connection of its own transaction, so
+the change and its audit row commit together or not at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+
+from api.auth import Caller
+
+
+def _jsonb(value: dict[str, Any] | None) -> str | None:
+    # orjson writes datetimes as ISO 8601, which is what a reader of the trail wants.
+    return None if value is None else orjson.dumps(value).decode()
+
+
+async def record(
+    conn: asyncpg.Connection,
+    actor: Caller | None,
+    action: str,
+    entity_type: str,
+    entity_id: object,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> None:
+    """Append one audit row; ``actor`` None means Herald itself (the admin key bootstrap, say)."""
+    await conn.execute(
+        "INSERT INTO audit_log (actor_key_id, actor, action, entity_type, entity_id, before, after)"
+        " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)",
+        actor.key_id if actor else None,
+        actor.name if actor else "herald",
+        action,
+        entity_type,
+        None if entity_id is None else str(entity_id),
+        _jsonb(before),
+        _jsonb(after),
+    )

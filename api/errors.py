@@ -1,0 +1,162 @@
+"""One error shape for every 4xx and 5xx the API returns.
+
+    {"error": {"status": 422, "code": "validation_error", "message": "...",
+               "fields": [{"field": "role", "reason": "..."}]}}
+
+Clients (the dashboard, scripts, upstream systems) handle failures with one
+parser instead of one per endpoint, and "fields" points a form at the input to
+fix. Handlers raise ``ApiError``; Starlette's own 404 and 405, malformed JSON,
+pydantic validation and unexpected exceptions are translated here, so no other
+module builds an error response by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import orjson
+import structlog
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Match, Route
+
+log = structlog.get_logger("herald.api")
+
+Model = TypeVar("Model", bound=BaseModel)
+
+# Codes for statuses that Starlette raises itself; handlers pick their own.
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class FieldProblem(BaseModel):
+    field: str
+    reason: str
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    code: str
+    message: str
+    fields: list[FieldProblem] | None = None
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response (documented in the OpenAPI schema)."""
+
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    """Raised by handlers to answer with the shared error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        fields: list[FieldProblem] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields
+        self.headers = headers
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    detail = ErrorDetail(status=error.status, code=error.code, message=error.message, fields=error.fields)
+    return JSONResponse(
+        {"error": detail.model_dump(exclude_none=True)},
+        status_code=error.status,
+        headers=error.headers,
+    )
+
+
+def field_problems(exc: ValidationError) -> list[FieldProblem]:
+    """Pydantic's errors as dotted paths ("content.email.subject", "variants.0.weight")."""
+    return [
+        FieldProblem(field=".".join(str(part) for part in problem["loc"]) or "(body)", reason=problem["msg"])
+        for problem in exc.errors(include_url=False)
+    ]
+
+
+def invalid(exc: ValidationError) -> ApiError:
+    problems = field_problems(exc)
+    names = ", ".join(dict.fromkeys(p.field for p in problems))
+    return ApiError(422, "validation_error", f"invalid value for {names}", fields=problems)
+
+
+async def parse_body(request: Request, model: type[Model]) -> Model:
+    """The request's JSON body as ``model``: 400 if it is not JSON, 422 if it does not fit."""
+    raw = await request.body()
+    try:
+        data: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Methods of every route on this path: Starlette's 405 names only the first route's."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
+
+
+async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    status, message, headers = exc.status_code, exc.detail, exc.headers
+    if status == 404 and "route" not in request.scope:
+        message = f"no such route: {request.method} {request.url.path}"
+    elif status == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        message = f"{request.method} is not allowed on {request.url.path}; allowed: {headers['Allow']}"
+    code = _CODES.get(status) or re.sub(r"[^a-z0-9]+", "_", HTTPStatus(status).phrase.lower())
+    return error_response(ApiError(status, code, message, headers=headers))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ValidationError)
+    return error_response(invalid(exc))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # The traceback goes to the log, never to the client: it can name tables, hosts and keys.
+    log.error("unhandled exception", method=request.method, path=request.url.path, exc_info=exc)
+    return error_response(ApiError(500, "internal_error", "internal server error; the details are in the server log"))
+
+
+exception_handlers = {
+    ApiError: _api_error,
+    HTTPException: _http_exception,
+    ValidationError: _validation_error,
+    Exception: _unexpected,
+}

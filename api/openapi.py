@@ -1,0 +1,143 @@
+"""``GET /api/v1/openapi.json``: the API described from its own routes.
+
+Each endpoint states its summary, body model and response models with
+``@operation``; the rest is derived, so the document cannot drift from the
+code: paths and path parameters from the ``Route``, the description from the
+docstring's first paragraph, bearer security and the 401/403 answers from
+``require_role``, and the component schemas from the pydantic models.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.convertors import FloatConvertor, IntegerConvertor
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from api.errors import ErrorBody
+
+F = TypeVar("F", bound=Callable[..., Any])
+_CONVERTER = re.compile(r":\w+}")
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    body: type[BaseModel] | None = None
+    # status -> a response model, or a media type for non-JSON answers (/metrics)
+    responses: dict[int, type[BaseModel] | str] = field(default_factory=dict)
+
+
+def operation(
+    summary: str,
+    *,
+    body: type[BaseModel] | None = None,
+    responses: dict[int, type[BaseModel] | str] | None = None,
+) -> Callable[[F], F]:
+    """Describe an endpoint for the OpenAPI document (put it under ``require_role``)."""
+
+    def attach(endpoint: F) -> F:
+        endpoint.openapi = Operation(summary, body, responses or {})  # type: ignore[attr-defined]
+        return endpoint
+
+    return attach
+
+
+def _param_schema(convertor: object) -> dict[str, str]:
+    if isinstance(convertor, IntegerConvertor):
+        return {"type": "integer"}
+    return {"type": "number"} if isinstance(convertor, FloatConvertor) else {"type": "string"}
+
+
+def _description(endpoint: Callable[..., Any]) -> str:
+    return inspect.cleandoc(endpoint.__doc__ or "").split("\n\n")[0]
+
+
+def build_document(routes: list[BaseRoute]) -> dict[str, Any]:
+    """An OpenAPI 3.1 document for every ``Route`` in ``routes``."""
+    found = [r for r in routes if isinstance(r, Route) and r.include_in_schema]
+    docs = {id(r): getattr(r.endpoint, "openapi", None) or Operation(r.name.replace("_", " ")) for r in found}
+
+    models = {(ErrorBody, "serialization")}
+    for op in docs.values():
+        if op.body:
+            models.add((op.body, "validation"))
+        models |= {(m, "serialization") for m in op.responses.values() if not isinstance(m, str)}
+    refs, defs = models_json_schema(
+        sorted(models, key=lambda m: m[0].__name__), ref_template="#/components/schemas/{model}"
+    )
+
+    def content(answer: type[BaseModel] | str, mode: str) -> dict[str, Any]:
+        if isinstance(answer, str):
+            return {answer: {"schema": {"type": "object" if answer == "application/json" else "string"}}}
+        return {"application/json": {"schema": refs[(answer, mode)]}}
+
+    error = {"$ref": "#/components/responses/Error"}
+    paths: dict[str, dict[str, Any]] = {}
+    for route in found:
+        op = docs[id(route)]
+        roles = getattr(route.endpoint, "roles", None)
+        responses: dict[str, Any] = {
+            str(status): {"description": HTTPStatus(status).phrase, "content": content(answer, "serialization")}
+            for status, answer in op.responses.items()
+        } or {"200": {"description": "OK"}}
+        if op.body:
+            responses |= {"400": error, "422": error}
+        if roles:
+            responses |= {"401": error, "403": error}
+        operation = {
+            "summary": op.summary,
+            "description": _description(route.endpoint),
+            "operationId": route.name,
+            "parameters": [
+                {"name": name, "in": "path", "required": True, "schema": _param_schema(convertor)}
+                for name, convertor in route.param_convertors.items()
+            ],
+            "responses": responses | {"default": error},
+            "security": [{"bearer": []}] if roles else [],
+        }
+        if roles:
+            operation["x-roles"] = list(roles)
+        if op.body:
+            operation["requestBody"] = {"required": True, "content": content(op.body, "validation")}
+        for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
+            paths.setdefault(_CONVERTER.sub("}", route.path), {})[method.lower()] = operation
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Herald", "version": "0.1.0", "description": "Real-time, multi-channel campaign engine."},
+        "paths": paths,
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "responses": {
+                "Error": {
+                    "description": "Any 4xx or 5xx, in one shape",
+                    "content": {"application/json": {"schema": refs[(ErrorBody, "serialization")]}},
+                }
+            },
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key: hk_<prefix>_<secret>"}
+            },
+        },
+    }
+
+
+@operation("This document", responses={200: "application/json"})
+async def openapi_json(request: Request) -> Response:
+    """Lets client generators and the dashboard discover every route; needs no key."""
+    state = request.app.state
+    if getattr(state, "openapi_document", None) is None:  # routes are fixed once the app is built
+        state.openapi_document = build_document(request.app.routes)
+    return JSONResponse(state.openapi_document)
+
+
+routes = [Route("/api/v1/openapi.json", openapi_json, methods=["GET"])]

@@ -1,0 +1,84 @@
+"""Bulk consumption for the high-volume ingest topics, inside the Faust worker.
+
+Why not a plain Faust agent here: measured on this 2-core machine, a Faust stream
+costs about 200 µs of CPU per event (no-op agent, Cython streams enabled), while
+aiokafka's ``getmany`` hands over a batch at about 2 µs per record. Upstream
+systems write one profile or event per record, so a Faust agent over these topics
+tops out near 5,000 records/s per worker. These loops read the same topics as a
+Kafka consumer group of their own (``<app_id>.<stage>``), so they still scale out
+by partitions and workers, and they run as tasks of the Faust worker process.
+
+Delivery is at-least-once: offsets are committed only after ``handle`` has stored
+the batch; a crash replays the uncommitted tail, and the writers are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from config import Settings
+from pipeline.codecs import RawRecord
+
+log = structlog.get_logger()
+
+Handler = Callable[[list[RawRecord]], Awaitable[None]]
+
+
+async def consume_in_batches(settings: Settings, topic: str, stage: str, handle: Handler,
+                             stop: asyncio.Event | None = None) -> None:
+    """Feed ``handle`` batches of raw records from ``topic`` until cancelled or ``stop`` is set."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_brokers,
+        group_id=f"{settings.app_id}.{stage}",
+        client_id=f"{settings.app_id}.{stage}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_poll_interval_ms=600_000,
+    )
+    await consumer.start()
+    log.info("bulk consumer started", topic=topic, stage=stage)
+    try:
+        while stop is None or not stop.is_set():
+            batch = await consumer.getmany(
+                timeout_ms=int(settings.worker_batch_seconds * 1000), max_records=settings.worker_batch_size
+            )
+            raws = [
+                RawRecord(m.topic, m.partition, m.offset, m.key, m.value)
+                for messages in batch.values()
+                for m in messages
+            ]
+            if not raws:
+                continue
+            await handle(raws)
+            try:
+                await consumer.commit()
+            except CommitFailedError:
+                # Partitions moved to another worker mid-batch: it replays from the last
+                # commit, and the idempotent writers make the repeat harmless.
+                log.warning("commit failed after rebalance; batch will be replayed", stage=stage)
+    finally:
+        await consumer.stop()
+
+
+async def run_forever(settings: Settings, topic: str, stage: str, handle: Handler) -> None:
+    """``consume_in_batches``, restarted with backoff if Kafka or a handler fails."""
+    delay = 0.5
+    while True:
+        try:
+            await consume_in_batches(settings, topic, stage, handle)
+        except asyncio.CancelledError:
+            raise
+        except (KafkaError, OSError) as exc:
+            log.warning("bulk consumer lost Kafka; restarting", stage=stage, error=repr(exc), delay_s=delay)
+        except Exception:
+            log.exception("bulk consumer crashed; restarting", stage=stage, delay_s=delay)
+        await asyncio.sleep(delay)
+        delay = min(10.0, delay * 2)

@@ -1,0 +1,1 @@
+"""Faust tables: state co-partitioned with the streams that update it."""
