@@ -31,7 +31,7 @@ status: venv
 clean: down
 	rm -rf .local
 
-run: up
+run: deps venv
 	@$(PY) scripts/run.py
 
 test: up

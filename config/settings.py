@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(default=2000, ge=1)
     worker_batch_seconds: float = Field(default=0.25, gt=0)
 
+    # `make run`: how many worker processes, and the demo audience it loads.
+    workers: int = Field(default=1, ge=1)
+    demo_users: int = Field(default=100_000, ge=0)
+
     # The API.
     api_host: str = "127.0.0.1"
     api_port: int = 8080

@@ -78,12 +78,13 @@ class Service:
     def after_ready(self) -> None:
         """Work that needs the server up (creating a role, say)."""
 
-    def up(self) -> str:
+    def up(self) -> tuple[str, bool]:
+        """Start the server unless it answers already; say what happened and whether we started it."""
         what = self.answers()
         if what:
             owner = "ours" if self.proc.running() else "already running, used as is"
             self.after_ready()
-            return f"{self.name}: {what} on {self.host}:{self.port} ({owner})"
+            return f"{self.name}: {what} on {self.host}:{self.port} ({owner})", False
         if self.proc.running():
             log(f"{self.name}: recorded process is alive but not answering; restarting it")
             self.proc.stop()
@@ -93,7 +94,7 @@ class Service:
         self.start()
         what = self.wait_ready()
         self.after_ready()
-        return f"{self.name}: {what} on {self.host}:{self.port} (started in {time.monotonic() - started:.1f}s)"
+        return f"{self.name}: {what} on {self.host}:{self.port} (started in {time.monotonic() - started:.1f}s)", True
 
     def wait_ready(self) -> str:
         deadline = time.monotonic() + self.ready_timeout
@@ -456,13 +457,17 @@ def services(settings: Settings, names: list[str] | None = None) -> list[Service
     return chosen
 
 
-def up(settings: Settings, names: list[str] | None = None, schemas: bool = True) -> None:
+def up(settings: Settings, names: list[str] | None = None, schemas: bool = True) -> list[str]:
+    """Bring the servers up (and the schemas); return the names of those started now."""
     started = time.monotonic()
     chosen = services(settings, names)
+    started_now = []
     # The JVMs take the longest, so every service starts at once.
     with ThreadPoolExecutor(len(chosen)) as pool:
-        for line in pool.map(lambda s: s.up(), chosen):
+        for service, (line, fresh) in zip(chosen, pool.map(lambda s: s.up(), chosen)):
             log(line)
+            if fresh:
+                started_now.append(service.name)
     if schemas:
         from schemas.migrate import migrate_all
 
@@ -470,6 +475,7 @@ def up(settings: Settings, names: list[str] | None = None, schemas: bool = True)
         for store, outcome in report.items():
             log(f"schema {store}: {outcome or 'up to date'}")
     log(f"stack up in {time.monotonic() - started:.1f}s")
+    return started_now
 
 
 def down(settings: Settings, names: list[str] | None = None) -> None:
