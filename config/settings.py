@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     worker_batch_seconds: float = Field(default=0.25, gt=0)
 
     # `make run`: how many worker processes, and the demo audience it loads.
-    workers: int = Field(default=1, ge=1)
+    workers: int = Field(default=2, ge=1)
     demo_users: int = Field(default=100_000, ge=0)
 
     # The API.
