@@ -22,13 +22,13 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from api import health, keys, metrics, openapi
+from api import audit_log, campaigns, health, keys, metrics, openapi, preferences, segments, templates
 from api.auth import KeyCache
 from api.clients import open_clients
 from api.errors import exception_handlers
 from config import Settings, get_settings
 
-MODULES = (health, metrics, openapi, keys)
+MODULES = (health, metrics, openapi, keys, campaigns, segments, templates, preferences, audit_log)
 
 
 @asynccontextmanager

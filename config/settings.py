@@ -52,6 +52,37 @@ class Settings(BaseSettings):
     api_port: int = 8080
     health_timeout_s: float = 1.5
     api_key_cache_s: float = 5.0
+    # Where people reach Herald from outside: unsubscribe, tracking and preview links.
+    public_url: str = "http://127.0.0.1:8080"
+
+    # Signing secret for unsubscribe tokens and tracked links; kept in .local/ when unset.
+    signing_secret: str | None = None
+
+    # Audience store (pipeline/segments): snapshots and how fast it follows the topics.
+    audience_snapshot_s: float = Field(default=60.0, gt=0)
+    audience_poll_ms: int = Field(default=200, ge=10)
+
+    # What one message costs, per channel, for estimates and budgets (in budget_currency units).
+    unit_cost_email: float = 0.0010
+    unit_cost_sms: float = 0.0075
+    unit_cost_push: float = 0.0001
+    unit_cost_in_app: float = 0.0
+    unit_cost_webhook: float = 0.0
+    currencies: str = "USD,EUR,GBP,JPY,CAD,AUD,CHF,SEK,NOK,DKK,INR,BRL,MXN,SGD,NZD"
+
+    # Channel providers. Tests and the demo point these at local protocol peers.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    smtp_from: str = "Herald <campaigns@herald.local>"
+    sms_url: str = "http://127.0.0.1:8091/2010-04-01/Accounts/ACherald/Messages.json"
+    sms_account_sid: str = "ACherald"
+    sms_auth_token: str = "herald-local"
+    sms_from: str = "+15550100000"
+    push_url: str = "http://127.0.0.1:8092/v1/projects/herald/messages:send"
+    push_token: str = "herald-local"
+    email_batch_url: str = "http://127.0.0.1:8093/v3/mail/send"
+    email_batch_key: str = "herald-local"
+    provider_timeout_s: float = 10.0
 
     @property
     def kafka_port(self) -> int:
@@ -84,6 +115,25 @@ class Settings(BaseSettings):
     @property
     def admin_key_file(self) -> Path:
         return self.local_dir / "admin.key"
+
+    @property
+    def unit_costs(self) -> dict[str, float]:
+        """What one message costs on each channel."""
+        return {
+            "email": self.unit_cost_email,
+            "sms": self.unit_cost_sms,
+            "push": self.unit_cost_push,
+            "in_app": self.unit_cost_in_app,
+            "webhook": self.unit_cost_webhook,
+        }
+
+    @property
+    def currency_codes(self) -> frozenset[str]:
+        return frozenset(c.strip().upper() for c in self.currencies.split(",") if c.strip())
+
+    @property
+    def audience_dir(self) -> Path:
+        return self.local_dir / "audience"
 
 
 @lru_cache(maxsize=1)
