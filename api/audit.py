@@ -21,19 +21,28 @@ def _jsonb(value: dict[str, Any] | None) -> str | None:
 
 async def record(
     conn: asyncpg.Connection,
-    actor: Caller | None,
+    actor: Caller | str | None,
     action: str,
     entity_type: str,
     entity_id: object,
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
 ) -> None:
-    """Append one audit row; ``actor`` None means Herald itself (the admin key bootstrap, say)."""
+    """Append one audit row.
+
+    ``actor`` is the API key behind the request, a name for an actor without a key
+    (``"unsubscribe-link"``: the signed token was the authority), or None for
+    Herald itself (the admin key bootstrap, say).
+    """
+    if isinstance(actor, str):
+        key_id, name = None, actor
+    else:
+        key_id, name = (actor.key_id, actor.name) if actor else (None, "herald")
     await conn.execute(
         "INSERT INTO audit_log (actor_key_id, actor, action, entity_type, entity_id, before, after)"
         " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)",
-        actor.key_id if actor else None,
-        actor.name if actor else "herald",
+        key_id,
+        name,
         action,
         entity_type,
         None if entity_id is None else str(entity_id),

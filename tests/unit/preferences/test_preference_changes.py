@@ -1,0 +1,134 @@
+"""Pure preference logic: defaults, partial changes, consent history, the published record."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pydantic
+import pytest
+
+from schemas.preferences import (
+    CATEGORIES,
+    CHANNELS,
+    PREFERENCE_TOPIC,
+    Preferences,
+    PreferencesPatch,
+    PreferenceUpdate,
+    apply_patch,
+    preference_key,
+    stored_preferences,
+    switch_off,
+    switched_off,
+)
+
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
+
+
+def patch(**body) -> PreferencesPatch:
+    return PreferencesPatch.model_validate(body)
+
+
+def problems(body: dict) -> list[tuple[str, str]]:
+    with pytest.raises(pydantic.ValidationError) as caught:
+        PreferencesPatch.model_validate(body)
+    return [(".".join(map(str, e["loc"])), e["msg"]) for e in caught.value.errors()]
+
+
+def test_defaults_are_everything_on_and_no_caps():
+    prefs = stored_preferences(7, None)
+    assert all(prefs.enabled(c) for c in CHANNELS)
+    assert prefs.frequency_cap == {} and prefs.frequency_cap_window_days == 7
+    assert prefs.categories == dict.fromkeys(CATEGORIES, True)
+    assert {c: v.source for c, v in prefs.consent.items()} == dict.fromkeys(CHANNELS, "default")
+    assert prefs.updated_at is None and prefs.version == 0
+
+
+def test_switching_email_off_changes_only_email_and_records_consent():
+    after = apply_patch(Preferences(user_id=7), patch(email_enabled=False, unsubscribe_reason="Too many"), "api", NOW)
+    assert not after.email_enabled and after.sms_enabled and after.push_enabled and after.in_app_enabled
+    assert after.consent["email"].model_dump() == {"granted": False, "at": NOW, "source": "api"}
+    assert after.consent["sms"].source == "default"
+    assert after.version == 1 and after.updated_at == NOW
+    assert switched_off(Preferences(user_id=7), after) == ["email"]
+
+
+def test_caps_and_categories_merge_and_null_removes_a_cap():
+    start = Preferences(user_id=7, frequency_cap={"email": 3, "push": 5})
+    after = apply_patch(start, patch(frequency_cap={"email": None, "sms": 2}, categories={"newsletters": False}),
+                        "api", NOW)
+    assert after.frequency_cap == {"push": 5, "sms": 2}
+    assert after.categories["newsletters"] is False and after.categories["promotional"] is True
+    assert switched_off(start, after) == []
+
+
+def test_a_patch_that_changes_nothing_returns_the_same_state_and_version():
+    start = Preferences(user_id=7, email_enabled=False, frequency_cap={"email": 3}, version=4)
+    same = apply_patch(start, patch(email_enabled=False, frequency_cap={"email": 3}, categories={"promotional": True}),
+                       "api", NOW)
+    assert same is start
+
+
+def test_switch_off_is_idempotent():
+    once = switch_off(Preferences(user_id=7), "sms", "one_click", NOW)
+    assert not once.sms_enabled and once.consent["sms"].source == "one_click" and once.version == 1
+    assert switch_off(once, "sms", "one_click", NOW) is once
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"frequency_cap": {"webhook": 3}}, "frequency_cap.webhook.[key]"),
+        ({"frequency_cap": {"email": -1}}, "frequency_cap.email"),
+        ({"frequency_cap": {"email": 0}}, "frequency_cap.email"),
+        ({"frequency_cap": {"email": 1001}}, "frequency_cap.email"),
+        ({"frequency_cap": {"email": "3"}}, "frequency_cap.email"),
+        ({"categories": {"gossip": False}}, "categories.gossip.[key]"),
+        ({"categories": {"newsletters": "no"}}, "categories.newsletters"),
+        ({"email_enabled": None}, "email_enabled"),
+        ({"email_enabled": "false"}, "email_enabled"),
+        ({"sms_enabled": 0}, "sms_enabled"),
+        ({"frequency_cap": None}, "frequency_cap"),
+        ({"colour": "blue"}, "colour"),
+        ({"unsubscribe_reason": "bored"}, "unsubscribe_reason"),
+        ({"email_enabled": True, "unsubscribe_reason": "bored"}, "unsubscribe_reason"),
+        ({"email_enabled": False, "unsubscribe_reason": "x" * 501}, "unsubscribe_reason"),
+    ],
+)
+def test_invalid_patches_name_the_field(body, field):
+    assert field in [name for name, _ in problems(body)]
+
+
+def test_stored_row_fills_defaults_and_drops_names_no_longer_known():
+    row = {
+        "email_enabled": False, "sms_enabled": True, "push_enabled": True, "in_app_enabled": False,
+        "frequency_cap": {"push": 4, "fax": 1}, "categories": {"newsletters": False, "retired": False},
+        "consent": {"email": {"granted": False, "at": NOW.isoformat(), "source": "one_click"}},
+        "updated_at": NOW, "version": 3,
+    }
+    prefs = stored_preferences(9, row)
+    assert prefs.frequency_cap == {"push": 4}
+    assert prefs.categories == dict.fromkeys(CATEGORIES, True) | {"newsletters": False}
+    assert prefs.consent["email"].source == "one_click" and prefs.consent["push"].source == "default"
+    assert prefs.unsubscribed() == ["email", "in_app"]
+
+
+def test_published_record_carries_the_whole_state():
+    prefs = apply_patch(Preferences(user_id=42), patch(push_enabled=False, frequency_cap={"email": 3}), "api", NOW)
+    update = prefs.to_update()
+    assert update == PreferenceUpdate(
+        user_id=42,
+        channels={"email": True, "sms": True, "push": False, "in_app": True},
+        frequency_cap={"email": 3},
+        categories=dict.fromkeys(CATEGORIES, True),
+        unsubscribed=["push"],
+        updated_at=NOW,
+        version=1,
+    )
+    assert PreferenceUpdate.model_validate_json(update.model_dump_json()) == update
+
+
+def test_key_and_topic_match_the_pipeline():
+    from pipeline.app import PREFERENCE_UPDATES
+
+    assert PREFERENCE_TOPIC == PREFERENCE_UPDATES.name
+    assert preference_key(1234567) == b"1234567"
