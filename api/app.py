@@ -11,6 +11,7 @@ server clients in the lifespan. Handlers find what they need on
     postgres    asyncpg pool            redis      redis.asyncio client
     cassandra   cassandra-driver Session (await CQL with ``pipeline.stores.cassandra.run_async``)
     kafka       started AIOKafkaProducer
+    audience    live pipeline.segments.AudienceStore (estimates and membership)
     key_cache   verified API keys (``api.auth``)
 """
 
@@ -27,13 +28,15 @@ from api.auth import KeyCache
 from api.clients import open_clients
 from api.errors import exception_handlers
 from config import Settings, get_settings
+from pipeline.segments import open_audience
 
 MODULES = (health, metrics, openapi, keys, campaigns, segments, templates, preferences, audit_log)
 
 
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    async with open_clients(app.state.settings) as clients:
+    async with open_clients(app.state.settings) as clients, open_audience(app.state.settings) as audience:
+        app.state.audience = audience  # pipeline.segments.AudienceStore, following the user topics
         app.state.postgres = clients.postgres
         app.state.redis = clients.redis
         app.state.cassandra = clients.cassandra

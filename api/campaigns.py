@@ -1,3 +1,763 @@
-"""Placeholder: routes are added by the module's owner."""
+"""Campaigns: create, read, list, update, delete and launch them over ``/api/v1/campaigns``.
 
-routes: list = []
+The rules (state machine, validation, cost) live in ``pipeline.campaigns``;
+this module reads and writes PostgreSQL, asks the segment and template modules
+what they know, and publishes to Kafka:
+
+- launch publishes a ``CampaignLaunch`` to ``campaign-launches``;
+- pause, resume, cancel and complete publish a ``CampaignControl`` to ``campaign-control``.
+
+Order of effects for every status change: lock the row, write the change and
+its audit row, await Kafka's acknowledgement (acks=all), then commit. If Kafka
+fails the transaction rolls back and the client gets a 503, so a 200 means the
+record is durable in Kafka and the status is committed. The one gap left
+(Kafka acknowledged, then the commit failed) leaves a record whose
+``launch_id`` is not the campaign's committed one; consumers can tell.
+
+Versions: every change bumps ``version``; GET returns it as the ETag, and
+PATCH, DELETE and launch honour ``If-Match`` (412 when it no longer matches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+from aiokafka.errors import KafkaError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import State
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api import audit, segments
+from api.auth import ROLES, Caller, require_role
+from api.errors import ApiError, FieldProblem, parse_body
+from api.openapi import operation
+from pipeline import campaigns as rules
+from pipeline import templates  # unresolved_variables and template_syntax_problems (rules.TemplateChecks)
+from schemas.campaigns import (
+    CONTROL_TOPIC,
+    LAUNCH_TOPIC,
+    CampaignControl,
+    CampaignLaunch,
+    campaign_key,
+    encode,
+)
+
+AUTHORS = ("admin", "marketer")
+_BIGINT_MAX = 2**63 - 1
+_PUBLISH_TIMEOUT_S = 10.0
+_METRICS = ("sent", "delivered", "opened", "clicked", "converted")
+# Fields that shape what is sent, to whom and when: frozen once a campaign has started.
+_DEFINITION_FIELDS = frozenset(
+    {"type", "channels", "start_time", "end_time", "target_segment_id", "content", "budget", "ab_test",
+     "schedule", "trigger", "goals"}
+)
+
+Status = Literal["draft", "scheduled", "active", "paused", "completed", "cancelled"]
+
+
+# ---------------------------------------------------------------- models
+
+
+class Schedule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cron: str = Field(description="Five-field cron expression, e.g. '0 9 * * MON'")
+    timezone: str = Field(default="UTC", description="IANA time zone the cron is read in")
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_spend: float
+    currency: str
+
+
+class Variant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    weight: float
+
+
+class AbTest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    variants: list[Variant] = Field(default_factory=list)
+
+
+class _Definition(BaseModel):
+    """What create accepts and update may change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255)
+    description: str | None = Field(default=None, max_length=10_000)
+    type: str = Field(default="immediate", description="immediate, scheduled, triggered or recurring")
+    channels: list[str] = Field(description="email, sms, push, in_app, webhook")
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    target_segment_id: int | None = Field(default=None, ge=1, le=_BIGINT_MAX)
+    content: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per channel: {template_id, variables} and/or inline parts (email subject/html/text, "
+        "sms body, push title/body/action_url, in_app title/body, webhook url/payload)",
+    )
+    budget: Budget | None = None
+    ab_test: AbTest | None = None
+    schedule: Schedule | None = Field(default=None, description="Recurring campaigns only")
+    trigger: dict[str, Any] | None = Field(default=None, description="Triggered campaigns only: {event, ...}")
+    goals: dict[str, Any] | None = None
+
+
+class NewCampaign(_Definition):
+    pass
+
+
+class CampaignPatch(BaseModel):
+    """A partial update: only the fields present change; ``status`` goes through the state machine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+    description: str | None = Field(default=None, max_length=10_000)
+    type: str | None = None
+    channels: list[str] | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    target_segment_id: int | None = Field(default=None, ge=1, le=_BIGINT_MAX)
+    content: dict[str, dict[str, Any]] | None = None
+    budget: Budget | None = None
+    ab_test: AbTest | None = None
+    schedule: Schedule | None = None
+    trigger: dict[str, Any] | None = None
+    goals: dict[str, Any] | None = None
+    status: Status | None = None
+
+
+class Metrics(BaseModel):
+    sent: int = 0
+    delivered: int = 0
+    opened: int = 0
+    clicked: int = 0
+    converted: int = 0
+    revenue: float = 0.0
+
+
+class Campaign(BaseModel):
+    campaign_id: int
+    name: str
+    description: str | None
+    type: str
+    status: Status
+    channels: list[str]
+    target_segment_id: int | None
+    content: dict[str, Any]
+    budget: Budget | None
+    ab_test: AbTest | None
+    schedule: Schedule | None
+    trigger: dict[str, Any] | None
+    goals: dict[str, Any] | None
+    start_time: datetime | None
+    end_time: datetime | None
+    estimated_recipients: int | None
+    estimated_cost: float | None
+    audience_size: int | None = Field(description="Audience size frozen at launch")
+    metrics: Metrics
+    budget_spent: float
+    launch_id: uuid.UUID | None
+    created_by: int | None
+    created_at: datetime
+    updated_at: datetime
+    launched_at: datetime | None
+    paused_at: datetime | None
+    cancelled_at: datetime | None
+    completed_at: datetime | None
+    version: int
+
+
+class CampaignList(BaseModel):
+    campaigns: list[Campaign]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page")
+
+
+class LaunchResult(BaseModel):
+    campaign_id: int
+    status: Status
+    launched_at: datetime | None
+    launch_id: uuid.UUID | None
+    audience_size: int | None
+    scheduled_for: datetime | None = Field(description="When a scheduled campaign will start")
+
+
+# ---------------------------------------------------------------- rows
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _load(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def definition(row: asyncpg.Record) -> dict[str, Any]:
+    """A stored campaign in the shape the API accepts (and validation reads)."""
+    return {
+        "name": row["name"],
+        "description": row["description"],
+        "type": row["type"],
+        "channels": list(row["channels"]),
+        "start_time": row["start_time"],
+        "end_time": row["end_time"],
+        "target_segment_id": row["segment_id"],
+        "content": _load(row["content"]) or {},
+        "budget": _load(row["budget"]) or None,
+        "ab_test": _load(row["ab_test_config"]) or None,
+        "schedule": _load(row["schedule"]) or None,
+        "trigger": _load(row["trigger"]),
+        "goals": _load(row["goals"]) or None,
+    }
+
+
+def _money(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def campaign_view(row: asyncpg.Record, live: dict[bytes, bytes] | None = None) -> dict[str, Any]:
+    """A stored campaign as the API answers it (the ``Campaign`` model's shape), with live counters.
+
+    Built as a plain dict and serialized by orjson: reads are the hot path, and a
+    pydantic round trip per row cost more than the query.
+    """
+    live = live or {}
+    spent = live.get(b"budget_spent")
+    return {
+        "campaign_id": row["campaign_id"],
+        "status": row["status"],
+        **definition(row),
+        "estimated_recipients": row["estimated_recipients"],
+        "estimated_cost": _money(row["estimated_cost"]),
+        "audience_size": row["audience_size"],
+        "metrics": {**{name: int(live.get(name.encode(), 0)) for name in _METRICS},
+                    "revenue": float(live.get(b"revenue", 0))},
+        "budget_spent": float(spent) if spent is not None else float(row["budget_spent"]),
+        "launch_id": None if row["launch_id"] is None else str(row["launch_id"]),
+        "created_by": row["created_by"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "launched_at": row["launched_at"],
+        "paused_at": row["paused_at"],
+        "cancelled_at": row["cancelled_at"],
+        "completed_at": row["completed_at"],
+        "version": row["version"],
+    }
+
+
+def _json_body(data: Any) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_UTC_Z)
+
+
+def _answer(data: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_json_body(data), status_code=status_code, headers=headers, media_type="application/json")
+
+
+def _audit_view(row: asyncpg.Record) -> dict[str, Any]:
+    """The campaign as the audit log keeps it: the stored state, no live counters."""
+    view = orjson.loads(_json_body(campaign_view(row)))
+    del view["metrics"]
+    return view
+
+
+def _metrics_key(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}:metrics"
+
+
+async def _live_metrics(request: Request, rows: list[asyncpg.Record]) -> list[dict[bytes, bytes]]:
+    """The pipeline's live counters per campaign; never-launched campaigns have none, so Redis is not asked."""
+    launched = [r["campaign_id"] for r in rows if r["launched_at"] is not None]
+    if not launched:
+        return [{} for _ in rows]
+    async with request.app.state.redis.pipeline(transaction=False) as pipe:
+        for campaign_id in launched:
+            pipe.hgetall(_metrics_key(campaign_id))
+        found = dict(zip(launched, await pipe.execute()))
+    return [found.get(r["campaign_id"], {}) for r in rows]
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def _check_if_match(request: Request, row: asyncpg.Record) -> None:
+    wanted = request.headers.get("if-match")
+    if wanted is None or wanted.strip() == "*":
+        return
+    tags = {t.strip().removeprefix("W/").strip('"') for t in wanted.split(",")}
+    if str(row["version"]) not in tags:
+        raise ApiError(
+            412,
+            "precondition_failed",
+            f"campaign {row['campaign_id']} is at version {row['version']}, not {wanted}; reload and retry",
+        )
+
+
+def _campaign_id(request: Request) -> int:
+    campaign_id = request.path_params["campaign_id"]
+    if campaign_id > _BIGINT_MAX:
+        raise ApiError(404, "not_found", f"no campaign {campaign_id}")
+    return campaign_id
+
+
+async def _locked(request: Request, conn: asyncpg.Connection) -> asyncpg.Record:
+    campaign_id = _campaign_id(request)
+    row = await conn.fetchrow("SELECT * FROM campaigns WHERE campaign_id = $1 FOR UPDATE", campaign_id)
+    if row is None:
+        raise ApiError(404, "not_found", f"no campaign {campaign_id}")
+    _check_if_match(request, row)
+    return row
+
+
+# ---------------------------------------------------------------- neighbours (segments, templates)
+
+
+# Parsing and compiling Jinja2 text was most of a create's CPU; both checks are pure functions of the
+# text, and the same texts (a template's parts, a team's usual subject lines) come back on every
+# create, update and launch, so their answers are remembered per text.
+@functools.lru_cache(maxsize=8192)
+def _syntax_of(part: str, text: str) -> tuple[tuple[str, str], ...]:
+    return tuple(templates.template_syntax_problems({part: text}))
+
+
+@functools.lru_cache(maxsize=8192)
+def _needs(text: str) -> frozenset[str]:
+    return frozenset(templates.unresolved_variables({"text": text}, ()))
+
+
+class _RememberedChecks:
+    """``pipeline.templates``' checks (``rules.TemplateChecks``), one text at a time through the caches above."""
+
+    @staticmethod
+    def template_syntax_problems(parts: Mapping[str, str]) -> list[tuple[str, str]]:
+        return [problem for part, text in parts.items() for problem in _syntax_of(part, text)]
+
+    @staticmethod
+    def unresolved_variables(parts: Mapping[str, str], provided: Mapping[str, Any]) -> list[str]:
+        return sorted(frozenset().union(*(_needs(text) for text in parts.values())) - set(provided))
+
+
+TEMPLATE_CHECKS = _RememberedChecks()
+
+
+async def _audience(state: State, conn: asyncpg.Connection, segment_id: int | None) -> int | None:
+    """How many users the segment reaches now, as ``api.segments`` counts it; None if there is no segment."""
+    if segment_id is None:
+        return None
+    return await segments.segment_audience_size(state, conn, segment_id)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _invalid(problems: list[tuple[str, str]]) -> ApiError:
+    names = ", ".join(dict.fromkeys(field for field, _ in problems))
+    return ApiError(
+        422,
+        "validation_error",
+        f"invalid value for {names}",
+        fields=[FieldProblem(field=f, reason=r) for f, r in problems],
+    )
+
+
+async def validate(state: State, conn: asyncpg.Connection, d: dict[str, Any], now: datetime) -> int | None:
+    """Every problem of a campaign definition in one 422; else the audience its segment reaches now.
+
+    The pure rules, plus what the database knows: that the templates and the
+    segment exist, and what the templates need.
+    """
+    problems = rules.type_problems(d["type"], d["start_time"], d["schedule"], d["trigger"], d["target_segment_id"])
+    problems += rules.channel_problems(d["channels"])
+    problems += rules.window_problems(d["start_time"], d["end_time"], now)
+    problems += rules.schedule_problems(d["schedule"])
+    problems += rules.ab_test_problems(d["ab_test"])
+    problems += rules.budget_problems(d["budget"], state.settings.currency_codes)
+    stored = {tid: await templates.get_template(conn, tid) for tid in rules.template_ids(d["content"])}
+    problems += rules.content_problems(d["channels"], d["content"], stored, TEMPLATE_CHECKS)
+    recipients = None
+    try:
+        recipients = await _audience(state, conn, d["target_segment_id"])
+    except ApiError as exc:
+        if exc.status not in (404, 422):  # 503: the audience store is not ready; nothing to fix in the body
+            raise
+        problems.append(("target_segment_id", exc.message))
+    if problems:
+        raise _invalid(problems)
+    return recipients
+
+
+def _dumped(model: BaseModel | None) -> dict[str, Any] | None:
+    return None if model is None else model.model_dump(mode="json")
+
+
+def _from_model(body: BaseModel, fields: set[str]) -> dict[str, Any]:
+    """Fields of a request model in the definition's plain shape."""
+    out: dict[str, Any] = {}
+    for name in fields:
+        value = getattr(body, name)
+        out[name] = _dumped(value) if isinstance(value, BaseModel) else value
+    for name in ("start_time", "end_time"):
+        if out.get(name) is not None and out[name].tzinfo is None:
+            out[name] = out[name].replace(tzinfo=timezone.utc)
+    return out
+
+
+# ---------------------------------------------------------------- Kafka
+
+
+async def _publish(state: State, topic: str, campaign_id: int, record: BaseModel) -> None:
+    """Send and await the broker's acknowledgement; any failure is a 503 (the caller's transaction rolls back)."""
+    try:
+        await asyncio.wait_for(
+            state.kafka.send_and_wait(topic, key=campaign_key(campaign_id), value=encode(record)),
+            _PUBLISH_TIMEOUT_S,
+        )
+    except (KafkaError, asyncio.TimeoutError) as exc:
+        raise ApiError(
+            503, "unavailable", f"could not publish to {topic} ({exc.__class__.__name__}); nothing changed, retry"
+        ) from None
+
+
+def _conflict(exc: rules.IllegalTransition) -> ApiError:
+    allowed = ", ".join(exc.allowed) or "none (final)"
+    return ApiError(
+        409,
+        "illegal_transition",
+        str(exc),
+        fields=[FieldProblem(field="status", reason=f"allowed from {exc.current}: {allowed}")],
+    )
+
+
+# ---------------------------------------------------------------- endpoints
+
+_STORE = (
+    "name, description, type, channels, segment_id, content, schedule, budget, ab_test_config, goals,"
+    " trigger, start_time, end_time, estimated_recipients, estimated_cost"
+)
+
+
+def _store_args(d: dict[str, Any], recipients: int | None, cost: Decimal | None) -> list[Any]:
+    return [
+        d["name"], d["description"], d["type"], d["channels"], d["target_segment_id"], _json(d["content"]),
+        _json(d["schedule"] or {}), _json(d["budget"] or {}), _json(d["ab_test"] or {}), _json(d["goals"] or {}),
+        None if d["trigger"] is None else _json(d["trigger"]), d["start_time"], d["end_time"], recipients, cost,
+    ]
+
+
+@require_role(*AUTHORS)
+@operation("Create a campaign", body=NewCampaign, responses={201: Campaign})
+async def create_campaign(request: Request) -> Response:
+    """Validates the whole definition (segment, templates, variables, weights, times, budget) and stores a draft.
+
+    The answer carries the audience the segment reaches now and what sending to it would cost.
+    """
+    body = await parse_body(request, NewCampaign)
+    d = _from_model(body, set(NewCampaign.model_fields))
+    settings = request.app.state.settings
+    async with request.app.state.postgres.acquire() as conn:
+        recipients = await validate(request.app.state, conn, d, datetime.now(timezone.utc))
+        cost = rules.estimated_cost(recipients, d["channels"], settings.unit_costs)
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                f"INSERT INTO campaigns ({_STORE}, created_by) VALUES"
+                " ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb, $9::jsonb, $10::jsonb, $11::jsonb,"
+                " $12, $13, $14, $15, $16) RETURNING *",
+                *_store_args(d, recipients, cost),
+                request.state.caller.key_id,
+            )
+            await audit.record(conn, request.state.caller, "campaign.created", "campaign", row["campaign_id"],
+                               None, _audit_view(row))
+    return _answer(
+        campaign_view(row),
+        status_code=201,
+        headers={"ETag": _etag(row["version"]), "Location": f"/api/v1/campaigns/{row['campaign_id']}"},
+    )
+
+
+@require_role(*ROLES)
+@operation("Get a campaign", responses={200: Campaign})
+async def get_campaign(request: Request) -> Response:
+    """The campaign with its live metrics (sent, delivered, opened, clicked, converted, revenue) and spend."""
+    campaign_id = _campaign_id(request)
+    row = await request.app.state.postgres.fetchrow("SELECT * FROM campaigns WHERE campaign_id = $1", campaign_id)
+    if row is None:
+        raise ApiError(404, "not_found", f"no campaign {campaign_id}")
+    (live,) = await _live_metrics(request, [row])
+    return _answer(campaign_view(row, live), headers={"ETag": _etag(row["version"])})
+
+
+def encode_cursor(campaign_id: int) -> str:
+    return base64.urlsafe_b64encode(f"c1:{campaign_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, value = raw.partition(":")
+        if version != "c1":
+            raise ValueError(raw)
+        return int(value)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise _invalid([("cursor", "not a cursor this API returned")]) from None
+
+
+@require_role(*ROLES)
+@operation("List campaigns", responses={200: CampaignList})
+async def list_campaigns(request: Request) -> Response:
+    """Newest first, a page at a time (``limit`` ≤ 200, ``cursor``), optionally by ``status``, ``type``, ``channel``."""
+    q = request.query_params
+    problems: list[tuple[str, str]] = []
+    status, ctype, channel = q.get("status"), q.get("type"), q.get("channel")
+    if status is not None and status not in rules.STATUSES:
+        problems.append(("status", f"unknown status {status!r}; known: {', '.join(rules.STATUSES)}"))
+    if ctype is not None and ctype not in rules.CAMPAIGN_TYPES:
+        problems.append(("type", f"unknown type {ctype!r}; known: {', '.join(rules.CAMPAIGN_TYPES)}"))
+    if channel is not None and channel not in rules.CHANNELS:
+        problems.append(("channel", f"unknown channel {channel!r}; known: {', '.join(rules.CHANNELS)}"))
+    limit = 50
+    if "limit" in q:
+        try:
+            limit = int(q["limit"])
+            if not 1 <= limit <= 200:
+                raise ValueError
+        except ValueError:
+            problems.append(("limit", "an integer from 1 to 200"))
+    if problems:
+        raise _invalid(problems)
+    before = decode_cursor(q["cursor"]) if "cursor" in q else None
+    rows = await request.app.state.postgres.fetch(
+        "SELECT * FROM campaigns WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR type = $2)"
+        " AND ($3::text IS NULL OR channels @> ARRAY[$3::text]) AND ($4::bigint IS NULL OR campaign_id < $4)"
+        " ORDER BY campaign_id DESC LIMIT $5",
+        status, ctype, channel, before, limit + 1,
+    )
+    page = rows[:limit]
+    live = await _live_metrics(request, page)
+    return _answer({
+        "campaigns": [campaign_view(r, m) for r, m in zip(page, live)],
+        "next_cursor": encode_cursor(page[-1]["campaign_id"]) if len(rows) > limit else None,
+    })
+
+
+async def _change_status(
+    request: Request, conn: asyncpg.Connection, row: asyncpg.Record, target: str, now: datetime
+) -> asyncpg.Record:
+    """Apply a pause, resume, cancel or complete: update, audit, publish the control record."""
+    current = row["status"]
+    try:
+        rules.transition(current, target)
+    except rules.IllegalTransition as exc:
+        raise _conflict(exc) from None
+    action = rules.control_action(current, target)
+    if action is None:  # draft/scheduled -> scheduled/active starts sending: that is a launch
+        raise ApiError(
+            409,
+            "launch_required",
+            f"a {current} campaign starts with POST /api/v1/campaigns/{row['campaign_id']}/launch",
+            fields=[FieldProblem(field="status", reason="use the launch endpoint to schedule or start a campaign")],
+        )
+    stamp = {"pause": "paused_at", "cancel": "cancelled_at", "complete": "completed_at"}.get(action)
+    after = await conn.fetchrow(
+        "UPDATE campaigns SET status = $2, version = version + 1, updated_at = $3"
+        + (f", {stamp} = $3" if stamp else "")
+        + " WHERE campaign_id = $1 RETURNING *",
+        row["campaign_id"], target, now,
+    )
+    past = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "complete": "completed"}[action]
+    await audit.record(conn, request.state.caller, f"campaign.{past}", "campaign", row["campaign_id"],
+                       _audit_view(row), _audit_view(after))
+    control = CampaignControl(
+        control_id=uuid.uuid4(), campaign_id=row["campaign_id"], action=action, previous_status=current,
+        status=target, launch_id=row["launch_id"], issued_at=now,
+    )
+    await _publish(request.app.state, CONTROL_TOPIC, row["campaign_id"], control)
+    return after
+
+
+@require_role(*AUTHORS)
+@operation("Update a campaign", body=CampaignPatch, responses={200: Campaign})
+async def update_campaign(request: Request) -> Response:
+    """Changes the fields sent; ``status`` pauses, resumes, cancels or completes through the state machine.
+
+    Content, audience and schedule can change only while the campaign is a
+    draft or scheduled; name and description at any time. Send ``If-Match``
+    with the ETag to refuse (412) an update based on an old version.
+    """
+    patch = await parse_body(request, CampaignPatch)
+    changes = _from_model(patch, patch.model_fields_set - {"status"})
+    now = datetime.now(timezone.utc)
+    settings = request.app.state.settings
+    async with request.app.state.postgres.acquire() as conn, conn.transaction():
+        row = await _locked(request, conn)
+        current = definition(row)
+        changed = {k: v for k, v in changes.items() if v != current[k]}
+        nulls = [k for k in ("name", "type", "channels", "content") if k in changed and changed[k] is None]
+        if nulls:
+            raise _invalid([(k, "cannot be null") for k in nulls])
+        frozen = sorted(set(changed) & _DEFINITION_FIELDS)
+        if frozen and row["status"] not in rules.EDITABLE_STATUSES:
+            raise ApiError(
+                409,
+                "campaign_frozen",
+                f"a {row['status']} campaign's {', '.join(frozen)} can no longer change;"
+                " only draft or scheduled campaigns can be edited",
+                fields=[FieldProblem(field=f, reason=f"frozen while {row['status']}") for f in frozen],
+            )
+        after = row
+        if changed:
+            merged = {**current, **changed}
+            recipients, cost = row["estimated_recipients"], row["estimated_cost"]
+            if frozen:  # the definition changed: check it whole again, and estimate afresh
+                recipients = await validate(request.app.state, conn, merged, now)
+                cost = rules.estimated_cost(recipients, merged["channels"], settings.unit_costs)
+            after = await conn.fetchrow(
+                f"UPDATE campaigns SET ({_STORE}) = ($2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb,"
+                " $10::jsonb, $11::jsonb, $12::jsonb, $13, $14, $15, $16), version = version + 1, updated_at = $17"
+                " WHERE campaign_id = $1 RETURNING *",
+                row["campaign_id"], *_store_args(merged, recipients, cost), now,
+            )
+            await audit.record(conn, request.state.caller, "campaign.updated", "campaign", row["campaign_id"],
+                               _audit_view(row), _audit_view(after))
+        if patch.status is not None and patch.status != after["status"]:
+            after = await _change_status(request, conn, after, patch.status, now)
+    (live,) = await _live_metrics(request, [after])
+    return _answer(campaign_view(after, live), headers={"ETag": _etag(after["version"])})
+
+
+@require_role(*AUTHORS)
+@operation("Delete a draft campaign")
+async def delete_campaign(request: Request) -> Response:
+    """Removes a draft; a campaign that was scheduled or sent is cancelled instead, and kept for reporting."""
+    async with request.app.state.postgres.acquire() as conn, conn.transaction():
+        row = await _locked(request, conn)
+        if row["status"] != "draft":
+            hint = ("cancel it first (PATCH status cancelled); it is then kept for reporting"
+                    if row["status"] not in rules.FINAL_STATUSES else "it is kept for reporting and audit")
+            raise ApiError(
+                409,
+                "not_deletable",
+                f"only draft campaigns can be deleted; campaign {row['campaign_id']} is {row['status']}: {hint}",
+                fields=[FieldProblem(field="status", reason=f"is {row['status']}, must be draft")],
+            )
+        await conn.execute("DELETE FROM campaigns WHERE campaign_id = $1", row["campaign_id"])
+        await audit.record(conn, request.state.caller, "campaign.deleted", "campaign", row["campaign_id"],
+                           _audit_view(row), None)
+    return Response(status_code=204)
+
+
+def launch_record(row: asyncpg.Record, launch_id: uuid.UUID, audience_size: int | None, now: datetime
+                  ) -> CampaignLaunch:
+    d = definition(row)
+    ab = d["ab_test"] or {}
+    return CampaignLaunch(
+        launch_id=launch_id,
+        campaign_id=row["campaign_id"],
+        name=d["name"],
+        type=d["type"],
+        segment_id=d["target_segment_id"],
+        channels=d["channels"],
+        content=d["content"],
+        variants=ab.get("variants", []) if ab.get("enabled") else [],
+        budget=d["budget"],
+        trigger=d["trigger"],
+        start_time=d["start_time"],
+        end_time=d["end_time"],
+        audience_size=audience_size,
+        launched_at=now,
+    )
+
+
+async def launch(
+    state: State, conn: asyncpg.Connection, row: asyncpg.Record, actor: Caller | None, now: datetime,
+    due: bool = False,
+) -> tuple[asyncpg.Record, datetime | None]:
+    """Schedule or start a draft or scheduled campaign, locked on ``conn``; returns the new row and when it sends.
+
+    A campaign that starts now gets a new ``launch_id``, its audience size
+    frozen, and a ``CampaignLaunch`` on Kafka. One that starts later (a future
+    start_time, or a cron) only becomes ``scheduled``. Whatever fires scheduled
+    campaigns calls this again with ``due=True`` (actor None: Herald itself)
+    inside its own transaction, and commits after it returns.
+    """
+    current = row["status"]
+    d = definition(row)
+    target = rules.launch_status(d["type"], d["start_time"], now)
+    if current == "scheduled" and due:
+        target = "active"
+    if current not in ("draft", "scheduled") or (current, target) == ("scheduled", "scheduled"):
+        allowed = ", ".join(rules.allowed_transitions(current)) or "none (final)"
+        already = (f"it is scheduled and starts {rules.first_run(d['type'], d['start_time'], d['schedule'], now)}"
+                   if current == "scheduled" else f"it is {current}")
+        raise ApiError(
+            409,
+            "illegal_transition",
+            f"only draft campaigns, or scheduled ones whose time has come, can be launched; campaign"
+            f" {row['campaign_id']}: {already} (allowed from {current}: {allowed})",
+            fields=[FieldProblem(field="status", reason=f"allowed from {current}: {allowed}")],
+        )
+    rules.transition(current, target)
+    audience_size = await validate(state, conn, d, now)
+    if target == "scheduled":
+        after = await conn.fetchrow(
+            "UPDATE campaigns SET status = 'scheduled', version = version + 1, updated_at = $2"
+            " WHERE campaign_id = $1 RETURNING *", row["campaign_id"], now,
+        )
+        await audit.record(conn, actor, "campaign.scheduled", "campaign", row["campaign_id"],
+                           _audit_view(row), _audit_view(after))
+        return after, rules.first_run(d["type"], d["start_time"], d["schedule"], now)
+    launch_id = uuid.uuid4()
+    after = await conn.fetchrow(
+        "UPDATE campaigns SET status = 'active', launch_id = $2, launched_at = $3, audience_size = $4,"
+        " version = version + 1, updated_at = $3 WHERE campaign_id = $1 RETURNING *",
+        row["campaign_id"], launch_id, now, audience_size,
+    )
+    await audit.record(conn, actor, "campaign.launched", "campaign", row["campaign_id"],
+                       _audit_view(row), _audit_view(after))
+    await _publish(state, LAUNCH_TOPIC, row["campaign_id"], launch_record(after, launch_id, audience_size, now))
+    return after, None
+
+
+@require_role(*AUTHORS)
+@operation("Launch a campaign", responses={200: LaunchResult})
+async def launch_campaign(request: Request) -> Response:
+    """Starts sending now (status active, a launch record on Kafka), or schedules a campaign that starts later.
+
+    The definition is validated again (its segment or templates may have
+    gone). A 200 means the launch record is durable in Kafka.
+    """
+    now = datetime.now(timezone.utc)
+    async with request.app.state.postgres.acquire() as conn, conn.transaction():
+        row = await _locked(request, conn)
+        after, starts = await launch(request.app.state, conn, row, request.state.caller, now)
+    result = LaunchResult(
+        campaign_id=after["campaign_id"], status=after["status"], launched_at=after["launched_at"],
+        launch_id=after["launch_id"], audience_size=after["audience_size"], scheduled_for=starts,
+    )
+    return _answer(result.model_dump(mode="json"), headers={"ETag": _etag(after["version"])})
+
+
+routes = [
+    Route("/api/v1/campaigns", create_campaign, methods=["POST"]),
+    Route("/api/v1/campaigns", list_campaigns, methods=["GET"]),
+    Route("/api/v1/campaigns/{campaign_id:int}", get_campaign, methods=["GET"]),
+    Route("/api/v1/campaigns/{campaign_id:int}", update_campaign, methods=["PATCH"]),
+    Route("/api/v1/campaigns/{campaign_id:int}", delete_campaign, methods=["DELETE"]),
+    Route("/api/v1/campaigns/{campaign_id:int}/launch", launch_campaign, methods=["POST"]),
+]

@@ -42,6 +42,12 @@ def start_app_processes(settings: Settings) -> list[Proc]:
             proc.spawn([sys.executable, "-m", "pipeline.worker", "worker", "-l", "info", "--without-web"],
                        log=logs / f"worker-{i}.log", cwd=REPO)
         procs.append(proc)
+    # Local protocol peers stand in for the channel providers (SMTP, Twilio- and
+    # FCM-shaped HTTP, a batch email API, a webhook receiver) on the ports in settings.
+    peers = Proc(run_dir, "app-peers")
+    if not peers.running():
+        peers.spawn([sys.executable, "-m", "tests.peers", "--quiet"], log=logs / "peers.log", cwd=REPO)
+    procs.append(peers)
     api = Proc(run_dir, "app-api")
     if not api.running():
         api.spawn([sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
@@ -69,7 +75,7 @@ def wait_for_api(settings: Settings, procs: list[Proc], timeout_s: float = 90) -
 def check_alive(settings: Settings, procs: list[Proc]) -> None:
     for proc in procs:
         if not proc.running():
-            log = settings.local_dir / "logs" / ("api.log" if proc.name == "app-api" else f"{proc.name[4:]}.log")
+            log = settings.local_dir / "logs" / f"{proc.name[4:]}.log"
             tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
             raise SystemExit(f"{proc.name} exited; last lines of {log}:\n" + "\n".join(tail))
 
@@ -124,6 +130,8 @@ def main() -> None:
         say(f"  metrics        {base}/metrics")
         say(f"  admin key      {key}   (also in {settings.admin_key_file}, mode 0600)")
         say(f"  try:           curl -H 'Authorization: Bearer {key}' {base}/api/v1/me")
+        say(f"  providers      SMTP {settings.smtp_host}:{settings.smtp_port}, SMS {settings.sms_url}, "
+            f"push {settings.push_url} (local peers; see tests/peers)")
         say(f"  logs           {settings.local_dir / 'logs'}")
         say("Ctrl-C stops everything this run started.")
         while not stop_requested:

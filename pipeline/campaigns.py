@@ -1,0 +1,398 @@
+"""What a campaign may do next, and whether its definition holds together.
+
+Pure decisions over plain values, shared by the API (create, update, launch)
+and by whatever fires scheduled campaigns later, so the rules live in one place:
+
+    draft ──► scheduled ──► active ◄──► paused
+      │                      │  ▲        │
+      └──────────────────────┘  │        ▼
+       (launch of an immediate  └──── completed
+        campaign goes straight        (from active or paused)
+        to active)
+    cancelled: from any state that is not final (completed, cancelled)
+
+Validation helpers return ``(field, reason)`` pairs instead of raising, so
+the API can answer every problem of a request in one 422.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterBadCronError, croniter
+
+Problem = tuple[str, str]
+
+STATUSES = ("draft", "scheduled", "active", "paused", "completed", "cancelled")
+FINAL_STATUSES = frozenset({"completed", "cancelled"})
+# Content, audience and schedule are frozen once a campaign has started sending.
+EDITABLE_STATUSES = frozenset({"draft", "scheduled"})
+
+TRANSITIONS: Mapping[str, tuple[str, ...]] = {
+    "draft": ("scheduled", "active", "cancelled"),
+    "scheduled": ("active", "cancelled"),
+    "active": ("paused", "completed", "cancelled"),
+    "paused": ("active", "completed", "cancelled"),
+    "completed": (),
+    "cancelled": (),
+}
+
+# How a status change is named in control records and the audit log.
+CONTROL_ACTIONS: Mapping[tuple[str, str], str] = {
+    ("active", "paused"): "pause",
+    ("paused", "active"): "resume",
+    ("active", "completed"): "complete",
+    ("paused", "completed"): "complete",
+    ("draft", "cancelled"): "cancel",
+    ("scheduled", "cancelled"): "cancel",
+    ("active", "cancelled"): "cancel",
+    ("paused", "cancelled"): "cancel",
+}
+
+CAMPAIGN_TYPES = ("immediate", "scheduled", "triggered", "recurring")
+CHANNELS = ("email", "sms", "push", "in_app", "webhook")
+
+# Inline content parts per channel (as pipeline.templates names them, plus the webhook's target url),
+# and which must be present when no template is named: each inner tuple needs at least one of its parts.
+CONTENT_PARTS: Mapping[str, frozenset[str]] = {
+    "email": frozenset({"subject", "html", "text"}),
+    "sms": frozenset({"body"}),
+    "push": frozenset({"title", "body", "action_url", "image_url"}),
+    "in_app": frozenset({"title", "body", "action_url", "image_url"}),
+    "webhook": frozenset({"url", "payload"}),
+}
+REQUIRED_PARTS: Mapping[str, tuple[tuple[str, ...], ...]] = {
+    "email": (("subject",), ("html", "text")),
+    "sms": (("body",),),
+    "push": (("title",), ("body",)),
+    "in_app": (("title",), ("body",)),
+    "webhook": (("payload",),),
+}
+# Keys of a channel's content that are not template text.
+CONTENT_SETTINGS = frozenset({"template_id", "variables", "language"})
+
+_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+_VARIANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_CENT = Decimal("0.0001")
+
+
+class IllegalTransition(Exception):
+    """A status change the state machine does not allow; ``allowed`` is what is allowed from ``current``."""
+
+    def __init__(self, current: str, target: str, allowed: Sequence[str]) -> None:
+        self.current = current
+        self.target = target
+        self.allowed = tuple(allowed)
+        if not self.allowed:
+            message = f"a {current} campaign is final and cannot become {target}"
+        else:
+            message = f"a {current} campaign cannot become {target}; allowed from {current}: {', '.join(self.allowed)}"
+        super().__init__(message)
+
+
+def allowed_transitions(current: str) -> tuple[str, ...]:
+    if current not in TRANSITIONS:
+        raise ValueError(f"unknown campaign status {current!r}")
+    return TRANSITIONS[current]
+
+
+def transition(current: str, target: str) -> str:
+    """``target`` if a campaign in ``current`` may move there, else ``IllegalTransition``."""
+    allowed = allowed_transitions(current)
+    if target not in allowed:
+        raise IllegalTransition(current, target, allowed)
+    return target
+
+
+def launch_status(campaign_type: str, start_time: datetime | None, now: datetime) -> str:
+    """Where a launch takes a campaign: ``scheduled`` if it starts later (or on a cron), else ``active``."""
+    if campaign_type == "recurring":
+        return "scheduled"
+    if start_time is not None and start_time > now:
+        return "scheduled"
+    return "active"
+
+
+def control_action(current: str, target: str) -> str | None:
+    """The control record's action for a status change, or None when no running campaign is affected."""
+    return CONTROL_ACTIONS.get((current, target))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def channel_problems(channels: Sequence[str]) -> list[Problem]:
+    problems: list[Problem] = []
+    if not channels:
+        problems.append(("channels", "at least one channel is required"))
+    seen: set[str] = set()
+    for i, channel in enumerate(channels):
+        if channel not in CHANNELS:
+            problems.append((f"channels.{i}", f"unknown channel {channel!r}; known: {', '.join(CHANNELS)}"))
+        elif channel in seen:
+            problems.append((f"channels.{i}", f"channel {channel!r} is listed twice"))
+        seen.add(channel)
+    return problems
+
+
+def ab_test_problems(ab_test: Mapping[str, Any] | None) -> list[Problem]:
+    """An enabled A/B test needs two or more variants with unique ids whose weights sum to 100."""
+    if not ab_test or not ab_test.get("enabled"):
+        return []
+    variants = ab_test.get("variants") or []
+    problems: list[Problem] = []
+    if len(variants) < 2:
+        problems.append(("ab_test.variants", "an enabled A/B test needs at least two variants"))
+    seen: set[str] = set()
+    for i, variant in enumerate(variants):
+        vid, weight = variant.get("id"), variant.get("weight")
+        if not isinstance(vid, str) or not _VARIANT_ID.match(vid):
+            problems.append((f"ab_test.variants.{i}.id", "variant ids are 1 to 32 letters, digits, '_' or '-'"))
+        elif vid in seen:
+            problems.append((f"ab_test.variants.{i}.id", f"variant id {vid!r} is used twice"))
+        seen.add(vid)
+        if not isinstance(weight, (int, float)) or weight <= 0:
+            problems.append((f"ab_test.variants.{i}.weight", "a weight is a number above 0"))
+    weights = [v.get("weight") for v in variants if isinstance(v.get("weight"), (int, float))]
+    if variants and len(weights) == len(variants) and abs(sum(weights) - 100) > 1e-9:
+        problems.append(("ab_test.variants", f"weights must sum to 100, they sum to {sum(weights):g}"))
+    return problems
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def window_problems(start_time: datetime | None, end_time: datetime | None, now: datetime) -> list[Problem]:
+    problems: list[Problem] = []
+    if start_time is not None and end_time is not None and _aware(start_time) >= _aware(end_time):
+        problems.append(("end_time", "end_time must be after start_time"))
+    if end_time is not None and _aware(end_time) <= now:
+        problems.append(("end_time", "end_time is in the past"))
+    return problems
+
+
+def schedule_problems(schedule: Mapping[str, Any] | None) -> list[Problem]:
+    """A recurring schedule: a five-field cron expression and an IANA time zone."""
+    if schedule is None:
+        return []
+    problems: list[Problem] = []
+    cron = schedule.get("cron")
+    if not isinstance(cron, str) or not cron.strip():
+        problems.append(("schedule.cron", "a cron expression such as '0 9 * * MON' is required"))
+    elif len(cron.split()) != 5 or not croniter.is_valid(cron):
+        problems.append(("schedule.cron", f"{cron!r} is not a five-field cron expression"))
+    tz = schedule.get("timezone", "UTC")
+    try:
+        if not isinstance(tz, str) or not tz:
+            raise ZoneInfoNotFoundError(tz)
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(("schedule.timezone", f"{tz!r} is not an IANA time zone such as 'Europe/Paris'"))
+    return problems
+
+
+def next_run(schedule: Mapping[str, Any], after: datetime) -> datetime:
+    """The first cron occurrence strictly after ``after``, evaluated in the schedule's time zone, in UTC."""
+    tz = ZoneInfo(schedule.get("timezone") or "UTC")
+    try:
+        it = croniter(schedule["cron"], _aware(after).astimezone(tz))
+    except CroniterBadCronError as exc:  # pragma: no cover - validated before
+        raise ValueError(str(exc)) from None
+    return it.get_next(datetime).astimezone(timezone.utc)
+
+
+def first_run(
+    campaign_type: str, start_time: datetime | None, schedule: Mapping[str, Any] | None, now: datetime
+) -> datetime | None:
+    """When a campaign launched at ``now`` first sends: its start, or a recurring one's next cron time after it."""
+    if campaign_type == "recurring" and schedule:
+        return next_run(schedule, max(now, _aware(start_time)) if start_time else now)
+    if start_time is not None and _aware(start_time) > now:
+        return _aware(start_time)
+    return now
+
+
+def type_problems(
+    campaign_type: str,
+    start_time: datetime | None,
+    schedule: Mapping[str, Any] | None,
+    trigger: Mapping[str, Any] | None,
+    segment_id: int | None,
+) -> list[Problem]:
+    """What each campaign type needs: a start for scheduled, a cron for recurring, an event for triggered."""
+    problems: list[Problem] = []
+    if campaign_type not in CAMPAIGN_TYPES:
+        return [("type", f"unknown campaign type {campaign_type!r}; known: {', '.join(CAMPAIGN_TYPES)}")]
+    if campaign_type == "scheduled" and start_time is None:
+        problems.append(("start_time", "a scheduled campaign needs a start_time"))
+    if campaign_type == "recurring" and schedule is None:
+        problems.append(("schedule", "a recurring campaign needs a schedule {cron, timezone}"))
+    if campaign_type != "recurring" and schedule is not None:
+        problems.append(("schedule", "only recurring campaigns have a cron schedule"))
+    if campaign_type == "triggered":
+        event = (trigger or {}).get("event")
+        if trigger is None:
+            problems.append(("trigger", "a triggered campaign needs a trigger {event, ...}"))
+        elif not isinstance(event, str) or not _EVENT_NAME.match(event):
+            problems.append(("trigger.event", "an event name such as 'cart_abandoned' is required"))
+    elif trigger is not None:
+        problems.append(("trigger", "only triggered campaigns have a trigger"))
+    if campaign_type != "triggered" and segment_id is None:
+        problems.append(("target_segment_id", f"a {campaign_type} campaign needs a target segment"))
+    return problems
+
+
+def budget_problems(budget: Mapping[str, Any] | None, currencies: Iterable[str]) -> list[Problem]:
+    if budget is None:
+        return []
+    problems: list[Problem] = []
+    max_spend = budget.get("max_spend")
+    if not isinstance(max_spend, (int, float, Decimal)) or max_spend <= 0:
+        problems.append(("budget.max_spend", "max_spend must be a number above 0"))
+    currency = budget.get("currency")
+    known = frozenset(currencies)
+    if currency not in known:
+        problems.append(("budget.currency", f"unknown currency {currency!r}; known: {', '.join(sorted(known))}"))
+    return problems
+
+
+class TemplateChecks(Protocol):
+    """What content validation needs from the template engine (``pipeline.templates``)."""
+
+    def unresolved_variables(self, parts: Mapping[str, str], provided: Mapping[str, Any]) -> list[str]: ...
+
+    def template_syntax_problems(self, parts: Mapping[str, str]) -> list[tuple[str, str]]: ...
+
+
+def inline_parts(channel: str, entry: Mapping[str, Any]) -> dict[str, str]:
+    """The template text written in the campaign itself (webhook payload strings included)."""
+    parts = {k: v for k, v in entry.items() if k in CONTENT_PARTS.get(channel, ()) and isinstance(v, str)}
+    payload = entry.get("payload")
+    if channel == "webhook" and isinstance(payload, Mapping):  # an object: its string values are templates
+        parts |= {f"payload.{k}": v for k, v in payload.items() if isinstance(v, str)}
+    return parts
+
+
+def template_parts(template: Mapping[str, Any]) -> dict[str, str]:
+    """Every piece of text a stored template may render: default parts, variants and translations."""
+    found: dict[str, str] = {}
+
+    def take(prefix: str, parts: object) -> None:
+        if isinstance(parts, Mapping):
+            found.update({f"{prefix}{k}": v for k, v in parts.items() if isinstance(v, str)})
+
+    take("", template.get("parts"))
+    translations = template.get("translations")
+    for language, parts in translations.items() if isinstance(translations, Mapping) else ():
+        take(f"translations.{language}.", parts)
+    variants = template.get("variants")
+    for name, variant in variants.items() if isinstance(variants, Mapping) else ():
+        if isinstance(variant, Mapping):
+            take(f"variants.{name}.", variant)
+            for language, parts in (variant.get("translations") or {}).items():
+                take(f"variants.{name}.translations.{language}.", parts)
+    return found
+
+
+def _present(part: object) -> bool:
+    return (isinstance(part, str) and bool(part.strip())) or isinstance(part, Mapping)
+
+
+def content_problems(
+    channels: Sequence[str],
+    content: Mapping[str, Any],
+    templates: Mapping[int, Mapping[str, Any] | None],
+    checks: TemplateChecks,
+) -> list[Problem]:
+    """Every channel has content; named templates exist on that channel; text parses; variables resolve.
+
+    ``templates`` maps each template_id named in ``content`` to the stored
+    template (None if it does not exist).
+    """
+    problems: list[Problem] = []
+    for channel in channels:
+        if channel in CHANNELS and channel not in content:
+            problems.append((f"content.{channel}", f"the campaign sends {channel} but has no {channel} content"))
+    for channel, entry in content.items():
+        where = f"content.{channel}"
+        if channel not in channels:
+            problems.append((where, f"content for {channel!r}, which is not one of the campaign's channels"))
+            continue
+        if not isinstance(entry, Mapping):
+            problems.append((where, "channel content is an object"))
+            continue
+        allowed = CONTENT_PARTS[channel] | CONTENT_SETTINGS
+        problems += [(f"{where}.{k}", f"unknown {channel} content field") for k in entry if k not in allowed]
+        variables = entry.get("variables") or {}
+        if not isinstance(variables, Mapping):
+            problems.append((f"{where}.variables", "variables is an object of names to values"))
+            variables = {}
+        if channel == "webhook":
+            url = entry.get("url")
+            if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+                problems.append((f"{where}.url", "the webhook needs an http(s) url to POST to"))
+        inline = inline_parts(channel, entry)
+        problems += [(f"{where}.{k}", "must be a string") for k in entry
+                     if k in CONTENT_PARTS[channel] and not isinstance(entry[k], str)
+                     and not ((channel, k) == ("webhook", "payload") and isinstance(entry[k], Mapping))]
+        syntax = checks.template_syntax_problems(inline) if inline else []
+        problems += [(f"{where}.{part}", reason) for part, reason in syntax]
+
+        texts = dict(inline)
+        template_id = entry.get("template_id")
+        if template_id is not None:
+            if not isinstance(template_id, int) or isinstance(template_id, bool):
+                problems.append((f"{where}.template_id", "template_id is an integer"))
+                continue
+            template = templates.get(template_id)
+            if template is None:
+                problems.append((f"{where}.template_id", f"no template {template_id}"))
+                continue
+            if template.get("channel") != channel:
+                problems.append((f"{where}.template_id",
+                                 f"template {template_id} is a {template.get('channel')} template, not {channel}"))
+                continue
+            # Inline parts override the template's parts of the same name.
+            texts = {**template_parts(template), **inline}
+        else:
+            for needed in REQUIRED_PARTS[channel]:
+                if not any(_present(entry.get(p)) for p in needed):
+                    problems.append((f"{where}.{needed[0]}",
+                                     f"{' or '.join(needed)} is required when no template_id is given"))
+        if syntax:
+            continue  # unparsable text has no reliable variable list
+        missing = checks.unresolved_variables(texts, variables) if texts else []
+        if missing:
+            problems.append((f"{where}.variables", f"no value for template variable(s): {', '.join(missing)}"))
+    return problems
+
+
+def template_ids(content: Mapping[str, Any]) -> list[int]:
+    """The template ids named in ``content`` (to fetch before ``content_problems``)."""
+    ids = []
+    for entry in content.values():
+        tid = entry.get("template_id") if isinstance(entry, Mapping) else None
+        if isinstance(tid, int) and not isinstance(tid, bool):
+            ids.append(tid)
+    return sorted(set(ids))
+
+
+# ---------------------------------------------------------------- cost
+
+
+def cost_per_recipient(channels: Iterable[str], unit_costs: Mapping[str, float]) -> Decimal:
+    """What reaching one recipient on every channel costs."""
+    return sum((Decimal(str(unit_costs.get(c, 0.0))) for c in channels), Decimal(0))
+
+
+def estimated_cost(recipients: int | None, channels: Iterable[str], unit_costs: Mapping[str, float]) -> Decimal | None:
+    """Recipients × the summed unit cost of the campaign's channels, to 1/10,000 of the currency unit."""
+    if recipients is None:
+        return None
+    return (cost_per_recipient(channels, unit_costs) * recipients).quantize(_CENT, rounding=ROUND_HALF_UP)

@@ -1,0 +1,21 @@
+"""Segments: the criteria DSL and the columnar audience store that evaluates it.
+
+One module for the API (estimates) and the launch stage (membership), so that
+an estimate and the audience a launch reaches agree:
+
+    criteria = parse_criteria(body["criteria"], store)      # CriteriaError -> 422
+    store.estimate(criteria, exclusions)                     # int
+    store.members(criteria, exclusions)                      # sorted int64 user ids
+
+``open_audience(settings)`` gives a process its live store: the newest snapshot
+plus the tail of ``user-profiles`` and ``user-events``.
+"""
+
+from pipeline.segments.dsl import Condition, Criteria, CriteriaError, FieldCatalog, Group, parse_criteria
+from pipeline.segments.live import open_audience
+from pipeline.segments.store import AudienceStore, Exclusions
+
+__all__ = [
+    "AudienceStore", "Condition", "Criteria", "CriteriaError", "Exclusions", "FieldCatalog", "Group",
+    "open_audience", "parse_criteria",
+]

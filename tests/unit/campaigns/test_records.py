@@ -1,0 +1,49 @@
+"""The Kafka records of launches and control: names, keys and the JSON the pipeline reads."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from schemas.campaigns import (
+    CONTROL_TOPIC,
+    LAUNCH_TOPIC,
+    CampaignControl,
+    CampaignLaunch,
+    campaign_key,
+    encode,
+)
+
+NOW = datetime(2026, 6, 1, 9, 0, tzinfo=timezone.utc)
+
+
+def test_topic_names_are_the_ones_the_pipeline_declares():
+    from pipeline.app import CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES
+
+    assert (LAUNCH_TOPIC, CONTROL_TOPIC) == (CAMPAIGN_LAUNCHES.name, CAMPAIGN_CONTROL.name)
+
+
+def test_records_are_keyed_by_the_campaign_id_in_ascii_decimal():
+    assert campaign_key(789) == b"789"
+
+
+def test_launch_record_round_trips_through_json():
+    launch = CampaignLaunch(
+        launch_id=uuid.uuid4(), campaign_id=7, name="Summer", type="immediate", segment_id=3,
+        channels=["email"], content={"email": {"template_id": 4, "variables": {"code": "X"}}},
+        variants=[{"id": "A", "weight": 50}, {"id": "B", "weight": 50}],
+        budget={"max_spend": 100, "currency": "USD"}, audience_size=10, launched_at=NOW,
+    )
+    data = orjson.loads(encode(launch))
+    assert data["launch_id"] == str(launch.launch_id) and data["budget"] == {"max_spend": 100.0, "currency": "USD"}
+    assert CampaignLaunch.model_validate(data) == launch
+
+
+def test_control_actions_are_closed():
+    with pytest.raises(ValidationError):
+        CampaignControl(control_id=uuid.uuid4(), campaign_id=1, action="explode", previous_status="active",
+                        status="paused", issued_at=NOW)
