@@ -75,6 +75,12 @@ CAMPAIGN_LAUNCHES = TopicSpec("campaign-launches", _P)
 CAMPAIGN_CONTROL = TopicSpec("campaign-control", _P)
 DEAD_LETTERS = TopicSpec("dead-letters", _P, retention_ms=4 * _WEEK_MS)
 
+# The delivery pipeline (schemas/messages.py): batches of recipients, one partition each.
+MESSAGE_REQUESTS = TopicSpec("message-requests", _P, retention_ms=_WEEK_MS)
+OUTBOX = {channel: TopicSpec(f"outbox.{channel}", _P, retention_ms=_WEEK_MS)
+          for channel in ("email", "sms", "push", "in_app", "webhook")}
+DELIVERY_EVENTS = TopicSpec("delivery-events", _P, retention_ms=4 * _WEEK_MS)
+
 # Changelogs of Faust tables, named as Faust names them, declared here like the rest.
 DEAD_LETTER_COUNTS = TopicSpec(f"{settings.app_id}-dead_letter_counts-changelog", _P, compacted=True)
 
@@ -86,8 +92,17 @@ TOPICS: tuple[TopicSpec, ...] = (
     CAMPAIGN_CONTROL,
     DEAD_LETTERS,
     DEAD_LETTER_COUNTS,
+    MESSAGE_REQUESTS,
+    *OUTBOX.values(),
+    DELIVERY_EVENTS,
 )
 
 user_profiles_topic = app.topic(USER_PROFILES.name, partitions=USER_PROFILES.partitions)
 user_events_topic = app.topic(USER_EVENTS.name, partitions=USER_EVENTS.partitions)
 dead_letters_topic = app.topic(DEAD_LETTERS.name, partitions=DEAD_LETTERS.partitions)
+campaign_launches_topic = app.topic(CAMPAIGN_LAUNCHES.name, partitions=CAMPAIGN_LAUNCHES.partitions)
+campaign_control_topic = app.topic(CAMPAIGN_CONTROL.name, partitions=CAMPAIGN_CONTROL.partitions)
+preference_updates_topic = app.topic(PREFERENCE_UPDATES.name, partitions=PREFERENCE_UPDATES.partitions)
+message_requests_topic = app.topic(MESSAGE_REQUESTS.name, partitions=MESSAGE_REQUESTS.partitions)
+outbox_topics = {channel: app.topic(spec.name, partitions=spec.partitions) for channel, spec in OUTBOX.items()}
+delivery_events_topic = app.topic(DELIVERY_EVENTS.name, partitions=DELIVERY_EVENTS.partitions)
