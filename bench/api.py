@@ -1,6 +1,6 @@
 """Latency of the campaign and segment endpoints under 200 concurrent requests.
 
-    .venv/bin/python bench/api.py [--requests 4000] [--concurrency 200] [--workers 2]
+    .venv/bin/python bench/api.py [--requests 4000] [--concurrency 200] [--workers 2] [--rate R]
 
 Starts ``--workers`` API processes (uvicorn, one per free port; the client
 spreads requests over them round robin), makes what the reads need (an admin key in a private temporary
@@ -158,30 +158,54 @@ async def setup(base: str, key: str, dsn: str, campaigns: int) -> tuple[dict, li
     return factories, notes
 
 
-async def drive(bases: list[str], key: str, factory, requests: int, concurrency: int) -> dict:
+async def drive(bases: list[str], key: str, factory, requests: int, concurrency: int, rate: float = 0) -> dict:
+    """Closed loop (``rate`` 0): ``concurrency`` clients, each sends its next request when
+    the last one answers. Open loop (``rate`` > 0): requests are due at a fixed rate, up
+    to ``concurrency`` in flight, and each latency counts from when the request was due,
+    so a server that falls behind is charged for the queue it causes."""
     latencies: list[float] = []
     statuses: dict[int | str, int] = {}
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     remaining = iter(range(requests))
 
+    async def one_request(session: aiohttp.ClientSession, i: int, due: float) -> None:
+        base = bases[i % len(bases)]
+        method, path, body = factory()
+        try:
+            async with session.request(method, base + path, data=orjson.dumps(body) if body else None) as r:
+                await r.read()
+                status = r.status
+        except aiohttp.ClientError as exc:  # counted, not fatal: the figures say how many
+            status = exc.__class__.__name__
+        latencies.append((time.perf_counter() - due) * 1000)
+        statuses[status] = statuses.get(status, 0) + 1
+
     async def one_client(session: aiohttp.ClientSession) -> None:
         for i in remaining:
-            base = bases[i % len(bases)]
-            method, path, body = factory()
-            started = time.perf_counter()
-            try:
-                async with session.request(method, base + path, data=orjson.dumps(body) if body else None) as r:
-                    await r.read()
-                    status = r.status
-            except aiohttp.ClientError as exc:  # counted, not fatal: the figures say how many
-                status = exc.__class__.__name__
-            latencies.append((time.perf_counter() - started) * 1000)
-            statuses[status] = statuses.get(status, 0) + 1
+            await one_request(session, i, time.perf_counter())
+
+    async def open_loop(session: aiohttp.ClientSession, started: float) -> None:
+        in_flight = asyncio.Semaphore(concurrency)
+
+        async def bounded(i: int, due: float) -> None:
+            async with in_flight:
+                await one_request(session, i, due)
+
+        tasks = []
+        for i in range(requests):
+            due = started + i / rate
+            if (wait := due - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            tasks.append(asyncio.create_task(bounded(i, due)))
+        await asyncio.gather(*tasks)
 
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         started = time.perf_counter()
-        await asyncio.gather(*(one_client(session) for _ in range(concurrency)))
+        if rate > 0:
+            await open_loop(session, started)
+        else:
+            await asyncio.gather(*(one_client(session) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     latencies.sort()
     return {
@@ -208,6 +232,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=4000, help="requests per endpoint")
     parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=0,
+                        help="open loop: requests per second (0: closed loop, --concurrency clients back to back)")
     parser.add_argument("--workers", type=int, default=2, help="API processes, one uvicorn per port")
     parser.add_argument("--campaigns", type=int, default=200, help="campaigns created for the reads")
     parser.add_argument("--endpoints", default="get_campaign,list_campaigns,get_segment,estimate_segment,"
@@ -239,7 +265,7 @@ async def main() -> None:
                     unavailable.append(f"{name} (answered {status})")
                     continue
                 await drive(bases, key, factories[name], min(200, args.requests), args.concurrency)  # warm-up
-                results[name] = await drive(bases, key, factories[name], args.requests, args.concurrency)
+                results[name] = await drive(bases, key, factories[name], args.requests, args.concurrency, args.rate)
         finally:
             for proc in procs:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -258,7 +284,7 @@ async def main() -> None:
         and results["create_campaign"]["p95_ms"] <= TARGETS_MS["create_campaign_p95"],
     }
     print(orjson.dumps({
-        "concurrency": args.concurrency, "requests_per_endpoint": args.requests, "api_workers": args.workers,
+        "concurrency": args.concurrency, "rate": args.rate or "closed loop", "requests_per_endpoint": args.requests, "api_workers": args.workers,
         "cpus": os.cpu_count(), "endpoints": results, "unavailable": unavailable,
         "targets_ms": TARGETS_MS, "targets_met": met, "notes": notes,
     }).decode())
