@@ -237,9 +237,11 @@ async def segment_audience_size(holder: Any, conn: asyncpg.Connection, segment_i
     """How many users a launch would reach through this segment now (before consent and caps).
 
     Dynamic: counted live in the audience store; static and lookalike: the
-    stored members. 404 if there is no such segment.
+    stored members. 404 if there is no such segment. The row is read FOR SHARE: a
+    campaign saved in the caller's transaction cannot target a segment that a
+    concurrent DELETE is removing.
     """
-    row = await _fetch_segment(conn, segment_id)
+    row = await _fetch_segment(conn, segment_id, "FOR SHARE")
     if row["kind"] != "dynamic":
         return int(row["size"])
     store = audience_store(holder)
