@@ -57,7 +57,9 @@ from schemas.campaigns import (
 AUTHORS = ("admin", "marketer")
 _BIGINT_MAX = 2**63 - 1
 _PUBLISH_TIMEOUT_S = 10.0
-_METRICS = ("sent", "delivered", "opened", "clicked", "converted")
+_METRICS = ("sent", "delivered", "bounced", "failed", "opened", "clicked", "converted", "unsubscribed",
+            "queued", "deferred", "held", "cancelled", "suppressed")
+_SUPPRESSED_PREFIX = b"suppressed:"
 # Fields that shape what is sent, to whom and when: frozen once a campaign has started.
 _DEFINITION_FIELDS = frozenset(
     {"type", "channels", "start_time", "end_time", "target_segment_id", "content", "budget", "ab_test",
@@ -146,10 +148,19 @@ class CampaignPatch(BaseModel):
 class Metrics(BaseModel):
     sent: int = 0
     delivered: int = 0
+    bounced: int = 0
+    failed: int = 0
     opened: int = 0
     clicked: int = 0
     converted: int = 0
+    unsubscribed: int = 0
     revenue: float = 0.0
+    queued: int = 0
+    deferred: int = 0
+    held: int = 0
+    cancelled: int = 0
+    suppressed: int = 0
+    suppressed_by_reason: dict[str, int] = {}
 
 
 class Campaign(BaseModel):
@@ -248,7 +259,9 @@ def campaign_view(row: asyncpg.Record, live: dict[bytes, bytes] | None = None) -
         "estimated_cost": _money(row["estimated_cost"]),
         "audience_size": row["audience_size"],
         "metrics": {**{name: int(live.get(name.encode(), 0)) for name in _METRICS},
-                    "revenue": float(live.get(b"revenue", 0))},
+                    "revenue": float(live.get(b"revenue", 0)),
+                    "suppressed_by_reason": {name[len(_SUPPRESSED_PREFIX):].decode(): int(value)
+                                             for name, value in live.items() if name.startswith(_SUPPRESSED_PREFIX)}},
         "budget_spent": float(spent) if spent is not None else float(row["budget_spent"]),
         "launch_id": None if row["launch_id"] is None else str(row["launch_id"]),
         "created_by": row["created_by"],

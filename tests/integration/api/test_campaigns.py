@@ -134,7 +134,10 @@ async def test_create_answers_a_draft_with_estimated_recipients_and_cost(client,
     assert created["estimated_cost"] == pytest.approx(4 * per_user)
     assert created["target_segment_id"] == segment_id
     assert created["channels"] == ["email", "push"]
-    assert created["metrics"] == {"sent": 0, "delivered": 0, "opened": 0, "clicked": 0, "converted": 0, "revenue": 0}
+    assert created["metrics"]["suppressed_by_reason"] == {}
+    assert {name: value for name, value in created["metrics"].items() if name != "suppressed_by_reason"} == dict.fromkeys(
+        ("sent", "delivered", "bounced", "failed", "opened", "clicked", "converted", "unsubscribed", "revenue",
+         "queued", "deferred", "held", "cancelled", "suppressed"), 0)
     assert created["budget"] == {"max_spend": 10000, "currency": "USD"}
     assert isinstance(created["campaign_id"], int) and created["created_at"].endswith("Z")
     assert Campaign.model_validate(created).model_dump(mode="json").keys() == created.keys()
@@ -260,15 +263,19 @@ async def test_get_shows_the_pipelines_live_metrics_from_redis(client, marketer,
     key = f"campaign:{created['campaign_id']}:metrics"
     try:
         await redis.hset(key, mapping={"sent": 145, "delivered": 142, "opened": 45, "revenue": "1750.5",
-                                       "budget_spent": "72.5"})
+                                       "budget_spent": "72.5", "suppressed": 7, "suppressed:frequency_cap": 5,
+                                       "suppressed:unsubscribed": 2})
         got = client.get(f"/api/v1/campaigns/{created['campaign_id']}", headers=bearer(marketer))
     finally:
         await redis.delete(key)
 
     assert got.status_code == 200
     body = got.json()
-    assert body["metrics"] == {"sent": 145, "delivered": 142, "opened": 45, "clicked": 0, "converted": 0,
-                               "revenue": 1750.5}
+    metrics = body["metrics"]
+    assert {name: metrics[name] for name in ("sent", "delivered", "opened", "clicked", "converted", "revenue")} == {
+        "sent": 145, "delivered": 142, "opened": 45, "clicked": 0, "converted": 0, "revenue": 1750.5}
+    assert metrics["suppressed"] == 7
+    assert metrics["suppressed_by_reason"] == {"frequency_cap": 5, "unsubscribed": 2}
     assert body["budget_spent"] == 72.5
     assert got.headers["etag"] == f'"{body["version"]}"'
 
