@@ -42,3 +42,7 @@ test-unit: venv
 
 bench: up
 	@$(PY) bench/ingest.py --profiles 1000000
+
+# Dead-lettered sends back through their outbox (ARGS="--campaign 42" or "--dry-run").
+dlq-replay: venv
+	@$(PY) scripts/dlq_replay.py $(ARGS)

@@ -83,6 +83,10 @@ DELIVERY_EVENTS = TopicSpec("delivery-events", _P, retention_ms=4 * _WEEK_MS)
 
 # Changelogs of Faust tables, named as Faust names them, declared here like the rest.
 DEAD_LETTER_COUNTS = TopicSpec(f"{settings.app_id}-dead_letter_counts-changelog", _P, compacted=True)
+# The gate's grouped state (tables/gate_state.py).
+GATE_PREFERENCES = TopicSpec(f"{settings.app_id}-gate_preferences-changelog", _P, compacted=True)
+GATE_SUPPRESSIONS = TopicSpec(f"{settings.app_id}-gate_suppressions-changelog", _P, compacted=True)
+GATE_HISTORY = TopicSpec(f"{settings.app_id}-gate_history-changelog", _P, compacted=True)
 
 TOPICS: tuple[TopicSpec, ...] = (
     USER_PROFILES,
@@ -95,6 +99,9 @@ TOPICS: tuple[TopicSpec, ...] = (
     MESSAGE_REQUESTS,
     *OUTBOX.values(),
     DELIVERY_EVENTS,
+    GATE_PREFERENCES,
+    GATE_SUPPRESSIONS,
+    GATE_HISTORY,
 )
 
 user_profiles_topic = app.topic(USER_PROFILES.name, partitions=USER_PROFILES.partitions)

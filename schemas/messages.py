@@ -38,6 +38,8 @@ DeliveryStatus = Literal[
     "deferred",    # held by the gate until quiet hours end
     "held",        # held because the campaign is paused
     "cancelled",   # dropped because the campaign was cancelled
+    "opened",      # the email's open pixel was fetched (api/tracking.py)
+    "clicked",     # a tracked link was followed (api/tracking.py; ``reason`` holds the URL)
 ]
 
 

@@ -1,0 +1,164 @@
+"""gate: message-requests → outbox.<channel> + delivery-events.
+
+Input: ``message-requests`` (``MessageBatch``, channel None: every channel of the campaign).
+Output, per batch and channel, on the batch's partition: ONE ``MessageBatch`` of the
+released recipients to ``outbox.<channel>`` and ONE ``DeliveryEventBatch`` to
+``delivery-events`` with queued / suppressed(reason) / deferred / held / cancelled.
+Side effects: the gate's tables (tables/gate_state.py, a few keys per batch); Redis
+``campaign:{id}:spend`` (one Lua call per batch), ``campaign:{id}:held`` (paused),
+``gate:deferred`` (quiet hours; agents/release_deferred.py sends them when due).
+
+The decisions are pipeline/gate.py's; this loop only fetches state and emits.
+A record that fails validation is dead-lettered; a store that is down blocks the
+stream (retried with backoff) rather than dropping work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timezone
+
+import asyncpg
+import orjson
+import structlog
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from agents._io import send_dead_letters
+from pipeline import gate as rules
+from pipeline.app import app, delivery_events_topic, message_requests_topic, outbox_topics, settings
+from pipeline.codecs import RawRecord, dead_letter, explain
+from pipeline.gate_io import GateIO
+from schemas.messages import MessageBatch
+from tables.gate_state import gate_history, gate_preferences, gate_suppressions
+
+log = structlog.get_logger()
+io = GateIO(settings)
+
+
+async def gate_batch(partition: int, offset: int, raw: bytes) -> None:
+    batch = MessageBatch.model_validate_json(raw)
+    request = orjson.loads(raw)
+    campaign = await io.campaign(batch.campaign_id)
+    if campaign is None:
+        raise ValueError(f"campaign {batch.campaign_id} does not exist")
+    channels = [batch.channel] if batch.channel else list(campaign.channels)
+    now = time.time()
+    at = datetime.fromtimestamp(now, tz=timezone.utc).isoformat()
+    variant = {r["user_id"]: r.get("variant") for r in request["recipients"]}
+    uids = list(variant)
+    status = await io.status(batch.campaign_id)
+    if status in ("paused", "cancelled"):
+        if status == "paused":
+            await io.hold(batch.campaign_id, f"{partition}:{offset}", raw)
+        events = [rules.delivery_event(batch.campaign_id, u, ch, batch.step, variant[u], "held" if status == "paused"
+                                       else "cancelled", None if status == "paused" else "cancelled", at)
+                  for ch in channels for u in uids]
+        await emit_events(partition, events)
+        return
+
+    # Read the state of every user in the batch: a few bucket keys, one Postgres query.
+    buckets = rules.group_by_bucket(partition, uids)
+    view = rules.GateView(
+        consent=_users(gate_preferences, buckets), suppressed=_users(gate_suppressions, buckets),
+        history=_users(gate_history, buckets), profiles=await io.profiles(uids),
+    )
+    asks, verdicts = {}, {}
+    for ch in channels:
+        asks[ch] = rules.Ask(batch.campaign_id, ch, batch.step, batch.category, batch.transactional,
+                             f"{partition}:{offset}", now, campaign.quiet_hours)
+        verdicts[ch] = rules.screen(asks[ch], uids, view)
+    if campaign.max_spend is not None:
+        wanted = {ch: len(rules.releases(v)) for ch, v in verdicts.items()}
+        allowed = await io.reserve_budget(batch.campaign_id, f"{partition}:{offset}", campaign.max_spend,
+                                          {ch: campaign.unit_costs.get(ch, 0.0) for ch in channels}, wanted)
+        for ch in channels:
+            rules.cut_to_budget(verdicts[ch], allowed[ch])
+
+    deferred = []
+    for ch in channels:
+        recipients = {r["user_id"]: r for r in request["recipients"]}
+        late: dict[float, list[dict]] = {}
+        for v in verdicts[ch]:
+            if v.status == "deferred":
+                not_before = datetime.fromtimestamp(v.release_at, tz=timezone.utc).isoformat()
+                late.setdefault(v.release_at, []).append({**recipients[v.user_id], "not_before": not_before})
+        deferred += [(t, rules.outbox_batch(request, ch, rs, f":deferred:{int(t)}")) for t, rs in late.items()]
+    if deferred:
+        await io.defer(deferred)
+    _record(buckets, asks, verdicts, view)
+
+    events = []
+    for ch in channels:
+        queued = [v.user_id for v in verdicts[ch] if v.status == "queued"]
+        if queued:
+            recipients = {r["user_id"]: r for r in request["recipients"]}
+            out = rules.outbox_batch(request, ch, [recipients[u] for u in queued])
+            await outbox_topics[ch].send(key=out["batch_id"].encode(), value=orjson.dumps(out), partition=partition)
+        events += [rules.delivery_event(batch.campaign_id, v.user_id, ch, batch.step, variant[v.user_id],
+                                        v.status, v.reason, at) for v in verdicts[ch]]
+    await emit_events(partition, events)
+
+
+def _users(table, buckets: dict[str, list[int]]) -> dict[int, dict]:
+    """The entries of the batch's users in ``table``: one lookup per bucket."""
+    out = {}
+    for key, uids in buckets.items():
+        value = table.get(key)
+        if value:
+            for uid in uids:
+                entry = value.get(str(uid))
+                if entry is not None:
+                    out[uid] = entry
+    return out
+
+
+def _record(buckets, asks, verdicts, view) -> None:
+    """Write the new dedup marks and cap windows: one table write per touched bucket."""
+    changed: dict[int, dict] = {}
+    history = dict(view.history)
+    for ch, ask in asks.items():
+        new = rules.record_releases(ask, verdicts[ch], history, view.consent)
+        history.update(new)
+        changed.update(new)
+    if not changed:
+        return
+    for key, uids in buckets.items():
+        touched = [u for u in uids if u in changed]
+        if touched:
+            value = dict(gate_history.get(key) or {})
+            for uid in touched:
+                value[str(uid)] = changed[uid]
+            gate_history[key] = value
+
+
+async def emit_events(partition: int, events: list[dict]) -> None:
+    if events:
+        await delivery_events_topic.send(key=b"gate", value=orjson.dumps({"events": events}), partition=partition)
+
+
+@app.agent(message_requests_topic)
+async def gate(stream):
+    async for event in stream.events():
+        message = event.message
+        delay = 0.2
+        while True:
+            try:
+                await gate_batch(message.partition, message.offset, event.value)
+                break
+            except (ValidationError, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+                reason = explain(exc) if isinstance(exc, ValidationError) else f"{type(exc).__name__}: {exc}"
+                raw = RawRecord(message.topic, message.partition, message.offset, event.key, event.value)
+                await send_dead_letters([dead_letter(raw, "gate", reason)])
+                break
+            except (RedisError, OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
+                    asyncpg.InterfaceError) as exc:
+                log.warning("gate: store unavailable, retrying the batch", error=repr(exc), delay_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception as exc:  # a bug must not stop the stream for everybody: dead-letter it
+                log.exception("gate: batch failed", partition=message.partition, offset=message.offset)
+                raw = RawRecord(message.topic, message.partition, message.offset, event.key, event.value)
+                await send_dead_letters([dead_letter(raw, "gate", f"{type(exc).__name__}: {exc}")])
+                break

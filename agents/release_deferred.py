@@ -1,0 +1,51 @@
+"""release_deferred: messages deferred by quiet hours → outbox.<channel> when due.
+
+Input: Redis ``gate:deferred`` (written by agents/gate.py; each member an encoded
+outbox ``MessageBatch`` whose recipients carry ``not_before``, scored by release time).
+Output: the batch to ``outbox.<channel>`` on its partition and "queued" events; a
+paused campaign's batch goes to ``campaign:{id}:held`` ("held"), a cancelled one's
+is dropped ("cancelled").
+Every worker runs this timer; a Lua claim with a lease hands each batch to one of
+them, and a worker that dies before sending leaves it due again after the lease.
+No table is written here (a timer has no partition to write a changelog to): the
+gate recorded dedup and caps when it deferred.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import orjson
+import structlog
+from redis.exceptions import RedisError
+
+from agents.gate import emit_events, io
+from pipeline import gate as rules
+from pipeline.app import app, outbox_topics
+
+log = structlog.get_logger()
+
+
+@app.timer(interval=1.0)
+async def release_deferred() -> None:
+    try:
+        due = await io.claim_due(time.time())
+    except (RedisError, OSError) as exc:
+        log.warning("release_deferred: Redis unavailable", error=repr(exc))
+        return
+    for member in due:
+        batch = orjson.loads(member)
+        cid, channel, partition = batch["campaign_id"], batch["channel"], batch["partition"]
+        status = await io.status(cid)
+        at = datetime.now(timezone.utc).isoformat()
+        outcome = {"paused": "held", "cancelled": "cancelled"}.get(status, "queued")
+        if outcome == "held":
+            await io.hold(cid, f"deferred:{batch['batch_id']}", member)
+        elif outcome == "queued":
+            await outbox_topics[channel].send(key=batch["batch_id"].encode(), value=member, partition=partition)
+        await emit_events(partition, [
+            rules.delivery_event(cid, r["user_id"], channel, batch.get("step", "send"), r.get("variant"), outcome,
+                                 "cancelled" if outcome == "cancelled" else None, at)
+            for r in batch["recipients"]])
+        await io.released([member])

@@ -1,0 +1,23 @@
+"""send_sms: outbox.sms → provider → delivery-events (+ dead-letters).
+
+Input: ``outbox.sms`` (``MessageBatch``, one campaign and partition, many recipients).
+Output, per batch: ONE ``DeliveryEventBatch`` (sent / bounced / failed, or held /
+cancelled) to ``delivery-events`` on the batch's partition; one dead letter per
+message that could not be sent (narrowed batch + reason).
+Side effects: sends through the Twilio-shaped Messages API over kept-alive HTTP connections, concurrently.
+Redis: the channel's token bucket, the idempotency ledger, ``campaign:{id}:held``.
+
+The loop is pipeline/sending.py's (shared by every channel); this file only wires it.
+"""
+
+from pipeline.app import OUTBOX, app, settings
+from pipeline.resources import Resources
+from pipeline.sending import faust_emitters, run_sender
+
+resources = Resources(settings)
+
+
+@app.task
+async def send_sms() -> None:
+    events, dead = faust_emitters()
+    await run_sender(settings, "sms", OUTBOX["sms"].name, events, dead, await resources.postgres())

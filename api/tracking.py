@@ -1,0 +1,96 @@
+"""Open and click tracking for email: the pixel and the signed redirect.
+
+    GET  /t/o/{token}   public: a 1×1 GIF; publishes an "opened" DeliveryEvent
+    GET  /t/c/{token}   public: 302 to the signed URL; publishes a "clicked" DeliveryEvent
+
+Tokens are made by the email sender (``pipeline.channels.tracking``): they sign
+the message id, campaign, user, variant and target URL with the
+``tracked-link`` subkey, so a token whose URL was changed is refused (400):
+the redirect can never be used to send people elsewhere. Events go to
+``delivery-events`` as a one-event ``DeliveryEventBatch`` keyed by the user id,
+so they land on the user's partition like every other event of the user.
+
+Publishing is fire-and-forget from the visitor's point of view: the pixel and
+the redirect are answered even if Kafka is slow (a mail client does not wait
+for our analytics), and an event that could not be published is logged.
+Opens are approximate by nature (image proxies prefetch, clients block images).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import structlog
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from api.errors import ApiError
+from api.openapi import operation
+from pipeline.channels.tracking import PIXEL_GIF, InvalidTrackingToken, TrackedLink, link_key, read_token
+from pipeline.signing import signing_key
+from schemas.messages import DeliveryEvent, DeliveryEventBatch
+
+log = structlog.get_logger()
+DELIVERY_EVENTS = "delivery-events"
+_NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, private", "Pragma": "no-cache"}
+_pending: set[asyncio.Task] = set()
+
+
+def _key(request: Request) -> bytes:
+    state = request.app.state
+    key = getattr(state, "tracking_key", None)
+    if key is None:
+        key = state.tracking_key = link_key(signing_key(state.settings))
+    return key
+
+
+def _link(request: Request) -> TrackedLink:
+    try:
+        return read_token(_key(request), request.path_params["token"])
+    except InvalidTrackingToken as exc:
+        raise ApiError(400, "invalid_token", f"this tracking link is not valid: {exc}") from None
+
+
+async def _publish(request: Request, link: TrackedLink, status: str) -> None:
+    event = DeliveryEvent(message_id=link.message_id, campaign_id=link.campaign_id, user_id=link.user_id,
+                          channel="email", variant=link.variant, status=status,
+                          reason=link.url or None)
+    value = orjson.dumps(DeliveryEventBatch(events=[event]).model_dump(mode="json"))
+    try:
+        await request.app.state.kafka.send_and_wait(DELIVERY_EVENTS, value=value, key=str(link.user_id).encode())
+    except Exception as exc:  # noqa: BLE001 - the visitor gets their page anyway
+        log.warning("tracking event not published", status=status, campaign_id=link.campaign_id, error=repr(exc))
+
+
+def _in_background(request: Request, link: TrackedLink, status: str) -> None:
+    task = asyncio.get_running_loop().create_task(_publish(request, link, status))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+@operation("Email open pixel", responses={200: "image/gif"})
+async def open_pixel(request: Request) -> Response:
+    """A transparent 1×1 GIF; records that the email was opened (400 if the token is not Herald's)."""
+    link = _link(request)
+    if link.url:
+        raise ApiError(400, "invalid_token", "this is a click token, not an open token")
+    _in_background(request, link, "opened")
+    return Response(PIXEL_GIF, media_type="image/gif", headers=_NO_STORE)
+
+
+@operation("Tracked link redirect", responses={302: "text/plain"})
+async def click_redirect(request: Request) -> Response:
+    """Redirects (302) to the URL the token signs and records the click (400 if forged or altered)."""
+    link = _link(request)
+    if not link.url.lower().startswith(("http://", "https://")):
+        raise ApiError(400, "invalid_token", "this token names no link to follow")
+    _in_background(request, link, "clicked")
+    return RedirectResponse(link.url, status_code=302, headers=_NO_STORE)
+
+
+routes = [
+    Route("/t/o/{token}", open_pixel, methods=["GET"]),
+    Route("/t/c/{token}", click_redirect, methods=["GET"]),
+]

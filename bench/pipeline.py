@@ -1,0 +1,353 @@
+"""A mixed campaign through every stage: launch → explode → gate → senders → peers, and delivery events.
+
+    .venv/bin/python bench/pipeline.py --recipients 1000000 [--workers 2] [--email-provider smtp|batch]
+
+Users are inserted straight into PostgreSQL (the launch path of a static segment reads
+``segment_members`` and ``users``; the gate and the senders read profiles from PostgreSQL),
+four static segments over disjoint ranges take email 60 %, push 30 %, SMS 8 %, in-app 2 %,
+and one campaign per channel is created and launched through the real API (in-process).
+``--workers`` Faust workers run the pipeline; the provider peers answer at once in a process
+of their own (``--serve-peers``) and count every accepted message by its id (email Message-ID,
+FCM data.message_id, SendGrid custom_args.message_id, SMS by recipient number) with its
+arrival time. In-app messages land in Redis inboxes: they are counted by the aggregate.
+
+The clock runs from the first launch until every campaign is completed (the aggregate's
+completion). Prints one JSON line:
+``{"recipients", "delivered", "suppressed", "seconds", "msgs_per_s", "p99_latency_s", "lost",
+"duplicates", "email_smtp_per_s", "email_batch_http_per_s"}``. p99_latency_s is from a message's
+"queued" event (the gate released it) to its arrival at the peer. The email rates are measured
+by two extra email-only runs (``--email-only``) of ``--email-recipients`` each, one per provider.
+Needs the stack up and no other Herald worker or peers running (they would share partitions/ports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from config import get_settings  # noqa: E402
+
+SHARES = {"email": 0.60, "push": 0.30, "sms": 0.08, "in_app": 0.02}
+CONTENT = {
+    "email": {"subject": "Bench {{ first_name }}", "html": "<p>Hello {{ first_name }}</p>", "text": "Hello"},
+    "push": {"title": "Bench", "body": "Hello {{ first_name }}"},
+    "sms": {"body": "Bench: hello {{ first_name }}"},
+    "in_app": {"title": "Bench", "body": "Hello {{ first_name }}"},
+}
+MESSAGE_ID = re.compile(rb"Message-ID: <([0-9a-f-]{36})@", re.I)
+
+
+# ---------------------------------------------------------------- peers (their own process)
+
+
+def serve_peers(out: Path) -> None:
+    """Every provider peer on the ports the settings name, counting accepted messages by id."""
+    from urllib.parse import urlsplit
+
+    from tests.peers import FcmPeer, LoopThread, SendGridPeer, SmtpPeer, TwilioPeer
+
+    settings = get_settings()
+    seen: Counter = Counter()
+    arrivals: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def note(channel: str, ids: list[str]) -> None:
+        now = time.time()
+        with lock:
+            for i in ids:
+                key = f"{channel}:{i}"
+                seen[key] += 1
+                arrivals.setdefault(key, now)
+
+    class Smtp(SmtpPeer):
+        def _accept(self, envelope):
+            answer = super()._accept(envelope)
+            if answer.startswith("250"):
+                found = MESSAGE_ID.search(bytes(envelope.original_content or envelope.content or b"")[:4096])
+                note("email", [found.group(1).decode() if found else f"?{self.count}"])
+            return answer
+
+    class Fcm(FcmPeer):
+        def handle(self, request):
+            answer = super().handle(request)
+            if answer.status < 300:
+                note("push", [request.json()["message"].get("data", {}).get("message_id", "?")])
+            return answer
+
+    class Twilio(TwilioPeer):
+        def handle(self, request):
+            answer = super().handle(request)
+            if answer.status < 300:
+                note("sms", [request.form().get("To", "?")])
+            return answer
+
+    class SendGrid(SendGridPeer):
+        def handle(self, request):
+            answer = super().handle(request)
+            if answer.status < 300:
+                body = request.json()
+                note("email", [p.get("custom_args", {}).get("message_id", "?") for p in body["personalizations"]])
+            return answer
+
+    loop = LoopThread("bench-peers").start()
+    sms_url, push_url, batch_url = (urlsplit(settings.sms_url), urlsplit(settings.push_url),
+                                    urlsplit(settings.email_batch_url))
+    peers = [
+        Smtp(settings.smtp_host, settings.smtp_port, record=False).start(loop),
+        Twilio(settings.sms_account_sid, settings.sms_auth_token, host=sms_url.hostname, port=sms_url.port,
+               record=False).start(loop),
+        Fcm("herald", settings.push_token, host=push_url.hostname, port=push_url.port, record=False).start(loop),
+        SendGrid(settings.email_batch_key, host=batch_url.hostname, port=batch_url.port, record=False).start(loop),
+    ]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print("peers ready", flush=True)
+    while not stop.wait(0.5):
+        pass
+    for p in peers:
+        p.stop()
+    loop.stop()
+    with lock:
+        out.write_bytes(orjson.dumps({"seen": dict(seen), "arrivals": arrivals}))
+
+
+# ---------------------------------------------------------------- setup
+
+
+async def make_users(dsn: str, base: int, n: int) -> None:
+    """Users with an email, a phone and a push token each, by COPY (fast, and the launch path needs only rows)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        ids = range(base, base + n)
+        await conn.copy_records_to_table(
+            "users", columns=["user_id", "email", "phone", "first_name", "language", "timezone", "push_tokens"],
+            records=((u, f"b{u}@bench.example", f"+1555{u % 10**7:07d}", "Ann", "en", "UTC", f"[\"tok-{u}\"]")
+                     for u in ids))
+    finally:
+        await conn.close()
+
+
+async def make_segments(dsn: str, base: int, n: int, shares: dict[str, float]) -> dict[str, tuple[int, int, int]]:
+    """One static segment per channel over disjoint id ranges: channel -> (segment_id, first id, size)."""
+    conn = await asyncpg.connect(dsn)
+    out = {}
+    try:
+        start = base
+        channels = list(shares)
+        for i, channel in enumerate(channels):
+            size = n - (start - base) if i == len(channels) - 1 else int(round(n * shares[channel]))
+            segment_id = await conn.fetchval(
+                "INSERT INTO segments (name, criteria, dynamic, size) VALUES ($1, '{}'::jsonb, false, $2)"
+                " RETURNING segment_id", f"bench-{channel}-{base}", size)
+            await conn.copy_records_to_table("segment_members", columns=["segment_id", "user_id"],
+                                             records=((segment_id, u) for u in range(start, start + size)))
+            out[channel] = (segment_id, start, size)
+            start += size
+    finally:
+        await conn.close()
+    return out
+
+
+def start_worker(env: dict[str, str], i: int) -> subprocess.Popen:
+    settings = get_settings()
+    log = open(settings.local_dir / "logs" / f"bench-pipeline-worker-{i}.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "pipeline.worker", "worker", "-l", "warn", "--without-web"],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **env})
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+async def wait_group_stable(settings, group: str, timeout_s: float = 60.0) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_brokers)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            (response,) = await admin.describe_consumer_groups([group])
+            state = response.groups[0][2]  # (error_code, group_id, state, ...)
+            if state == "Stable":
+                return
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
+
+
+async def campaign_states(dsn: str, ids: list[int]) -> dict[int, str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT campaign_id, status FROM campaigns WHERE campaign_id = ANY($1::bigint[])", ids)
+        return {r["campaign_id"]: r["status"] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def queued_times(settings, campaign_ids: set[int], before: dict) -> dict[str, float]:
+    """Each message's "queued" time, from delivery-events written since ``before``: channel:message_id -> epoch s."""
+    from aiokafka import AIOKafkaConsumer
+
+    from tests.integration.kafka_io import end_offsets
+
+    after = await end_offsets(settings.kafka_brokers, "delivery-events")
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, group_id=None, enable_auto_commit=False,
+                                max_partition_fetch_bytes=16 * 1024 * 1024)
+    await consumer.start()
+    out: dict[str, float] = {}
+    try:
+        wanted = {tp: end for tp, end in after.items() if end > before.get(tp, 0)}
+        consumer.assign(list(wanted))
+        for tp in wanted:
+            consumer.seek(tp, before.get(tp, 0))
+        while wanted:
+            for tp, messages in (await consumer.getmany(timeout_ms=1000, max_records=5000)).items():
+                for m in messages:
+                    for e in orjson.loads(m.value).get("events", []):
+                        if e.get("status") == "queued" and e.get("campaign_id") in campaign_ids:
+                            at = _epoch(e["at"])
+                            if e["channel"] == "sms":
+                                out[f"sms:+1555{e['user_id'] % 10**7:07d}"] = at
+                            else:
+                                out[f"{e['channel']}:{e['message_id']}"] = at
+                    if m.offset + 1 >= wanted.get(tp, 0):
+                        wanted.pop(tp, None)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+# ---------------------------------------------------------------- one run
+
+
+def run(recipients: int, workers: int, shares: dict[str, float], email_provider: str) -> dict:
+    from tests.integration.kafka_io import end_offsets
+    from tests.integration.pipeline.test_campaign_email import Api
+
+    settings = get_settings()
+    (settings.local_dir / "logs").mkdir(parents=True, exist_ok=True)
+    base = 5 * 10**12 + random.randrange(10**6) * 10**7
+    t0 = time.perf_counter()
+    asyncio.run(make_users(settings.postgres_dsn, base, recipients))
+    segments = asyncio.run(make_segments(settings.postgres_dsn, base, recipients, shares))
+    setup_s = time.perf_counter() - t0
+
+    peers_out = settings.local_dir / f"bench-peers-{base}.json"
+    peers = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-peers", str(peers_out)],
+                             cwd=REPO, stdout=subprocess.PIPE, start_new_session=True)
+    assert peers.stdout is not None and b"peers ready" in peers.stdout.readline()
+    env = {"HERALD_EMAIL_PROVIDER": email_provider}
+    procs = [start_worker(env, i) for i in range(workers)]
+    try:
+        asyncio.run(wait_group_stable(settings, settings.app_id))
+        time.sleep(3.0)  # the bulk consumers' groups settle a little after the Faust one
+        events_before = asyncio.run(end_offsets(settings.kafka_brokers, "delivery-events"))
+        with Api(settings) as api:
+            ids = {}
+            for channel, (segment_id, _, _) in segments.items():
+                body = {"name": f"bench-{channel}-{base}", "type": "immediate", "channels": [channel],
+                        "target_segment_id": segment_id, "content": {channel: CONTENT[channel]}}
+                ids[api.call("POST", "/api/v1/campaigns", 201, json=body)["campaign_id"]] = channel
+            started = time.perf_counter()
+            for campaign_id in ids:
+                api.launch(campaign_id)
+        while True:
+            states = asyncio.run(campaign_states(settings.postgres_dsn, list(ids)))
+            if all(s == "completed" for s in states.values()):
+                break
+            if time.perf_counter() - started > 3600:
+                raise SystemExit(f"not completed after an hour: {states}")
+            time.sleep(0.25)
+        seconds = time.perf_counter() - started
+        metrics = {cid: asyncio.run(_hash(settings, f"campaign:{cid}:metrics")) for cid in ids}
+    finally:
+        for p in procs:
+            stop(p)
+        stop(peers)
+    got = orjson.loads(peers_out.read_bytes())
+    peers_out.unlink(missing_ok=True)
+    seen: dict[str, int] = got["seen"]
+    arrivals: dict[str, float] = got["arrivals"]
+    queued = asyncio.run(queued_times(settings, set(ids), events_before))
+    latencies = np.array([arrivals[k] - queued[k] for k in arrivals if k in queued])
+    sent = sum(m.get("sent", 0) for m in metrics.values())
+    suppressed = sum(m.get("suppressed", 0) for m in metrics.values())
+    in_app = sum(m.get("sent", 0) for cid, m in metrics.items() if ids[cid] == "in_app")
+    at_peers = len(seen) + int(in_app)
+    duplicates = sum(c - 1 for c in seen.values() if c > 1)
+    expected = recipients - int(suppressed)
+    return {
+        "recipients": recipients, "delivered": at_peers, "suppressed": int(suppressed),
+        "seconds": round(seconds, 2), "msgs_per_s": round(recipients / seconds),
+        "p99_latency_s": round(float(np.percentile(latencies, 99)), 3) if len(latencies) else None,
+        "lost": max(0, expected - at_peers), "duplicates": duplicates, "aggregate_sent": int(sent),
+        "workers": workers, "setup_s": round(setup_s, 1),
+    }
+
+
+async def _hash(settings, key: str) -> dict[str, float]:
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(settings.redis_url)
+    try:
+        return {k.decode(): float(v) for k, v in (await r.hgetall(key)).items()}
+    finally:
+        await r.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--email-recipients", type=int, default=100_000, help="size of each email-only run")
+    parser.add_argument("--skip-email-runs", action="store_true")
+    parser.add_argument("--serve-peers", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_peers:
+        serve_peers(args.serve_peers)
+        return
+    figures = run(args.recipients, args.workers, SHARES, "smtp")
+    if not args.skip_email_runs:
+        for provider, name in (("smtp", "email_smtp_per_s"), ("batch", "email_batch_http_per_s")):
+            email = run(args.email_recipients, args.workers, {"email": 1.0}, provider)
+            figures[name] = email["msgs_per_s"]
+            figures[f"{name}_lost"] = email["lost"]
+    print(orjson.dumps(figures).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

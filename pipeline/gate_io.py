@@ -1,0 +1,180 @@
+"""The gate's I/O outside its Faust tables: campaign facts, profiles, Redis scripts.
+
+One round trip each, per batch: the campaign (cached), its status (cached 200 ms,
+so a pause is seen within 1 s), the batch's profile facts (one Postgres query),
+the budget reservation (one Lua call), held and deferred batches (one call).
+
+Redis keys:
+    campaign:{id}:status         read   "active" | "paused" | "cancelled" | "completed"
+    campaign:{id}:spend          r/w    budget reserved so far (float, currency units)
+    campaign:{id}:reservations   r/w    hash "<partition>:<offset>" → counts it reserved,
+                                        so a replayed record reserves nothing twice
+    campaign:{id}:held           push   raw message-requests batches of a paused campaign
+    campaign:{id}:held_sources   r/w    set of records already pushed (a replay pushes once)
+    gate:deferred                r/w    zset: encoded outbox batch → release time (epoch s)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import time as clock
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+
+from config import Settings
+from pipeline import gate as rules
+from pipeline.runtime import campaign_status, load_campaign
+
+DEFERRED_KEY = "gate:deferred"
+RESERVATION_TTL_S = 7 * 86400
+CLAIM_LEASE_S = 60.0
+CAMPAIGN_CACHE_S = 5.0
+
+# KEYS: spend, reservations   ARGV: max_spend, reservation id, then (unit_cost, count) per channel
+# Returns the allowed count per channel, in ARGV order; the same answer again for a known reservation.
+_RESERVE = """
+local done = redis.call('HGET', KEYS[2], ARGV[2])
+if done then return cjson.decode(done) end
+local max = tonumber(ARGV[1])
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+local out = {}
+for i = 3, #ARGV, 2 do
+  local cost, count = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local allowed = count
+  if cost > 0 then
+    local room = max - spent
+    if room <= 0 then allowed = 0 else allowed = math.min(count, math.floor(room / cost + 1e-9)) end
+  end
+  spent = spent + allowed * cost
+  out[#out + 1] = allowed
+end
+redis.call('SET', KEYS[1], string.format('%.6f', spent))
+redis.call('HSET', KEYS[2], ARGV[2], cjson.encode(out))
+redis.call('EXPIRE', KEYS[2], 604800)
+return out
+"""
+
+# KEYS: held list, held sources set   ARGV: source, raw batch
+_HOLD = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], 604800)
+  return 1
+end
+return 0
+"""
+
+# KEYS: deferred zset   ARGV: now, lease seconds, limit
+# Claims due members by pushing their score a lease ahead, so only one worker takes each and a
+# worker that dies before sending (and removing) them leaves them due again after the lease.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), m) end
+return due
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class GateCampaign:
+    channels: tuple[str, ...]
+    max_spend: float | None
+    unit_costs: dict[str, float]
+    quiet_hours: tuple[clock, clock] | None
+
+
+@dataclass
+class GateIO:
+    settings: Settings
+    _pool: asyncpg.Pool | None = None
+    _redis: aioredis.Redis | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _campaigns: dict[int, tuple[float, tuple[clock, clock] | None]] = field(default_factory=dict)
+    _scripts: dict = field(default_factory=dict)
+
+    async def postgres(self) -> asyncpg.Pool:
+        async with self._lock:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(self.settings.postgres_dsn, min_size=1, max_size=4)
+        return self._pool
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(self.settings.redis_url)
+            self._scripts = {name: self._redis.register_script(src)
+                             for name, src in (("reserve", _RESERVE), ("hold", _HOLD), ("claim", _CLAIM))}
+        return self._redis
+
+    async def campaign(self, campaign_id: int) -> GateCampaign | None:
+        """What the gate needs of a campaign: ``pipeline.runtime.load_campaign`` (cached there),
+        plus the quiet hours of its schedule (cached here, CAMPAIGN_CACHE_S)."""
+        pool = await self.postgres()
+        runtime = await load_campaign(pool, campaign_id, self.settings)
+        if runtime is None:
+            return None
+        now = time.monotonic()
+        cached = self._campaigns.get(campaign_id)
+        if cached is None or now - cached[0] >= CAMPAIGN_CACHE_S:
+            spec = getattr(runtime, "quiet_hours", None)
+            if spec is None:
+                schedule = await pool.fetchval("SELECT schedule FROM campaigns WHERE campaign_id = $1", campaign_id)
+                schedule = orjson.loads(schedule) if isinstance(schedule, (str, bytes)) else schedule
+                spec = schedule.get("quiet_hours") if isinstance(schedule, dict) else None
+            cached = (now, rules.quiet_window(spec))
+            self._campaigns[campaign_id] = cached
+        return GateCampaign(
+            channels=tuple(runtime.channels),
+            max_spend=runtime.budget.max_spend if runtime.budget is not None else None,
+            unit_costs=dict(runtime.unit_costs),
+            quiet_hours=cached[1],
+        )
+
+    async def status(self, campaign_id: int) -> str:
+        """The campaign's running status (cached 200 ms); "active" when none was set."""
+        return await campaign_status(self.redis, campaign_id) or "active"
+
+    async def profiles(self, user_ids: list[int]) -> dict[int, rules.Profile]:
+        pool = await self.postgres()
+        rows = await pool.fetch(
+            "SELECT user_id, timezone, email IS NOT NULL AS e, phone IS NOT NULL AS p,"
+            " jsonb_array_length(push_tokens) > 0 AS t FROM users WHERE user_id = ANY($1::bigint[])",
+            user_ids,
+        )
+        return {
+            r["user_id"]: rules.Profile(
+                r["timezone"], frozenset(a for a, has in (("email", r["e"]), ("phone", r["p"]), ("push", r["t"])) if has))
+            for r in rows
+        }
+
+    async def reserve_budget(self, campaign_id: int, reservation: str, max_spend: float,
+                             costs: dict[str, float], wanted: dict[str, int]) -> dict[str, int]:
+        channels = list(wanted)
+        if not any(wanted.values()):
+            return dict(wanted)
+        args: list = [repr(max_spend), reservation]
+        for ch in channels:
+            args += [repr(costs.get(ch, 0.0)), wanted[ch]]
+        _ = self.redis
+        allowed = await self._scripts["reserve"](
+            keys=[f"campaign:{campaign_id}:spend", f"campaign:{campaign_id}:reservations"], args=args)
+        return {ch: int(n) for ch, n in zip(channels, allowed)}
+
+    async def hold(self, campaign_id: int, source: str, raw: bytes) -> None:
+        _ = self.redis
+        await self._scripts["hold"](
+            keys=[f"campaign:{campaign_id}:held", f"campaign:{campaign_id}:held_sources"], args=[source, raw])
+
+    async def defer(self, batches: list[tuple[float, dict]]) -> None:
+        await self.redis.zadd(DEFERRED_KEY, {orjson.dumps(b): t for t, b in batches})
+
+    async def claim_due(self, now: float, limit: int = 100) -> list[bytes]:
+        _ = self.redis
+        return await self._scripts["claim"](keys=[DEFERRED_KEY], args=[repr(now), repr(CLAIM_LEASE_S), limit])
+
+    async def released(self, members: list[bytes]) -> None:
+        if members:
+            await self.redis.zrem(DEFERRED_KEY, *members)

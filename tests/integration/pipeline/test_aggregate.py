@@ -1,0 +1,253 @@
+"""The aggregate stage on the real stack: delivery events → Redis counters, Cassandra message_log, completion."""
+
+from __future__ import annotations
+
+import base64
+import random
+import uuid
+from datetime import datetime, timezone
+
+import asyncpg
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from agents.aggregate import Completion, Folder
+from pipeline import metrics as m
+from pipeline.resources import Resources
+from pipeline.stores.cassandra import connect, run_async
+from schemas.messages import DeliveryEvent, DeliveryEventBatch, encode, message_id
+from tests.integration.kafka_io import eventually, produce
+
+
+def _campaign_id() -> int:
+    return random.randrange(9 * 10**15, 10**16)
+
+
+def _user_id() -> int:
+    return random.randrange(10**12, 2 * 10**12)
+
+
+def _event(cid: int, user: int, status: str, channel: str = "email", variant: str | None = "A",
+           reason: str | None = None, cost: float = 0.0, at: datetime | None = None) -> DeliveryEvent:
+    return DeliveryEvent(message_id=message_id(cid, user, channel), campaign_id=cid, user_id=user, channel=channel,
+                         variant=variant, status=status, reason=reason, cost=cost,
+                         at=at or datetime.now(timezone.utc))
+
+
+@pytest.fixture
+async def redis(settings):
+    client = aioredis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+async def _hash(redis, key: str) -> dict[str, float]:
+    return {k.decode(): float(v) for k, v in (await redis.hgetall(key)).items()}
+
+
+async def _forget(redis, cid: int) -> None:
+    keys = [k async for k in redis.scan_iter(f"campaign:{cid}:*", count=10_000)]
+    if keys:
+        await redis.delete(*keys)
+    await redis.srem(m.OPEN_CAMPAIGNS, cid)
+
+
+async def test_the_redis_fold_counts_exactly_what_the_pure_fold_counts(redis):
+    """The Lua script and pipeline.metrics.fold are one rule: random batches, replays included."""
+    cid = _campaign_id()
+    rng = random.Random(cid)
+    users = [_user_id() for _ in range(40)]
+    statuses = ["queued", "sent", "delivered", "bounced", "failed", "suppressed", "deferred", "held", "cancelled"]
+    batches = []
+    for _ in range(12):
+        batch = []
+        for _ in range(rng.randrange(1, 60)):
+            status = rng.choice(statuses)
+            batch.append(_event(cid, rng.choice(users), status, channel=rng.choice(["email", "sms"]),
+                                variant=rng.choice(["A", "B", None]),
+                                reason=rng.choice(["unsubscribed", "duplicate"]) if status == "suppressed" else None,
+                                cost=0.0075 if status == "sent" else 0.0))
+        batches.append(batch)
+    batches += batches[:5]  # a replay of the first five
+    folder = Folder(redis)
+    seen: dict[uuid.UUID, int] = {}
+    want: dict[str, dict[str, float]] = {}
+    try:
+        for batch in batches:
+            await folder.fold(batch)
+            for key, fields in m.fold(m.collapse(batch), seen).items():
+                for f, v in fields.items():
+                    want.setdefault(key, {}).setdefault(f, 0.0)
+                    want[key][f] += v
+        for key, fields in want.items():
+            got = await _hash(redis, key)
+            assert set(got) == set(fields), key
+            for f, v in fields.items():
+                assert got[f] == pytest.approx(v), (key, f)
+        assert await redis.sismember(m.OPEN_CAMPAIGNS, cid)
+        ttl = await redis.ttl(m.seen_key(cid, batches[0][0].message_id))
+        assert 0 < ttl <= m.SEEN_TTL_S
+    finally:
+        await _forget(redis, cid)
+
+
+async def test_a_seen_bucket_stays_in_the_compact_encoding(redis):
+    cid = _campaign_id()
+    folder = Folder(redis)
+    try:
+        await folder.fold([_event(cid, u, "sent") for u in range(2000)])
+        key = m.seen_key(cid, message_id(cid, 0, "email"))
+        assert await redis.object("encoding", key) in (b"listpack", b"ziplist")
+    finally:
+        await _forget(redis, cid)
+
+
+async def _insert_campaign(dsn: str, cid: int, status: str = "active") -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO campaigns (campaign_id, name, status, channels, launched_at) VALUES ($1, $2, $3, $4, now())",
+            cid, f"aggregate-test-{cid}", status, ["email"])
+    finally:
+        await conn.close()
+
+
+async def _campaign(dsn: str, cid: int):
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT status, completed_at FROM campaigns WHERE campaign_id = $1", cid)
+        audit = await conn.fetch("SELECT actor, action FROM audit_log WHERE entity_type = 'campaign'"
+                                 " AND entity_id = $1 ORDER BY audit_id", str(cid))
+        return row, audit
+    finally:
+        await conn.close()
+
+
+async def _delete_campaign(dsn: str, cid: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DELETE FROM campaigns WHERE campaign_id = $1", cid)
+    finally:
+        await conn.close()
+
+
+async def test_completion_marks_an_active_campaign_completed_once_every_message_has_an_outcome(settings, redis):
+    cid = _campaign_id()
+    await _insert_campaign(settings.postgres_dsn, cid)
+    resources = Resources(settings)
+    folder, completion = Folder(redis), Completion(redis, resources)
+    try:
+        await redis.set(m.status_key(cid), "active")
+        await redis.set(m.expected_key(cid), 3)
+        await folder.fold([_event(cid, 1, "sent"), _event(cid, 2, "queued"), _event(cid, 3, "held")])
+        assert await completion.check({cid}) == []
+        await folder.fold([_event(cid, 2, "sent"), _event(cid, 3, "cancelled"), _event(cid, 1, "delivered")])
+        assert await completion.check({cid}) == [cid]
+        assert await completion.check({cid}) == []  # once
+        row, audit = await _campaign(settings.postgres_dsn, cid)
+        assert row["status"] == "completed" and row["completed_at"] is not None
+        assert [(a["actor"], a["action"]) for a in audit] == [("herald", "campaign.completed")]
+        assert await redis.get(m.status_key(cid)) == b"completed"
+        assert not await redis.sismember(m.OPEN_CAMPAIGNS, cid)
+    finally:
+        await resources.close()
+        await _forget(redis, cid)
+        await _delete_campaign(settings.postgres_dsn, cid)
+
+
+async def test_a_paused_campaign_is_not_completed_even_when_every_message_is_accounted(settings, redis):
+    cid = _campaign_id()
+    await _insert_campaign(settings.postgres_dsn, cid, status="paused")
+    resources = Resources(settings)
+    folder, completion = Folder(redis), Completion(redis, resources)
+    try:
+        await redis.set(m.status_key(cid), "paused")
+        await redis.set(m.expected_key(cid), 1)
+        await folder.fold([_event(cid, 1, "sent")])
+        assert cid not in await completion.sweep()
+        row, _ = await _campaign(settings.postgres_dsn, cid)
+        assert row["status"] == "paused"
+        assert await redis.sismember(m.OPEN_CAMPAIGNS, cid)  # decided later, on resume
+    finally:
+        await resources.close()
+        await _forget(redis, cid)
+        await _delete_campaign(settings.postgres_dsn, cid)
+
+
+async def _log_rows(session, keyspace: str, cid: int, day, shards) -> list:
+    rows = []
+    for shard in shards:
+        rows += list(await run_async(session, f"SELECT * FROM {keyspace}.message_log WHERE campaign_id = %s"
+                                              " AND day = %s AND shard = %s", (cid, day, shard)))
+    return rows
+
+
+async def test_events_on_kafka_reach_counters_message_log_and_completion_through_the_worker(settings, redis,
+                                                                                            worker):
+    """Produced twice (a replay): counted once; every status in message_log; the campaign completes."""
+    cid = _campaign_id()
+    await _insert_campaign(settings.postgres_dsn, cid)
+    users = [_user_id() for _ in range(30)]
+    now = datetime.now(timezone.utc)
+    events = []
+    for n, u in enumerate(users):
+        if n < 20:
+            events += [_event(cid, u, "queued", at=now), _event(cid, u, "sent", cost=0.001, variant="B", at=now)]
+        elif n < 25:
+            events.append(_event(cid, u, "suppressed", reason="frequency_cap", at=now))
+        else:
+            events.append(_event(cid, u, "failed", reason="550 no such user", at=now))
+    batches = [DeliveryEventBatch(events=events[i:i + 7]) for i in range(0, len(events), 7)]
+    records = [(str(cid).encode(), encode(b)) for b in batches]
+    try:
+        await redis.set(m.status_key(cid), "active")
+        await redis.set(m.expected_key(cid), len(users))
+        await produce(settings.kafka_brokers, "delivery-events", records + records + [(b"x", b"{not json")])
+
+        async def completed():
+            row, _ = await _campaign(settings.postgres_dsn, cid)
+            return row["status"] == "completed"
+
+        await eventually(completed, timeout_s=60)
+        totals = await _hash(redis, m.metrics_key(cid))
+        assert totals["sent"] == 20 and totals["queued"] == 20
+        assert totals["suppressed"] == 5 and totals["suppressed:frequency_cap"] == 5
+        assert totals["failed"] == 5 and totals[m.ACCOUNTED] == 30
+        assert totals["budget_spent"] == pytest.approx(0.02)
+        assert await redis.get(m.status_key(cid)) == b"completed"
+
+        _, session = connect(settings)
+        try:
+            async def logged():
+                rows = await _log_rows(session, settings.cassandra_keyspace, cid, now.date(),
+                                       sorted({u % 64 for u in users}))
+                return rows if len(rows) >= len(events) else None
+
+            rows = await eventually(logged, timeout_s=60)
+        finally:
+            session.cluster.shutdown()
+        assert len(rows) == len(events)  # a status per row; the replay rewrote the same rows
+        by_status: dict[str, int] = {}
+        for r in rows:
+            by_status[r.status] = by_status.get(r.status, 0) + 1
+        assert by_status == {"queued": 20, "sent": 20, "suppressed": 5, "failed": 5}
+        assert {r.error_message for r in rows if r.status == "failed"} == {"550 no such user"}
+    finally:
+        await _forget(redis, cid)
+        await _delete_campaign(settings.postgres_dsn, cid)
+
+
+async def test_a_malformed_delivery_event_goes_to_dead_letters_with_its_reason(settings, worker):
+    from tests.integration.kafka_io import end_offsets, read_from
+
+    start = await end_offsets(settings.kafka_brokers, "dead-letters")
+    marker = f"bad-{uuid.uuid4()}".encode()
+    await produce(settings.kafka_brokers, "delivery-events", [(marker, orjson.dumps({"events": [{"status": 1}]}))])
+
+    def found(records):
+        return [r for r in records if r.get("source_topic") == "delivery-events" and r.get("stage") == "aggregate"
+                and r.get("key") and base64.b64decode(r["key"]) == marker]
+
+    records = await read_from(settings.kafka_brokers, start, lambda rs: bool(found(rs)), timeout_s=60)
+    assert "events.0" in found(records)[0]["reason"]

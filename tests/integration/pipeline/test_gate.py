@@ -1,0 +1,208 @@
+"""The gate on the real stack: MessageBatch records in, outbox batches and delivery events out.
+
+Each test publishes its own MessageBatch records for its own campaigns (made by the
+``make_campaign`` fixture: fresh users above 10**12, rows removed afterwards) straight
+to ``message-requests`` and asserts exactly what the worker's gate emitted for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import orjson
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from pipeline.app import DELIVERY_EVENTS, MESSAGE_REQUESTS, OUTBOX, PREFERENCE_UPDATES
+from pipeline.partitioning import user_partition
+from schemas.messages import DeliveryEvent, DeliveryEventBatch, MessageBatch, Recipient, encode, message_id
+from schemas.preferences import Preferences, preference_key
+from tests.integration.kafka_io import end_offsets
+from tests.integration.pipeline.conftest import read_campaign_records
+
+
+def _one_partition(campaign, settings, n: int) -> tuple[int, list[int]]:
+    """``n`` of the campaign's users that share one partition, and that partition."""
+    by: dict[int, list[int]] = {}
+    for uid in campaign.user_ids:
+        by.setdefault(user_partition(uid, settings.topic_partitions), []).append(uid)
+    p, uids = max(by.items(), key=lambda kv: len(kv[1]))
+    assert len(uids) >= n
+    return p, uids[:n]
+
+
+def _batch(cid: int, p: int, uids: list[int], batch_id: str, step: str = "send") -> MessageBatch:
+    return MessageBatch(batch_id=batch_id, campaign_id=cid, step=step, partition=p,
+                        recipients=[Recipient(user_id=u, variant="A") for u in uids])
+
+
+async def _send(settings, topic: str, p: int, key: bytes, value: bytes) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_brokers, acks="all")
+    await producer.start()
+    try:
+        return (await producer.send_and_wait(topic, value, key=key, partition=p)).offset
+    finally:
+        await producer.stop()
+
+
+async def _consumed(settings, topic: str, p: int, offset: int, timeout_s: float = 90.0) -> None:
+    """Wait until the worker group committed past ``offset`` on ``topic``/``p`` (it applied the record)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_brokers)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            offsets = await admin.list_consumer_group_offsets(settings.app_id)
+            got = offsets.get(TopicPartition(topic, p))
+            if got is not None and got.offset > offset:
+                return
+            assert time.monotonic() < deadline, f"worker did not consume {topic}/{p}@{offset}"
+            await asyncio.sleep(0.25)
+    finally:
+        await admin.close()
+
+
+async def _starts(settings, *topics: str) -> dict[TopicPartition, int]:
+    out = {}
+    for t in topics:
+        out |= await end_offsets(settings.kafka_brokers, t)
+    return out
+
+
+GATE_STATUSES = frozenset({"queued", "suppressed", "deferred", "held", "cancelled"})
+
+
+def _events(records, cid: int) -> list[dict]:
+    """The gate's events of campaign ``cid`` (the senders' sent/failed/... on the same topic are not ours)."""
+    return [e for _, r in records if "events" in r for e in r["events"]
+            if e["campaign_id"] == cid and e["status"] in GATE_STATUSES]
+
+
+def _outbox(records, cid: int, channel: str) -> list[dict]:
+    return [r for _, r in records if r.get("campaign_id") == cid and r.get("channel") == channel and "recipients" in r]
+
+
+def _outcomes(events, channel: str, step: str = "send") -> dict[int, tuple[str, str | None]]:
+    return {e["user_id"]: (e["status"], e["reason"]) for e in events if e["channel"] == channel and e["step"] == step}
+
+
+async def _read(settings, starts, cid: int, events: int):
+    await read_campaign_records(settings, starts, cid, lambda rs: len(_events(rs, cid)) >= events)
+    await asyncio.sleep(0.5)  # anything emitted with those events is on the topics by now
+    return await read_campaign_records(settings, starts, cid, lambda rs: len(_events(rs, cid)) >= events,
+                                       timeout_s=10)
+
+
+async def test_gate_suppresses_with_reasons_dedups_replays_and_caps(worker, settings, make_campaign, pipeline_pool):
+    campaign = await make_campaign(users=120, channels=["email", "sms"])
+    cid = campaign.campaign_id
+    p, u = _one_partition(campaign, settings, 8)
+    # u0 unsubscribed from email; u1 capped at 1 email a week; u2 has no email address; u3 bounced.
+    opted_out = Preferences(user_id=u[0], email_enabled=False).to_update()
+    capped = Preferences(user_id=u[1], frequency_cap={"email": 1}).to_update()
+    for pref in (opted_out, capped):
+        last_pref = await _send(settings, PREFERENCE_UPDATES.name, p, preference_key(pref.user_id), encode(pref))
+    await pipeline_pool.execute("UPDATE users SET email = NULL WHERE user_id = $1", u[2])
+    bounce = DeliveryEventBatch(events=[DeliveryEvent(message_id=message_id(cid, u[3], "email", "earlier"),
+                                                      campaign_id=cid, user_id=u[3], channel="email", step="earlier",
+                                                      status="bounced", reason="550 mailbox unavailable")])
+    last_bounce = await _send(settings, DELIVERY_EVENTS.name, p, b"test", encode(bounce))
+    await _consumed(settings, PREFERENCE_UPDATES.name, p, last_pref)
+    await _consumed(settings, DELIVERY_EVENTS.name, p, last_bounce)
+
+    starts = await _starts(settings, OUTBOX["email"].name, OUTBOX["sms"].name, DELIVERY_EVENTS.name)
+    first = encode(_batch(cid, p, u, f"gate-test:{cid}:0:{p}"))
+    await _send(settings, MESSAGE_REQUESTS.name, p, b"k", first)
+    records = await _read(settings, starts, cid, events=16)
+    events = [e for e in _events(records, cid) if e["step"] == "send"]
+    assert _outcomes(events, "email") == {
+        u[0]: ("suppressed", "unsubscribed"), u[1]: ("queued", None), u[2]: ("suppressed", "no_address"),
+        u[3]: ("suppressed", "suppression_list"), **{x: ("queued", None) for x in u[4:]}}
+    assert _outcomes(events, "sms") == {x: ("queued", None) for x in u}
+    (email,), (sms,) = _outbox(records, cid, "email"), _outbox(records, cid, "sms")
+    assert [r["user_id"] for r in email["recipients"]] == [u[1], *u[4:]]
+    assert [r["user_id"] for r in sms["recipients"]] == u
+    assert (email["partition"], email["batch_id"]) == (p, f"gate-test:{cid}:0:{p}:email")
+    assert {e["message_id"] for e in events if e["user_id"] == u[4]} == {
+        str(message_id(cid, u[4], "email")), str(message_id(cid, u[4], "sms"))}
+    # Every record the gate wrote went to the batch's partition.
+    assert {part for part, r in records if r.get("campaign_id") == cid or "events" in r} == {p}
+
+    # The same batch published again: every released message is a duplicate, nothing reaches an outbox.
+    starts = await _starts(settings, OUTBOX["email"].name, OUTBOX["sms"].name, DELIVERY_EVENTS.name)
+    await _send(settings, MESSAGE_REQUESTS.name, p, b"k", first)
+    records = await _read(settings, starts, cid, events=16)
+    events = _events(records, cid)
+    assert _outcomes(events, "email") == {
+        u[0]: ("suppressed", "unsubscribed"), u[2]: ("suppressed", "no_address"),
+        u[3]: ("suppressed", "suppression_list"), **{x: ("suppressed", "duplicate") for x in (u[1], *u[4:])}}
+    assert _outcomes(events, "sms") == {x: ("suppressed", "duplicate") for x in u}
+    assert _outbox(records, cid, "email") == [] and _outbox(records, cid, "sms") == []
+
+    # A second step: not a duplicate, but u1 has had their one email this week.
+    starts = await _starts(settings, OUTBOX["email"].name, DELIVERY_EVENTS.name)
+    await _send(settings, MESSAGE_REQUESTS.name, p, b"k",
+                encode(_batch(cid, p, u, f"gate-test:{cid}:1:{p}", step="reminder")))
+    records = await _read(settings, starts, cid, events=16)
+    email_outcomes = _outcomes(_events(records, cid), "email", "reminder")
+    assert email_outcomes[u[1]] == ("suppressed", "frequency_cap")
+    assert all(email_outcomes[x] == ("queued", None) for x in u[4:])
+    (email,) = _outbox(records, cid, "email")
+    assert [r["user_id"] for r in email["recipients"]] == u[4:]
+
+
+async def test_gate_releases_no_message_past_the_budget(worker, settings, make_campaign, pipeline_redis):
+    unit = settings.unit_costs["email"]
+    campaign = await make_campaign(users=60, channels=["email"], budget={"max_spend": 3 * unit, "currency": "USD"})
+    cid = campaign.campaign_id
+    p, u = _one_partition(campaign, settings, 5)
+    starts = await _starts(settings, OUTBOX["email"].name, DELIVERY_EVENTS.name)
+    await _send(settings, MESSAGE_REQUESTS.name, p, b"k", encode(_batch(cid, p, u, f"gate-budget:{cid}:{p}")))
+    records = await _read(settings, starts, cid, events=5)
+    assert _outcomes(_events(records, cid), "email") == {
+        **{x: ("queued", None) for x in u[:3]}, **{x: ("suppressed", "budget") for x in u[3:]}}
+    (email,) = _outbox(records, cid, "email")
+    assert [r["user_id"] for r in email["recipients"]] == u[:3]
+    assert float(await pipeline_redis.get(f"campaign:{cid}:spend")) <= 3 * unit + 1e-9
+
+
+async def test_paused_campaign_batch_is_held_and_cancelled_one_is_counted(worker, settings, make_campaign,
+                                                                          pipeline_redis):
+    paused = await make_campaign(users=40, channels=["email"])
+    cancelled = await make_campaign(users=40, channels=["email"])
+    await pipeline_redis.set(f"campaign:{paused.campaign_id}:status", "paused")
+    await pipeline_redis.set(f"campaign:{cancelled.campaign_id}:status", "cancelled")
+    for c, outcome in ((paused, ("held", None)), (cancelled, ("cancelled", "cancelled"))):
+        p, u = _one_partition(c, settings, 3)
+        starts = await _starts(settings, OUTBOX["email"].name, DELIVERY_EVENTS.name)
+        raw = encode(_batch(c.campaign_id, p, u, f"gate-control:{c.campaign_id}:{p}"))
+        await _send(settings, MESSAGE_REQUESTS.name, p, b"k", raw)
+        records = await _read(settings, starts, c.campaign_id, events=3)
+        assert _outcomes(_events(records, c.campaign_id), "email") == {x: outcome for x in u}
+        assert _outbox(records, c.campaign_id, "email") == []
+        held = await pipeline_redis.lrange(f"campaign:{c.campaign_id}:held", 0, -1)
+        assert held == ([raw] if c is paused else [])
+
+
+async def test_quiet_hours_defer_then_release_with_not_before(worker, settings, make_campaign, pipeline_pool):
+    campaign = await make_campaign(users=40, channels=["email"])
+    cid = campaign.campaign_id
+    p, u = _one_partition(campaign, settings, 2)
+    now = datetime.now(timezone.utc)
+    end = now + timedelta(seconds=4)
+    window = {"start": (now - timedelta(minutes=5)).strftime("%H:%M:%S"), "end": end.strftime("%H:%M:%S")}
+    await pipeline_pool.execute("UPDATE campaigns SET schedule = $2::jsonb WHERE campaign_id = $1", cid,
+                                orjson.dumps({"quiet_hours": window}).decode())
+    starts = await _starts(settings, OUTBOX["email"].name, DELIVERY_EVENTS.name)
+    await _send(settings, MESSAGE_REQUESTS.name, p, b"k", encode(_batch(cid, p, u, f"gate-quiet:{cid}:{p}")))
+    records = await read_campaign_records(
+        settings, starts, cid, lambda rs: Counter(e["status"] for e in _events(rs, cid))["queued"] >= 2)
+    statuses = [(e["user_id"], e["status"]) for e in _events(records, cid)]
+    assert statuses == [(u[0], "deferred"), (u[1], "deferred"), (u[0], "queued"), (u[1], "queued")]
+    (email,) = _outbox(records, cid, "email")
+    assert [r["user_id"] for r in email["recipients"]] == u
+    released_at = datetime.fromisoformat(email["recipients"][0]["not_before"])
+    assert released_at == end.replace(microsecond=0)
