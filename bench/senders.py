@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from config import get_settings  # noqa: E402
 from pipeline.channels import make_channel  # noqa: E402
 from pipeline.codecs import RawRecord  # noqa: E402
-from pipeline.sending import SendPlan, Sender, TokenBucket, plan_content  # noqa: E402
+from pipeline.sending import SendPlan, Sender, TokenBucket, plan_content, send_chunk  # noqa: E402
 from pipeline.templates import CompiledTemplate  # noqa: E402
 from schemas.messages import MessageBatch, Recipient  # noqa: E402
 
@@ -104,7 +104,7 @@ async def run(settings, emails: int, batch_size: int, pool: int) -> tuple[float,
             print(f"dead letters: {letters[0].reason}", file=sys.stderr)
 
     sender = Sender(settings, "email", redis, adapter, Plans(plan), Profiles(), events, dead,
-                    bucket=TokenBucket(redis, "bench-email", 1e7))
+                    bucket=TokenBucket(redis, "bench-email", 1e7), chunk=send_chunk(settings, "email"))
     base = 10**12
     raws = []
     for i in range(0, emails, batch_size):

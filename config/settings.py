@@ -83,6 +83,26 @@ class Settings(BaseSettings):
     email_batch_url: str = "http://127.0.0.1:8093/v3/mail/send"
     email_batch_key: str = "herald-local"
     provider_timeout_s: float = 10.0
+    email_provider: str = Field(default="smtp", pattern="^(smtp|batch)$")  # batch: the SendGrid-shaped HTTP API
+
+    # Sending (pipeline/sending.py): per-channel rates shared by every worker (a token
+    # bucket in Redis, messages per second, a second's worth of burst), retries, pools.
+    rate_email: float = Field(default=5000.0, gt=0)
+    rate_sms: float = Field(default=100.0, gt=0)
+    rate_push: float = Field(default=5000.0, gt=0)
+    rate_in_app: float = Field(default=50000.0, gt=0)
+    rate_webhook: float = Field(default=1000.0, gt=0)
+    send_max_attempts: int = Field(default=6, ge=1)
+    send_backoff_base_s: float = Field(default=0.5, gt=0)
+    send_backoff_cap_s: float = Field(default=10.0, gt=0)
+    send_max_retry_after_s: float = Field(default=30.0, gt=0)
+    smtp_pool_size: int = Field(default=8, ge=1)
+    provider_connections: int = Field(default=8, ge=1)
+    sender_batches_in_flight: int = Field(default=16, ge=1)
+    # Messages handed to a provider between two looks at the campaign's status. Every batch
+    # in flight queues this many at the provider's connections, so batches_in_flight × chunk
+    # messages are already on their way when a pause lands: small enough to stop within 1 s.
+    send_chunk: int = Field(default=32, ge=1)
 
     @property
     def kafka_port(self) -> int:

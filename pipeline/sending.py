@@ -442,7 +442,7 @@ class Sender:
 
     def __init__(self, settings: Settings, channel: str, redis: Redis, adapter: Channel, plans: Any, profiles: Any,
                  emit_events: EmitEvents, emit_dead: EmitDead, policy: RetryPolicy | None = None,
-                 bucket: TokenBucket | None = None, chunk: int = 1000, batches_in_flight: int = 16,
+                 bucket: TokenBucket | None = None, chunk: int = 200, batches_in_flight: int = 16,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.settings = settings
         self.channel = channel
@@ -522,6 +522,16 @@ class Sender:
             await self.ledger.reported(ledger_key, sent)
         return report
 
+    async def _halt(self, batch: MessageBatch, recipients: list[Recipient], status: str, report: BatchReport) -> None:
+        """Hold (paused) or drop (cancelled) the recipients of ``batch`` that were not sent to."""
+        if not recipients:
+            return
+        if status == "paused":
+            rest = batch.model_copy(update={"recipients": recipients})
+            await self.redis.rpush(f"campaign:{batch.campaign_id}:held", orjson.dumps(rest.model_dump(mode="json")))
+        report.events += [self._plain_event(batch, r, status="held" if status == "paused" else "cancelled",
+                                            reason=f"campaign {status}") for r in recipients]
+
     def _plain_event(self, batch: MessageBatch, r: Recipient, status: str, reason: str | None) -> DeliveryEvent:
         return DeliveryEvent(message_id=message_id(batch.campaign_id, r.user_id, self.channel, batch.step),
                              campaign_id=batch.campaign_id, user_id=r.user_id, channel=self.channel,
@@ -559,11 +569,17 @@ class Sender:
                 reason = f"render_error: {exc}"
                 report.events.append(self._plain_event(batch, r, "failed", reason))
                 report.dead.append(self._dead(batch, raw, r, reason))
-        results, attempts = await self._deliver(batch, outs, ledger_key)
+        results, attempts, halted = await self._deliver(batch, outs, ledger_key)
         report.sends = sum(attempts)
         per_user: dict[int, list[int]] = {}
         for k, out in enumerate(outs):
             per_user.setdefault(out.index, []).append(k)
+        if halted is not None:
+            # Paused or cancelled mid-batch: whoever got nothing yet is held (paused) or dropped (cancelled).
+            untouched = [i for i, ks in per_user.items() if all(attempts[k] == 0 for k in ks)]
+            for i in untouched:
+                del per_user[i]
+            await self._halt(batch, [batch.recipients[i] for i in untouched], halted, report)
         for i, ks in per_user.items():
             r = batch.recipients[i]
             result = combine([results[k] for k in ks])
@@ -604,14 +620,18 @@ class Sender:
 
     # -- provider calls with rate and retries ----------------------------------------------------
     async def _deliver(self, batch: MessageBatch, outs: list[_Out], ledger_key: str
-                       ) -> tuple[list[SendResult], list[int]]:
+                       ) -> tuple[list[SendResult], list[int], str | None]:
+        """Send with rate and retries; the third value is "paused"/"cancelled" if the campaign
+        stopped mid-batch (messages never attempted keep ``attempts`` 0)."""
         results: list[SendResult] = [SendResult.transient("not attempted")] * len(outs)
         attempts = [0] * len(outs)
         pending = list(range(len(outs)))
         while pending:
-            await self._rated_round(batch, outs, pending, results, ledger_key)
-            for k in pending:
+            attempted, halted = await self._rated_round(batch, outs, pending, results, ledger_key)
+            for k in attempted:
                 attempts[k] += 1
+            if halted is not None:
+                return results, attempts, halted
             retry = [k for k in pending if results[k].outcome == TRANSIENT and self.policy.should_retry(attempts[k])]
             if not retry:
                 break
@@ -621,13 +641,22 @@ class Sender:
                      count=len(retry), wait_s=round(wait, 3), reason=results[retry[0]].reason)
             await self.sleep(wait)
             pending = retry
-        return results, attempts
+        return results, attempts, None
 
     async def _rated_round(self, batch: MessageBatch, outs: list[_Out], pending: list[int],
-                           results: list[SendResult], ledger_key: str) -> None:
-        """One attempt for every pending message, in chunks as the token bucket grants them."""
+                           results: list[SendResult], ledger_key: str) -> tuple[list[int], str | None]:
+        """One attempt for every pending message, in chunks as the token bucket grants them.
+
+        Campaign state is data: it is read again before every chunk (small chunks, a
+        200 ms status cache), so a pause or cancel stops a batch within about a second
+        even on a slow provider. Returns the messages attempted and, if the campaign
+        stopped, its status.
+        """
         start = 0
         while start < len(pending):
+            status = await self.status.get(batch.campaign_id)
+            if status in ("paused", "cancelled"):
+                return pending[:start], status
             granted = await self.bucket.acquire(min(self.chunk, len(pending) - start))
             chunk = pending[start:start + granted]
             start += granted
@@ -639,6 +668,7 @@ class Sender:
                     acks.setdefault(batch.recipients[outs[k].index].user_id, answer.provider_id or "-")
             # Record acknowledgements per chunk: a crash re-sends at most the chunk in flight.
             await self.ledger.acked(ledger_key, acks)
+        return pending, None
 
 
 # ---------------------------------------------------------------- the process-level runner
@@ -655,6 +685,16 @@ def adapter_options(settings: Settings, channel: str) -> dict[str, Any]:
     return {}
 
 
+def send_chunk(settings: Settings, channel: str) -> int:
+    """Messages per provider hand-off: small for one-message-per-call providers (a pause must
+    stop them within a second), a whole request's worth for the batch email API."""
+    from pipeline.channels import email_provider
+
+    if channel == "email" and email_provider(settings) == "batch":
+        return max(settings.send_chunk, 1000)
+    return settings.send_chunk
+
+
 async def run_sender(settings: Settings, channel: str, topic: str, emit_events: EmitEvents, emit_dead: EmitDead,
                      pool: Any) -> None:
     """Consume ``topic`` (outbox.<channel>) in group ``<app_id>.send_<channel>`` until cancelled."""
@@ -663,7 +703,7 @@ async def run_sender(settings: Settings, channel: str, topic: str, emit_events: 
     redis = Redis.from_url(settings.redis_url)
     adapter = make_channel(channel, settings, redis, **adapter_options(settings, channel))
     sender = Sender(settings, channel, redis, adapter, CampaignPlans(pool, settings, channel), PostgresProfiles(pool),
-                    emit_events, emit_dead)
+                    emit_events, emit_dead, chunk=send_chunk(settings, channel))
     delay = 0.5
     try:
         while True:
