@@ -21,8 +21,6 @@ PATCH, DELETE and launch honour ``If-Match`` (412 when it no longer matches).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 import uuid
 from collections.abc import Mapping
@@ -39,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import audit, segments
+from api import audit, paging, segments
 from api.auth import ROLES, Caller, require_role
 from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
@@ -516,19 +514,15 @@ async def get_campaign(request: Request) -> Response:
     return _answer(campaign_view(row, live), headers={"ETag": _etag(row["version"])})
 
 
-def encode_cursor(campaign_id: int) -> str:
-    return base64.urlsafe_b64encode(f"c1:{campaign_id}".encode()).decode().rstrip("=")
+def encode_cursor(last_id: int) -> str:
+    return paging.encode_cursor("c1", last_id)
 
 
 def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        version, _, value = raw.partition(":")
-        if version != "c1":
-            raise ValueError(raw)
-        return int(value)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise _invalid([("cursor", "not a cursor this API returned")]) from None
+    last_id = paging.decode_cursor("c1", cursor)
+    if last_id is None:
+        raise _invalid([("cursor", "not a cursor this API returned")])
+    return last_id
 
 
 @require_role(*ROLES)
@@ -544,14 +538,7 @@ async def list_campaigns(request: Request) -> Response:
         problems.append(("type", f"unknown type {ctype!r}; known: {', '.join(rules.CAMPAIGN_TYPES)}"))
     if channel is not None and channel not in rules.CHANNELS:
         problems.append(("channel", f"unknown channel {channel!r}; known: {', '.join(rules.CHANNELS)}"))
-    limit = 50
-    if "limit" in q:
-        try:
-            limit = int(q["limit"])
-            if not 1 <= limit <= 200:
-                raise ValueError
-        except ValueError:
-            problems.append(("limit", "an integer from 1 to 200"))
+    limit = paging.page_limit(q, problems)
     if problems:
         raise _invalid(problems)
     before = decode_cursor(q["cursor"]) if "cursor" in q else None

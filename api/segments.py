@@ -43,6 +43,7 @@ from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
 from pipeline.lookalike import LookalikeError, train_and_rank
 from pipeline.segments import AudienceStore, Criteria, CriteriaError, Exclusions, parse_criteria
+from pipeline.segments.members import member_ids
 
 EDITORS = ("admin", "marketer")
 MAX_EXCLUDED_SEGMENTS = 100  # transitively; deeper chains are a modelling mistake, not a need
@@ -179,16 +180,6 @@ def exclusion_cycle(
         if cycle := visit(node):
             return cycle
     return None
-
-
-async def member_ids(conn: asyncpg.Connection, segment_id: int) -> np.ndarray:
-    """A stored segment's members as a sorted int64 array, in one round trip of packed bytes."""
-    packed = await conn.fetchval(
-        "SELECT coalesce(string_agg(int8send(user_id), ''::bytea ORDER BY user_id), ''::bytea)"
-        " FROM segment_members WHERE segment_id = $1",
-        segment_id,
-    )
-    return np.frombuffer(packed, dtype=">i8").astype(np.int64)
 
 
 async def load_exclusions(

@@ -15,8 +15,6 @@ them. Every mutation and every test send is audited in its transaction.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import uuid
 from email.utils import parseaddr
@@ -29,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import audit
+from api import audit, paging
 from api.auth import ROLES, require_role
 from api.errors import ApiError, FieldProblem, invalid, parse_body
 from api.openapi import operation
@@ -264,18 +262,15 @@ async def get_template_endpoint(request: Request) -> Response:
     return JSONResponse(_view(record))
 
 
-def encode_cursor(template_id: int) -> str:
-    return base64.urlsafe_b64encode(f"t1:{template_id}".encode()).decode().rstrip("=")
+def encode_cursor(last_id: int) -> str:
+    return paging.encode_cursor("t1", last_id)
 
 
 def decode_cursor(cursor: str) -> int:
-    try:
-        version, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-        if version != "t1":
-            raise ValueError(cursor)
-        return int(value)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise _invalid([("cursor", "not a cursor this API returned")]) from None
+    last_id = paging.decode_cursor("t1", cursor)
+    if last_id is None:
+        raise _invalid([("cursor", "not a cursor this API returned")])
+    return last_id
 
 
 @require_role(*ROLES)
@@ -287,14 +282,7 @@ async def list_templates(request: Request) -> Response:
     channel = q.get("channel")
     if channel is not None and channel not in CHANNELS:
         problems.append(("channel", f"unknown channel {channel!r}; known: {', '.join(CHANNELS)}"))
-    limit = 50
-    if "limit" in q:
-        try:
-            limit = int(q["limit"])
-            if not 1 <= limit <= 200:
-                raise ValueError
-        except ValueError:
-            problems.append(("limit", "an integer from 1 to 200"))
+    limit = paging.page_limit(q, problems)
     if problems:
         raise _invalid(problems)
     before = decode_cursor(q["cursor"]) if "cursor" in q else None

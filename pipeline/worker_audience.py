@@ -28,6 +28,7 @@ from config import Settings
 from pipeline.explode import DEFAULT_LANGUAGE, choose_languages
 from pipeline.segments import AudienceStore, CriteriaError, open_audience, parse_criteria
 from pipeline.segments.live import EVENTS, PROFILES
+from pipeline.segments.members import member_ids
 
 log = structlog.get_logger("herald.explode")
 
@@ -89,16 +90,6 @@ async def caught_up(store: AudienceStore, settings: Settings, timeout_s: float) 
             log.warning("audience store still behind the user topics; freezing what it has", behind=len(behind))
             return False
         await asyncio.sleep(0.05)
-
-
-async def member_ids(conn: asyncpg.Connection, segment_id: int) -> np.ndarray:
-    """A stored segment's members as a sorted int64 array, in one round trip of packed bytes."""
-    packed = await conn.fetchval(
-        "SELECT coalesce(string_agg(int8send(user_id), ''::bytea ORDER BY user_id), ''::bytea)"
-        " FROM segment_members WHERE segment_id = $1",
-        segment_id,
-    )
-    return np.frombuffer(packed, dtype=">i8").astype(np.int64)
 
 
 async def stored_members(conn: asyncpg.Connection, segment_id: int,
