@@ -29,6 +29,19 @@ log = structlog.get_logger()
 Handler = Callable[[list[RawRecord]], Awaitable[None]]
 
 
+# aiokafka lets a rebalance wait only ``session_timeout_ms`` (10 s) for members by default.
+# A member that is still finishing its batches (a sender draining in-flight sends before
+# it gives its partitions up) is then dropped, its commits fail and the next owner sends
+# those batches again: measured here, the send_email group rebalanced over and over and
+# the peers saw thousands of duplicates. Give a rebalance two minutes and the session 30 s.
+GROUP_TIMEOUTS = {
+    "session_timeout_ms": 30_000,
+    "heartbeat_interval_ms": 3_000,
+    "rebalance_timeout_ms": 120_000,
+    "max_poll_interval_ms": 600_000,
+}
+
+
 async def consume_in_batches(settings: Settings, topic: str, stage: str, handle: Handler,
                              stop: asyncio.Event | None = None) -> None:
     """Feed ``handle`` batches of raw records from ``topic`` until cancelled or ``stop`` is set."""
@@ -41,7 +54,7 @@ async def consume_in_batches(settings: Settings, topic: str, stage: str, handle:
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
-        max_poll_interval_ms=600_000,
+        **GROUP_TIMEOUTS,
     )
     await consumer.start()
     log.info("bulk consumer started", topic=topic, stage=stage)

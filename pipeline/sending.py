@@ -752,6 +752,9 @@ class _Offsets:
             self.committed.pop(tp, None)
 
 
+DRAIN_S = 90.0  # < GROUP_TIMEOUTS["rebalance_timeout_ms"]
+
+
 async def consume_concurrently(settings: Settings, topic: str, sender: Sender, in_flight: int) -> None:
     """Each outbox batch is its own task, at most ``in_flight`` at once, offsets committed behind the oldest.
 
@@ -763,12 +766,17 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
     """
     from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
+    from pipeline.bulk import GROUP_TIMEOUTS
+
     offsets = _Offsets()
     tasks: dict[asyncio.Task, Any] = {}
 
     async def drain() -> None:
+        # Bounded well inside the rebalance timeout: a batch still waiting then (a slow
+        # provider's backoff) is left to the next owner, whose ledger lookup skips what
+        # this worker had acknowledged.
         if tasks:
-            await asyncio.wait(list(tasks))
+            await asyncio.wait(list(tasks), timeout=DRAIN_S)
 
     class Listener(ConsumerRebalanceListener):
         async def on_partitions_revoked(self, revoked):  # finish and commit before another worker takes over
@@ -782,7 +790,7 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_brokers, group_id=f"{settings.app_id}.{sender.stage}",
         client_id=f"{settings.app_id}.{sender.stage}", enable_auto_commit=False, auto_offset_reset="earliest",
-        max_partition_fetch_bytes=8 * 1024 * 1024, max_poll_interval_ms=600_000)
+        max_partition_fetch_bytes=8 * 1024 * 1024, **GROUP_TIMEOUTS)
 
     async def commit() -> None:
         ready = offsets.committable()
