@@ -195,7 +195,11 @@ async def wait_group_stable(settings, group: str, timeout_s: float = 60.0, membe
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            (response,) = await admin.describe_consumer_groups([group])
+            try:
+                (response,) = await admin.describe_consumer_groups([group])
+            except Exception:  # noqa: BLE001 - GroupCoordinatorNotAvailable on a brand-new broker
+                await asyncio.sleep(0.5)
+                continue
             _, _, state, _, _, joined, *_ = response.groups[0]  # (error_code, group_id, state, protocol_type, protocol, members)
             if state == "Stable" and len(joined) >= members:
                 return

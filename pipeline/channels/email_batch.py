@@ -27,12 +27,12 @@ from collections.abc import Sequence
 from email.utils import parseaddr
 from typing import Any
 
-import httpx
+
 import orjson
 
 from config import Settings
 from pipeline.channels.base import Message, SendResult
-from pipeline.channels.http import http_client, status_failure, transport_failure
+from pipeline.channels.http import HTTP_ERRORS, http_client, status_failure, transport_failure
 
 MAX_PERSONALIZATIONS = 1000
 TEXT, HTML = "-herald-text-", "-herald-html-"
@@ -76,7 +76,7 @@ class SendGridBatch:
     async def _request(self, messages: Sequence[Message]) -> list[SendResult]:
         try:
             response = await self.client.post(self.url, content=mail_send_body(self.sender, messages))
-        except httpx.HTTPError as exc:
+        except HTTP_ERRORS as exc:
             return [transport_failure(exc, self.url)] * len(messages)
         if response.is_success:
             batch = response.headers.get("x-message-id") or "batch"

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
+
 import orjson
 
 from config import Settings
 from pipeline.channels.base import ConcurrentSends, Message, SendResult, retry_after
-from pipeline.channels.http import http_client, status_failure, transport_failure
+from pipeline.channels.http import HTTP_ERRORS, http_client, status_failure, transport_failure
 
 TOKEN_ERRORS = frozenset({"UNREGISTERED", "INVALID_ARGUMENT", "SENDER_ID_MISMATCH"})
 RETRYABLE_ERRORS = frozenset({"QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL"})
@@ -72,7 +72,7 @@ class FcmPush(ConcurrentSends):
         body = message.raw or orjson.dumps(fcm_message(message))
         try:
             response = await self.client.post(self.url, content=body, headers={"Content-Type": "application/json"})
-        except httpx.HTTPError as exc:
+        except HTTP_ERRORS as exc:
             return transport_failure(exc, self.url)
         try:
             answer = response.json()

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import httpx
-
 from config import Settings
 from pipeline.channels.base import ConcurrentSends, Message, SendResult
-from pipeline.channels.http import http_client, status_failure, transport_failure
+from pipeline.channels.http import HTTP_ERRORS, http_client, status_failure, transport_failure
 
 # 21211 invalid To, 21214 To cannot be reached, 21408 region not enabled for To,
 # 21610 recipient replied STOP, 21612 To/From cannot be connected, 21614 To is not a mobile number
@@ -42,7 +40,7 @@ class TwilioSms(ConcurrentSends):
         form = {"To": message.to, "From": self.sender, "Body": message.parts.get("body", "")}
         try:
             response = await self.client.post(self.url, data=form)
-        except httpx.HTTPError as exc:
+        except HTTP_ERRORS as exc:
             return transport_failure(exc, self.url)
         try:
             answer = response.json()

@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-import httpx
-
 from config import Settings
 from pipeline.channels.base import ConcurrentSends, Message, SendResult
-from pipeline.channels.http import http_client, status_failure, transport_failure
+from pipeline.channels.http import HTTP_ERRORS, http_client, status_failure, transport_failure
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -37,7 +35,7 @@ class WebhookChannel(ConcurrentSends):
             headers["X-Herald-Signature"] = signature(self.secret, body)
         try:
             response = await self.client.post(message.to, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except HTTP_ERRORS as exc:
             return transport_failure(exc, message.to)
         if response.is_success:
             return SendResult.sent(response.headers.get("x-request-id") or message.message_id)
