@@ -15,28 +15,12 @@ from api.app import create_app
 from config import Settings
 from pipeline.channels.in_app import inbox_key
 from tests.integration.api.helpers import assert_error, bearer, unique_name
-from tests.peers import FcmPeer, SmtpPeer, TwilioPeer, WebhookPeer, peer_settings
+from tests.peers import peer_settings
 
 BASE_USER = 10**12 + secrets.randbelow(10**9) * 1000  # this run's own users, far above the demo ids
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def peers() -> Iterator[dict]:
-    started = {"smtp": SmtpPeer().start(), "sms": TwilioPeer().start(), "push": FcmPeer().start(),
-               "webhook": WebhookPeer().start()}
-    yield started
-    for peer in started.values():
-        peer.stop()
-
-
-@pytest.fixture
-def live(peers: dict) -> dict:
-    for peer in peers.values():
-        peer.reset()
-    return peers
 
 
 @pytest.fixture(scope="module")

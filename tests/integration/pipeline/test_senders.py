@@ -34,26 +34,10 @@ from schemas.messages import MessageBatch, Recipient, message_id
 from scripts.dlq_replay import replay
 from tests.integration.kafka_io import end_offsets, produce, read_from
 from tests.integration.pipeline.conftest import read_campaign_records
-from tests.peers import FcmPeer, SmtpPeer, TwilioPeer, WebhookPeer
+from tests.peers import SmtpPeer, TwilioPeer, WebhookPeer
 
 REPO = Path(__file__).resolve().parents[3]
 SECRET = "senders-test-secret-0123456789abcdef"
-
-
-@pytest.fixture(scope="module")
-def peers() -> Iterator[dict]:
-    started = {"smtp": SmtpPeer().start(), "sms": TwilioPeer().start(), "push": FcmPeer().start(),
-               "webhook": WebhookPeer().start()}
-    yield started
-    for peer in started.values():
-        peer.stop()
-
-
-@pytest.fixture
-def live(peers: dict) -> dict:
-    for peer in peers.values():
-        peer.reset()
-    return peers
 
 
 @pytest.fixture(scope="module")
