@@ -31,7 +31,7 @@ from config import Settings
 from pipeline.app import DEAD_LETTERS, DELIVERY_EVENTS
 from pipeline.partitioning import user_partitions
 from schemas.messages import MessageBatch, Recipient, message_id
-from scripts.dlq_replay import replay
+from pipeline.dlq import replay
 from tests.integration.kafka_io import end_offsets, produce, read_from
 from tests.integration.pipeline.conftest import read_campaign_records
 from tests.peers import SmtpPeer, TwilioPeer, WebhookPeer
