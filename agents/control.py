@@ -38,7 +38,7 @@ from agents._io import send_dead_letters
 from pipeline.app import CAMPAIGN_CONTROL, DELIVERY_EVENTS, app, settings
 from pipeline.bulk import run_forever
 from pipeline.codecs import RawRecord, decode_batch
-from pipeline.resources import Resources
+from pipeline.resources import Resources, StartedOnce
 from pipeline.runtime import (
     STATUS_CACHE_S, cancelled_events, held_destination, held_key, load_campaign, set_campaign_status,
 )
@@ -122,22 +122,11 @@ class Controller:
         await asyncio.gather(*futures)
 
 
-_controller: Controller | None = None
-_lock = asyncio.Lock()
-
-
-async def controller() -> Controller:
-    global _controller
-    async with _lock:
-        if _controller is None:
-            candidate = Controller()
-            await candidate.start()
-            _controller = candidate
-    return _controller
+_controller = StartedOnce(Controller)
 
 
 async def control_batch(raws: list[RawRecord]) -> None:
-    ctl = await controller()
+    ctl = await _controller.get()
     decoded = decode_batch(raws, CampaignControl, stage="control")
     for control in decoded.records:
         moved = await ctl.apply(control)
@@ -150,5 +139,4 @@ async def control_campaigns() -> None:
     try:
         await run_forever(settings, CAMPAIGN_CONTROL.name, "control", control_batch)
     finally:  # worker shutdown: close what the controller opened
-        if _controller is not None:
-            await _controller.stop()
+        await _controller.stop()

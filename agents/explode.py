@@ -57,6 +57,7 @@ from pipeline.explode import (
     BATCH_SIZE, TRANSACTIONAL, BatchWriter, ExplodePlan, advance_offsets, assign_variants, campaign_category,
     expected_messages, pack_codes, pack_ids, parse_batch_id, pending_batches, plan, unpack_codes, unpack_ids,
 )
+from pipeline.resources import StartedOnce
 from pipeline.runtime import begin_launch, finish_launch
 from pipeline.worker_audience import AudienceError, WorkerAudience, resolve_audience
 from schemas.campaigns import CampaignLaunch
@@ -320,22 +321,11 @@ def _variants(launch: CampaignLaunch, ids: np.ndarray) -> np.ndarray | None:
 # ── the worker's tasks ────────────────────────────────────────────────────────
 
 audience = WorkerAudience(settings)
-_exploder: Exploder | None = None
-_exploder_lock = asyncio.Lock()
-
-
-async def exploder() -> Exploder:
-    global _exploder
-    async with _exploder_lock:
-        if _exploder is None:
-            candidate = Exploder(settings, audience)
-            await candidate.start()
-            _exploder = candidate
-    return _exploder
+_exploder = StartedOnce(lambda: Exploder(settings, audience))
 
 
 async def explode_batch(raws: list[RawRecord]) -> None:
-    ex = await exploder()
+    ex = await _exploder.get()
     decoded = decode_batch(raws, CampaignLaunch, stage="explode")
     dead = list(decoded.dead)
     for launch, raw in zip(decoded.records, decoded.sources):
@@ -365,8 +355,7 @@ async def explode_launches() -> None:
     try:
         await run_forever(settings, CAMPAIGN_LAUNCHES.name, "explode", explode_batch)
     finally:  # worker shutdown: close what the exploder opened
-        if _exploder is not None:
-            await _exploder.stop()
+        await _exploder.stop()
 
 
 # ── one launch from the command line (tests: a process to SIGKILL mid-launch) ─
