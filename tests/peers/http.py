@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from tests.peers.loop import LoopThread
+from tests.peers.loop import ServedPeer
 
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 411: "Length Required", 429: "Too Many Requests",
@@ -118,7 +118,7 @@ class _Connection(asyncio.Protocol):
         self.transport = None
 
 
-class HttpPeer:
+class HttpPeer(ServedPeer):
     """Base of the HTTP peers: subclasses implement ``handle(request) -> Response``."""
 
     path = "/"
@@ -132,39 +132,10 @@ class HttpPeer:
         self.count = 0
         self._failures: list[Response] = []
         self._changed = threading.Condition()
-        self._loop: LoopThread | None = None
-        self._server: asyncio.AbstractServer | None = None
-
-    # -- lifecycle --------------------------------------------------------------------------
-    def start(self, loop: LoopThread | None = None) -> HttpPeer:
-        self._loop = loop or LoopThread(f"{type(self).__name__}").start()
-        self._own_loop = loop is None
-        self._server = self._loop.call(self._listen())
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
 
     async def _listen(self) -> asyncio.AbstractServer:
         loop = asyncio.get_running_loop()
         return await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=1024)
-
-    def stop(self) -> None:
-        if self._server is not None and self._loop is not None:
-            server = self._server
-
-            async def close() -> None:
-                server.close()
-                # wait_closed would wait for kept-alive client connections; closing the listener is enough
-
-            self._loop.call(close())
-            self._server = None
-            if self._own_loop:
-                self._loop.stop()
-
-    def __enter__(self) -> HttpPeer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def base_url(self) -> str:

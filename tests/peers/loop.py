@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -32,3 +32,45 @@ class LoopThread:
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=5)
+
+
+class ServedPeer:
+    """A peer listening on its own LoopThread (or a shared one): start, stop, ``with``.
+
+    Subclasses set ``host``/``port`` and implement ``_listen`` (create the server).
+    """
+
+    host: str
+    port: int
+    _loop: LoopThread | None = None
+    _server: asyncio.AbstractServer | None = None
+    _own_loop = False
+
+    async def _listen(self) -> asyncio.AbstractServer:
+        raise NotImplementedError
+
+    def start(self, loop: LoopThread | None = None) -> Self:
+        self._own_loop = loop is None
+        self._loop = loop or LoopThread(type(self).__name__).start()
+        self._server = self._loop.call(self._listen())
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._loop is not None:
+            server = self._server
+
+            async def close() -> None:
+                server.close()
+                # wait_closed would wait for kept-alive client connections; closing the listener is enough
+
+            self._loop.call(close())
+            self._server = None
+            if self._own_loop:
+                self._loop.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -22,7 +22,7 @@ from functools import cached_property
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from tests.peers.loop import LoopThread
+from tests.peers.loop import ServedPeer
 
 
 @dataclass
@@ -50,7 +50,7 @@ class _Handler:
         return self.peer._accept(envelope)
 
 
-class SmtpPeer:
+class SmtpPeer(ServedPeer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, record: bool = True) -> None:
         self.host = host
         self.port = port
@@ -60,15 +60,6 @@ class SmtpPeer:
         self.rejected: set[str] = set()
         self._failures: list[str] = []
         self._changed = threading.Condition()
-        self._loop: LoopThread | None = None
-        self._server: asyncio.AbstractServer | None = None
-
-    def start(self, loop: LoopThread | None = None) -> SmtpPeer:
-        self._own_loop = loop is None
-        self._loop = loop or LoopThread("SmtpPeer").start()
-        self._server = self._loop.call(self._listen())
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
 
     async def _listen(self) -> asyncio.AbstractServer:
         loop = asyncio.get_running_loop()
@@ -77,24 +68,6 @@ class SmtpPeer:
             lambda: SMTP(handler, hostname="peer.herald.local", loop=loop, command_call_limit=None),
             self.host, self.port, backlog=1024,
         )
-
-    def stop(self) -> None:
-        if self._server is not None and self._loop is not None:
-            server = self._server
-
-            async def close() -> None:
-                server.close()
-
-            self._loop.call(close())
-            self._server = None
-            if self._own_loop:
-                self._loop.stop()
-
-    def __enter__(self) -> SmtpPeer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def reject(self, address: str) -> None:
         self.rejected.add(address.lower())
