@@ -53,7 +53,6 @@ import subprocess  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 
-import asyncpg  # noqa: E402
 import orjson  # noqa: E402
 
 from bench.pipeline import (  # noqa: E402
@@ -125,33 +124,11 @@ async def round_sent(redis_url: str, campaign_ids: list[int]) -> float:
 
 async def sent_events(settings, campaign_ids: set[int], before: dict) -> dict[str, list[tuple[float, int]]]:
     """Every "sent" event of these campaigns since ``before``, by the peers' key -> [(epoch s, partition)]."""
-    from aiokafka import AIOKafkaConsumer
+    from bench.pipeline import delivery_events
 
-    from bench.pipeline import _epoch
-    from tests.integration.kafka_io import end_offsets
-
-    after = await end_offsets(settings.kafka_brokers, "delivery-events")
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, group_id=None, enable_auto_commit=False,
-                                max_partition_fetch_bytes=16 * 1024 * 1024)
-    await consumer.start()
     out: dict[str, list[tuple[float, int]]] = {}
-    try:
-        wanted = {tp: end for tp, end in after.items() if end > before.get(tp, 0)}
-        consumer.assign(list(wanted))
-        for tp in wanted:
-            consumer.seek(tp, before.get(tp, 0))
-        while wanted:
-            for tp, messages in (await consumer.getmany(timeout_ms=1000, max_records=5000)).items():
-                for m in messages:
-                    for e in orjson.loads(m.value).get("events", []):
-                        if e.get("status") == "sent" and e.get("campaign_id") in campaign_ids:
-                            key = (f"sms:+1555{e['user_id'] % 10**7:07d}" if e["channel"] == "sms"  # the peers' key
-                                   else f"{e['channel']}:{e['message_id']}")
-                            out.setdefault(key, []).append((_epoch(e["at"]), m.partition))
-                    if m.offset + 1 >= wanted.get(tp, 0):
-                        wanted.pop(tp, None)
-    finally:
-        await consumer.stop()
+    async for key, at, partition in delivery_events(settings, campaign_ids, before, "sent"):
+        out.setdefault(key, []).append((at, partition))
     return out
 
 

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -223,8 +224,10 @@ async def campaign_states(dsn: str, ids: list[int]) -> dict[int, str]:
         await conn.close()
 
 
-async def queued_times(settings, campaign_ids: set[int], before: dict) -> dict[str, float]:
-    """Each message's "queued" time, from delivery-events written since ``before``: channel:message_id -> epoch s."""
+async def delivery_events(settings, campaign_ids: set[int], before: dict, status: str
+                          ) -> AsyncIterator[tuple[str, float, int]]:
+    """The ``status`` events of these campaigns written to delivery-events since ``before``, as
+    (the peers' key for the message, epoch seconds, partition), up to the topic's end now."""
     from aiokafka import AIOKafkaConsumer
 
     from tests.integration.kafka_io import end_offsets
@@ -233,7 +236,6 @@ async def queued_times(settings, campaign_ids: set[int], before: dict) -> dict[s
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, group_id=None, enable_auto_commit=False,
                                 max_partition_fetch_bytes=16 * 1024 * 1024)
     await consumer.start()
-    out: dict[str, float] = {}
     try:
         wanted = {tp: end for tp, end in after.items() if end > before.get(tp, 0)}
         consumer.assign(list(wanted))
@@ -243,17 +245,20 @@ async def queued_times(settings, campaign_ids: set[int], before: dict) -> dict[s
             for tp, messages in (await consumer.getmany(timeout_ms=1000, max_records=5000)).items():
                 for m in messages:
                     for e in orjson.loads(m.value).get("events", []):
-                        if e.get("status") == "queued" and e.get("campaign_id") in campaign_ids:
-                            at = _epoch(e["at"])
-                            if e["channel"] == "sms":
-                                out[f"sms:+1555{e['user_id'] % 10**7:07d}"] = at
-                            else:
-                                out[f"{e['channel']}:{e['message_id']}"] = at
+                        if e.get("status") == status and e.get("campaign_id") in campaign_ids:
+                            # The peers count SMS by recipient number, everything else by message id.
+                            key = (f"sms:+1555{e['user_id'] % 10**7:07d}" if e["channel"] == "sms"
+                                   else f"{e['channel']}:{e['message_id']}")
+                            yield key, _epoch(e["at"]), m.partition
                     if m.offset + 1 >= wanted.get(tp, 0):
                         wanted.pop(tp, None)
     finally:
         await consumer.stop()
-    return out
+
+
+async def queued_times(settings, campaign_ids: set[int], before: dict) -> dict[str, float]:
+    """Each message's "queued" time, from delivery-events written since ``before``: peers' key -> epoch s."""
+    return {key: at async for key, at, _ in delivery_events(settings, campaign_ids, before, "queued")}
 
 
 def _epoch(iso: str) -> float:
