@@ -159,7 +159,7 @@ class Exploder:
             launch_id=launch.launch_id, campaign_id=launch.campaign_id, category=category,
             transactional=category == TRANSACTIONAL, launched_at=launch.launched_at, user_ids=ids,
             variants=None if not launch.variants else _variants(launch, ids),
-            language_codes=unpack_codes(row["language_codes"]), languages=row["languages"],
+            language_codes=unpack_codes(row["language_codes"]), languages=row["languages"], step=launch.step,
         )
         # A resume's first window reaches past every record found after the checkpoint, so the
         # next checkpoint's offsets never pass a record of ours that a later scan would then miss.

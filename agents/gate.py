@@ -4,6 +4,9 @@ Input: ``message-requests`` (``MessageBatch``, channel None: every channel of th
 Output, per batch and channel, on the batch's partition: ONE ``MessageBatch`` of the
 released recipients to ``outbox.<channel>`` and ONE ``DeliveryEventBatch`` to
 ``delivery-events`` with queued / suppressed(reason) / deferred / held / cancelled.
+Pacing: a batch waits while the senders of one of its channels report outbox batches older
+than ``gate_pace_lag_s`` (GateIO.pace), so the backlog of a big launch stays in
+message-requests and a released message reaches its provider within seconds.
 Side effects: the gate's tables (tables/gate_state.py, a few keys per batch); Redis
 ``campaign:{id}:spend`` (one Lua call per batch), ``campaign:{id}:held`` (paused),
 ``gate:deferred`` (quiet hours; agents/release_deferred.py sends them when due).
@@ -44,6 +47,8 @@ async def gate_batch(partition: int, offset: int, raw: bytes) -> None:
     if campaign is None:
         raise ValueError(f"campaign {batch.campaign_id} does not exist")
     channels = [batch.channel] if batch.channel else list(campaign.channels)
+    # Pacing: while a channel's senders are behind, this batch (and the partition behind it) waits here.
+    await io.pace(channels)
     now = time.time()
     at = datetime.fromtimestamp(now, tz=timezone.utc).isoformat()
     variant = {r["user_id"]: r.get("variant") for r in request["recipients"]}
@@ -67,7 +72,7 @@ async def gate_batch(partition: int, offset: int, raw: bytes) -> None:
     asks, verdicts = {}, {}
     for ch in channels:
         asks[ch] = rules.Ask(batch.campaign_id, ch, batch.step, batch.category, batch.transactional,
-                             f"{partition}:{offset}", now, campaign.quiet_hours)
+                             f"{partition}:{offset}", now, campaign.quiet_hours, io.policy)
         verdicts[ch] = rules.screen(asks[ch], uids, view)
     if campaign.max_spend is not None:
         wanted = {ch: len(rules.releases(v)) for ch, v in verdicts.items()}

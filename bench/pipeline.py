@@ -322,6 +322,10 @@ def run(recipients: int, workers: int, shares: dict[str, float], email_provider:
     arrivals: dict[str, float] = got["arrivals"]
     queued = asyncio.run(queued_times(settings, set(ids), events_before))
     latencies = np.array([arrivals[k] - queued[k] for k in arrivals if k in queued])
+    by_channel: dict[str, list[float]] = {}
+    for k in arrivals:
+        if k in queued:
+            by_channel.setdefault(k.split(":", 1)[0], []).append(arrivals[k] - queued[k])
     sent = sum(m.get("sent", 0) for m in metrics.values())
     suppressed = sum(m.get("suppressed", 0) for m in metrics.values())
     in_app = sum(m.get("sent", 0) for cid, m in metrics.items() if ids[cid] == "in_app")
@@ -334,6 +338,8 @@ def run(recipients: int, workers: int, shares: dict[str, float], email_provider:
         "p99_latency_s": round(float(np.percentile(latencies, 99)), 3) if len(latencies) else None,
         "lost": max(0, expected - at_peers), "duplicates": duplicates, "aggregate_sent": int(sent),
         "workers": workers, "setup_s": round(setup_s, 1),
+        "p99_latency_s_by_channel": {ch: round(float(np.percentile(v, 99)), 3) for ch, v in sorted(by_channel.items())},
+        "p50_latency_s": round(float(np.percentile(latencies, 50)), 3) if len(latencies) else None,
     }
 
 

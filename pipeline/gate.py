@@ -14,7 +14,7 @@ and its reason is the one counted):
     category_opt_out   the user opted out of the message's category
     no_address         no email / phone / push token for the channel (profile facts)
     duplicate          (campaign, user, channel, step) already released in the last 24 h
-    frequency_cap      the user's cap (else DEFAULT_FREQUENCY_CAPS) reached in the rolling window
+    frequency_cap      the user's cap (else the policy's default) reached in the rolling window
     quiet hours        → deferred to the end of the user's local quiet window (not dropped)
     budget             settled afterwards for the whole batch (``cut_to_budget``)
 
@@ -60,16 +60,35 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from schemas.messages import MESSAGE_NAMESPACE
 
-# ── Defaults (constants until settings carry them; see the report for the names) ──
-# Quiet hours: local start and end; a window that crosses midnight is the usual case.
-DEFAULT_QUIET_HOURS: tuple[time, time] = (time(21, 0), time(8, 0))
-# Off unless a campaign asks for them (schedule.quiet_hours), like Braze's per-campaign
-# setting: turned on globally it would defer every test and demo send made at night.
-QUIET_HOURS_BY_DEFAULT = False
-# Caps for users who set none, per channel over DEFAULT_CAP_WINDOW_DAYS; absent = uncapped.
-DEFAULT_FREQUENCY_CAPS: Mapping[str, int] = {}
-DEFAULT_CAP_WINDOW_DAYS = 7
-DEDUP_WINDOW_S = 24 * 3600
+# ── Policy: what configuration decides (Settings.gate_*) ──────────────────────
+
+@dataclass(frozen=True, slots=True)
+class GatePolicy:
+    """The gate's defaults, from configuration (``GatePolicy.from_settings``)."""
+
+    # Quiet hours: local start and end; a window that crosses midnight is the usual case.
+    quiet_hours: tuple[time, time] = (time(21, 0), time(8, 0))
+    # Off unless a campaign asks for them (schedule.quiet_hours), like Braze's per-campaign
+    # setting: turned on globally it would defer every test and demo send made at night.
+    quiet_hours_by_default: bool = False
+    # Caps for users who set none, per channel over cap_window_days; absent = uncapped.
+    frequency_caps: Mapping[str, int] = field(default_factory=dict)
+    cap_window_days: int = 7
+    dedup_window_s: int = 24 * 3600
+
+    @classmethod
+    def from_settings(cls, settings) -> GatePolicy:
+        start, end = settings.gate_quiet_hours.split("-")
+        caps = {}
+        for item in filter(None, (x.strip() for x in settings.gate_frequency_caps.split(","))):
+            channel, count = item.split("=")
+            caps[channel.strip()] = int(count)
+        return cls(quiet_hours=(time.fromisoformat(start), time.fromisoformat(end)),
+                   quiet_hours_by_default=settings.gate_quiet_hours_by_default, frequency_caps=caps,
+                   cap_window_days=settings.gate_cap_window_days, dedup_window_s=settings.gate_dedup_window_s)
+
+
+DEFAULTS = GatePolicy()
 # 512 consecutive user ids per bucket: with 8 partitions ~64 users per table key.
 BUCKET_SHIFT = 9
 
@@ -105,7 +124,7 @@ def consent_entry(update: Mapping) -> dict:
         "unsub": sorted(update.get("unsubscribed", [])),
         "cat_off": sorted(cat for cat, on in update.get("categories", {}).items() if not on),
         "caps": dict(update.get("frequency_cap", {})),
-        "win": int(update.get("frequency_cap_window_days", DEFAULT_CAP_WINDOW_DAYS)),
+        "win": update.get("frequency_cap_window_days"),  # None: the configured default
     }
 
 
@@ -175,10 +194,11 @@ def has_address(channel: str, profile: Profile | None) -> bool:
     return needed is None or (profile is not None and needed in profile.addresses)
 
 
-def is_duplicate(history: Mapping | None, key: str, now: float, source: str) -> bool:
-    """Released in the last 24 h by a record other than ``source``."""
+def is_duplicate(history: Mapping | None, key: str, now: float, source: str,
+                 window_s: int = DEFAULTS.dedup_window_s) -> bool:
+    """Released within the dedup window (24 h) by a record other than ``source``."""
     seen = (history or {}).get("d", {}).get(key)
-    return seen is not None and now - seen[0] < DEDUP_WINDOW_S and seen[1] != source
+    return seen is not None and now - seen[0] < window_s and seen[1] != source
 
 
 def is_replay(history: Mapping | None, key: str, source: str) -> bool:
@@ -186,11 +206,11 @@ def is_replay(history: Mapping | None, key: str, source: str) -> bool:
     return seen is not None and seen[1] == source
 
 
-def cap_of(channel: str, consent: Mapping | None) -> tuple[int | None, int]:
-    """(most messages, window in seconds): the user's own cap, else the default."""
+def cap_of(channel: str, consent: Mapping | None, policy: GatePolicy = DEFAULTS) -> tuple[int | None, int]:
+    """(most messages, window in seconds): the user's own cap, else the configured default."""
     caps = (consent or {}).get("caps") or {}
-    days = (consent or {}).get("win") or DEFAULT_CAP_WINDOW_DAYS
-    cap = caps.get(channel, DEFAULT_FREQUENCY_CAPS.get(channel))
+    days = (consent or {}).get("win") or policy.cap_window_days
+    cap = caps.get(channel, policy.frequency_caps.get(channel))
     return cap, int(days) * 86400
 
 
@@ -209,7 +229,7 @@ def _zone(name: str) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
-def quiet_hours_end(now: datetime, tz: str, window: tuple[time, time] = DEFAULT_QUIET_HOURS) -> datetime | None:
+def quiet_hours_end(now: datetime, tz: str, window: tuple[time, time] = DEFAULTS.quiet_hours) -> datetime | None:
     """When the user's quiet hours end (UTC), if ``now`` falls inside them; else None.
 
     Local wall-clock times, so DST moves the instant: "08:00 in Paris" is 07:00 UTC
@@ -248,6 +268,7 @@ class Ask:
     source: str  # "<partition>:<offset>" of the message-requests record
     now: float  # epoch seconds
     quiet_hours: tuple[time, time] | None  # None: this campaign ignores quiet hours
+    policy: GatePolicy = DEFAULTS
 
 
 @dataclass(slots=True)
@@ -290,11 +311,11 @@ def screen(ask: Ask, user_ids: Sequence[int], view: GateView) -> list[Verdict]:
             late = seen[2] if len(seen) > 2 else None
             verdicts.append(Verdict(uid, "deferred" if late else "queued", release_at=late, replay=True))
             continue
-        if is_duplicate(history, key, ask.now, ask.source):
+        if is_duplicate(history, key, ask.now, ask.source, ask.policy.dedup_window_s):
             verdicts.append(Verdict(uid, "suppressed", "duplicate"))
             continue
         if not ask.transactional:
-            cap, window_s = cap_of(ask.channel, consent)
+            cap, window_s = cap_of(ask.channel, consent, ask.policy)
             if is_capped(history, ask.channel, cap, window_s, ask.now):
                 verdicts.append(Verdict(uid, "suppressed", "frequency_cap"))
                 continue
@@ -333,14 +354,14 @@ def affordable(count: int, unit_cost: float, spent: float, max_spend: float | No
     return min(count, math.floor(room / unit_cost + 1e-9))
 
 
-def prune(history: Mapping | None, now: float, windows: Mapping[str, int]) -> dict:
-    """A user's history without dedup entries older than 24 h or cap entries out of their window."""
+def prune(history: Mapping | None, now: float, windows: Mapping[str, int], policy: GatePolicy = DEFAULTS) -> dict:
+    """A user's history without dedup entries out of the dedup window or cap entries out of theirs."""
     if not history:
         return {}
-    dedup = {k: v for k, v in history.get("d", {}).items() if now - v[0] < DEDUP_WINDOW_S}
+    dedup = {k: v for k, v in history.get("d", {}).items() if now - v[0] < policy.dedup_window_s}
     caps = {}
     for channel, times in history.get("c", {}).items():
-        window = windows.get(channel, DEFAULT_CAP_WINDOW_DAYS * 86400)
+        window = windows.get(channel, policy.cap_window_days * 86400)
         kept = [t for t in times if t > now - window]
         if kept:
             caps[channel] = kept
@@ -365,8 +386,8 @@ def record_releases(ask: Ask, verdicts: Iterable[Verdict], history: Mapping[int,
         if verdict.status == "suppressed" or verdict.replay:
             continue
         uid = verdict.user_id
-        _, window_s = cap_of(ask.channel, consent.get(uid))
-        entry = prune(history.get(uid), ask.now, {ask.channel: window_s})
+        _, window_s = cap_of(ask.channel, consent.get(uid), ask.policy)
+        entry = prune(history.get(uid), ask.now, {ask.channel: window_s}, ask.policy)
         mark = [ask.now, ask.source] + ([verdict.release_at] if verdict.release_at else [])
         entry.setdefault("d", {})[key] = mark
         if not ask.transactional:
@@ -375,16 +396,16 @@ def record_releases(ask: Ask, verdicts: Iterable[Verdict], history: Mapping[int,
     return out
 
 
-def quiet_window(spec: object) -> tuple[time, time] | None:
-    """A campaign's quiet hours from its schedule: true (the defaults), {"start": "21:00", "end": "08:00"},
-    false, or absent (QUIET_HOURS_BY_DEFAULT)."""
+def quiet_window(spec: object, policy: GatePolicy = DEFAULTS) -> tuple[time, time] | None:
+    """A campaign's quiet hours from its schedule: true (the configured window), {"start": "21:00",
+    "end": "08:00"}, false, or absent (the policy's ``quiet_hours_by_default``)."""
     if spec is None:
-        spec = QUIET_HOURS_BY_DEFAULT
+        spec = policy.quiet_hours_by_default
     if spec is True:
-        return DEFAULT_QUIET_HOURS
+        return policy.quiet_hours
     if isinstance(spec, Mapping):
-        start = spec.get("start", DEFAULT_QUIET_HOURS[0].strftime("%H:%M"))
-        end = spec.get("end", DEFAULT_QUIET_HOURS[1].strftime("%H:%M"))
+        start = spec.get("start", policy.quiet_hours[0].strftime("%H:%M"))
+        end = spec.get("end", policy.quiet_hours[1].strftime("%H:%M"))
         return time.fromisoformat(start), time.fromisoformat(end)
     return None
 

@@ -12,6 +12,8 @@ Redis keys:
     campaign:{id}:held           push   raw message-requests batches of a paused campaign
     campaign:{id}:held_sources   r/w    set of records already pushed (a replay pushes once)
     gate:deferred                r/w    zset: encoded outbox batch → release time (epoch s)
+    lag:{channel}                read   seconds from release to the end of sending of the channel's
+                                        latest outbox batch (pipeline/sending.py's QueueLag; 1 s TTL)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ DEFERRED_KEY = "gate:deferred"
 RESERVATION_TTL_S = 7 * 86400
 CLAIM_LEASE_S = 60.0
 CAMPAIGN_CACHE_S = 5.0
+LAG_CHECK_S = 0.1
 
 # KEYS: spend, reservations   ARGV: max_spend, reservation id, then (unit_cost, count) per channel
 # Returns the allowed count per channel, in ARGV order; the same answer again for a known reservation.
@@ -94,6 +97,11 @@ class GateIO:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _campaigns: dict[int, tuple[float, tuple[clock, clock] | None]] = field(default_factory=dict)
     _scripts: dict = field(default_factory=dict)
+    _lags: dict[str, tuple[float, float]] = field(default_factory=dict)
+    policy: rules.GatePolicy = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.policy = rules.GatePolicy.from_settings(self.settings)
 
     async def postgres(self) -> asyncpg.Pool:
         async with self._lock:
@@ -124,7 +132,7 @@ class GateIO:
                 schedule = await pool.fetchval("SELECT schedule FROM campaigns WHERE campaign_id = $1", campaign_id)
                 schedule = orjson.loads(schedule) if isinstance(schedule, (str, bytes)) else schedule
                 spec = schedule.get("quiet_hours") if isinstance(schedule, dict) else None
-            cached = (now, rules.quiet_window(spec))
+            cached = (now, rules.quiet_window(spec, self.policy))
             self._campaigns[campaign_id] = cached
         return GateCampaign(
             channels=tuple(runtime.channels),
@@ -132,6 +140,29 @@ class GateIO:
             unit_costs=dict(runtime.unit_costs),
             quiet_hours=cached[1],
         )
+
+    async def lag(self, channel: str) -> float:
+        """The channel's queue lag as its senders last reported it (0 when none did lately), read at
+        most every LAG_CHECK_S."""
+        now = time.monotonic()
+        cached = self._lags.get(channel)
+        if cached is None or now - cached[0] >= LAG_CHECK_S:
+            raw = await self.redis.get(f"lag:{channel}")
+            cached = (now, float(raw) if raw else 0.0)
+            self._lags[channel] = cached
+        return cached[1]
+
+    async def pace(self, channels: list[str]) -> float:
+        """Wait while any of ``channels`` is behind (queue lag over ``gate_pace_lag_s``): the work
+        stays in message-requests instead of piling up in outboxes. Returns the seconds waited."""
+        target = self.settings.gate_pace_lag_s
+        if target <= 0:
+            return 0.0
+        started = time.monotonic()
+        for channel in channels:
+            while await self.lag(channel) > target:
+                await asyncio.sleep(LAG_CHECK_S)
+        return time.monotonic() - started
 
     async def status(self, campaign_id: int) -> str:
         """The campaign's running status (cached 200 ms); "active" when none was set."""

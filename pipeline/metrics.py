@@ -229,6 +229,16 @@ def is_complete(expected: int | None, accounted: int, status: str | None) -> boo
 # ---------------------------------------------------------------- message_log rows
 
 
+# Statuses on the way to an outcome: counted live, not written to message_log (the log keeps
+# what became of each message: sent, delivered, bounced, failed, suppressed, opened, ...).
+TRANSIT = frozenset({"queued", "deferred", "held"})
+
+
+def logged(status: object) -> bool:
+    """Whether an event of ``status`` gets a message_log row."""
+    return status not in TRANSIT
+
+
 def log_day(event: DeliveryEvent) -> date:
     return event.at.date()
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from config import Settings
 from pipeline.campaigns import inline_parts
@@ -202,10 +202,11 @@ class SendLedger:
         provider id  not sent again; its "sent" event is published now
         absent       sent
 
-    Crash windows, honestly: (1) between the provider's acknowledgement and the
-    HSET (one chunk of concurrent sends) a replay sends those messages again: at
-    least once, not exactly once; SMTP and these providers have no idempotency key
-    we could pass instead. (2) Between the HSET and the event, nothing is lost: the
+    Crash windows, honestly: (1) a message the provider accepted but whose
+    answer had not reached us, or whose acknowledgement was not yet written (an
+    ``AckWriter`` writes each as it arrives, a loop tick later), is sent again on
+    replay: at least once, not exactly once. At most the requests in flight at the
+    crash; SMTP and these providers have no idempotency key we could pass instead. (2) Between the HSET and the event, nothing is lost: the
     replay publishes the event without sending. (3) Between the event and the "!",
     the replay publishes a second "sent" event for the same message_id (consumers
     should count by message_id). Keys expire after ``ttl_s`` (8 days: longer than
@@ -228,10 +229,12 @@ class SendLedger:
             return []
         return await self.redis.hmget(key, [str(u) for u in user_ids])
 
-    async def acked(self, key: str, acks: Mapping[int, str]) -> None:
+    async def acked(self, acks: Mapping[str, Mapping[int, str]]) -> None:
+        """Record acknowledgements: ``{ledger key: {user_id: provider id}}``, one round trip."""
         if acks:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(key, mapping={str(u): (p or "-") for u, p in acks.items()}).expire(key, self.ttl_s)
+                for key, by_user in acks.items():
+                    pipe.hset(key, mapping={str(u): (p or "-") for u, p in by_user.items()}).expire(key, self.ttl_s)
                 await pipe.execute()
 
     async def reported(self, key: str, user_ids: Sequence[int]) -> None:
@@ -240,6 +243,77 @@ class SendLedger:
                 pipe.hset(key, mapping=dict.fromkeys((str(u) for u in user_ids), self.REPORTED))
                 pipe.expire(key, self.ttl_s)
                 await pipe.execute()
+
+
+class AckWriter:
+    """Acknowledgements written as the provider's answers arrive, not when the whole chunk returns.
+
+    ``add`` is synchronous (the adapters' ``on_result`` callback). One write at a time:
+    the answers that arrive while a write is on its way go together in the next one, so
+    a chunk holds at most one Redis connection. ``flush`` waits until every
+    acknowledgement handed over so far is stored, and raises if a write failed (the
+    batch is then retried, and whatever the ledger did store still holds).
+    """
+
+    def __init__(self, ledger: SendLedger) -> None:
+        self.ledger = ledger
+        self._pending: dict[str, dict[int, str]] = {}
+        self._writing: asyncio.Future | None = None
+
+    def add(self, key: str, user_id: int, provider_id: str | None) -> None:
+        self._pending.setdefault(key, {}).setdefault(user_id, provider_id or "-")
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(0)  # the answers of this loop tick share the write
+        while self._pending:
+            pending, self._pending = self._pending, {}
+            await self.ledger.acked(pending)
+
+    async def flush(self) -> None:
+        while self._writing is not None:
+            writing = self._writing
+            await writing
+            if self._writing is writing:
+                self._writing = None if not self._pending else asyncio.ensure_future(self._drain())
+
+
+class QueueLag:
+    """How old outbox batches are when done, or while still in flight, told to the gate.
+
+    Age from the gate's release (the record's Kafka timestamp): the time in Kafka plus
+    the time in this sender, the part of launch-to-provider latency that pacing bounds.
+    The oldest batch in flight is reported every ``every_s`` as well, so a slow provider
+    shows at once, not when its batch finally ends. ``lag:{channel}`` in Redis holds the latest
+    figure (any worker's), expiring after
+    ``ttl_ms`` so that idle senders read as "not behind"; the gate holds releases to the
+    channel while it is over ``gate_pace_lag_s`` (pipeline/gate_io.py). Written at most
+    every ``every_s``, without waiting for the answer: a lost write only delays pacing.
+    """
+
+    def __init__(self, redis: Redis, channel: str, every_s: float = 0.1, ttl_ms: int = 1000) -> None:
+        self.redis = redis
+        self.key = f"lag:{channel}"
+        self.every_s = every_s
+        self.ttl_ms = ttl_ms
+        self._last = 0.0
+        self._write: asyncio.Future | None = None
+
+    def observe(self, produced_at_ms: int | None) -> None:
+        """Report a batch produced at ``produced_at_ms`` (Kafka's timestamp) that is done or still going."""
+        now = time.time()
+        if produced_at_ms is None or now - self._last < self.every_s or (self._write and not self._write.done()):
+            return
+        self._last = now
+        lag = max(0.0, now - produced_at_ms / 1000)
+        self._write = asyncio.ensure_future(self.redis.set(self.key, f"{lag:.3f}", px=self.ttl_ms))
+        self._write.add_done_callback(_quietly)
+
+
+def _quietly(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("queue lag not reported", error=repr(future.exception()))
 
 
 # ---------------------------------------------------------------- campaign status and definition
@@ -660,14 +734,16 @@ class Sender:
             granted = await self.bucket.acquire(min(self.chunk, len(pending) - start))
             chunk = pending[start:start + granted]
             start += granted
-            answers = await self.adapter.send_many([outs[k].message for k in chunk])
-            acks: dict[int, str] = {}
+            acks = AckWriter(self.ledger)
+
+            def acked(i: int, answer: SendResult, chunk: list[int] = chunk) -> None:
+                if answer.outcome == SENT:
+                    acks.add(ledger_key, batch.recipients[outs[chunk[i]].index].user_id, answer.provider_id)
+
+            answers = await self.adapter.send_many([outs[k].message for k in chunk], on_result=acked)
             for k, answer in zip(chunk, answers):
                 results[k] = answer
-                if answer.outcome == SENT:
-                    acks.setdefault(batch.recipients[outs[k].index].user_id, answer.provider_id or "-")
-            # Record acknowledgements per chunk: a crash re-sends at most the chunk in flight.
-            await self.ledger.acked(ledger_key, acks)
+            await acks.flush()
         return pending, None
 
 
@@ -700,7 +776,8 @@ async def run_sender(settings: Settings, channel: str, topic: str, emit_events: 
     """Consume ``topic`` (outbox.<channel>) in group ``<app_id>.send_<channel>`` until cancelled."""
     from pipeline.channels import make_channel
 
-    redis = Redis.from_url(settings.redis_url)
+    # A blocking pool: when every connection is busy a caller waits for one instead of failing.
+    redis = Redis(connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=30))
     adapter = make_channel(channel, settings, redis, **adapter_options(settings, channel))
     sender = Sender(settings, channel, redis, adapter, CampaignPlans(pool, settings, channel), PostgresProfiles(pool),
                     emit_events, emit_dead, chunk=send_chunk(settings, channel))
@@ -709,7 +786,7 @@ async def run_sender(settings: Settings, channel: str, topic: str, emit_events: 
         while True:
             try:
                 await consume_concurrently(settings, topic, sender,
-                                           int(setting(settings, "sender_batches_in_flight", 16)))
+                                           int(setting(settings, "sender_batches_in_flight", 4)))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -801,6 +878,8 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
             except Exception as exc:  # noqa: BLE001 - a rebalance; the next owner replays, the ledger dedups
                 log.warning("sender commit failed", stage=sender.stage, error=repr(exc))
 
+    lag = QueueLag(sender.redis, sender.channel)
+
     async def one(raw: RawRecord) -> None:
         delay = 0.5
         while True:
@@ -816,11 +895,19 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
                 delay = min(30.0, delay * 2)
 
     def done(task: asyncio.Task) -> None:
-        tp, offset = tasks.pop(task)
+        tp, offset, produced_at_ms = tasks.pop(task)
         offsets.finish(tp, offset)
+        lag.observe(produced_at_ms)
+
+    async def report_lag() -> None:  # the oldest batch still in flight ages while the provider is slow
+        while True:
+            await asyncio.sleep(lag.every_s)
+            if tasks:
+                lag.observe(min(t for _, _, t in tasks.values()))
 
     consumer.subscribe([topic], listener=Listener())
     await consumer.start()
+    reporter = asyncio.ensure_future(report_lag())
     log.info("sender consumer started", topic=topic, stage=sender.stage)
     last_commit = time.monotonic()
     try:
@@ -835,12 +922,13 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
                     for m in messages:
                         offsets.start(tp, m.offset)
                         task = asyncio.ensure_future(one(RawRecord(m.topic, m.partition, m.offset, m.key, m.value)))
-                        tasks[task] = (tp, m.offset)
+                        tasks[task] = (tp, m.offset, m.timestamp)
                         task.add_done_callback(done)
             if time.monotonic() - last_commit >= 0.5:
                 await commit()
                 last_commit = time.monotonic()
     finally:
+        reporter.cancel()
         for task in list(tasks):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

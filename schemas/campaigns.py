@@ -19,7 +19,7 @@ answered with an error.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 import orjson
@@ -58,6 +58,17 @@ class CampaignLaunch(BaseModel):
     # The audience size the API measured at launch, for progress and completion accounting.
     audience_size: int | None = None
     launched_at: datetime
+    # A recurring campaign's run (its scheduled instant): part of each message's step, so
+    # every run's messages have ids, dedup keys and send-ledger entries of their own.
+    occurrence: datetime | None = None
+
+    @property
+    def step(self) -> str:
+        """The journey step of this launch's messages: "send", or "send@<UTC instant>" for one run."""
+        if self.occurrence is None:
+            return "send"
+        at = self.occurrence if self.occurrence.tzinfo else self.occurrence.replace(tzinfo=timezone.utc)
+        return f"send@{at.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
 
 
 class CampaignControl(BaseModel):

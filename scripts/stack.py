@@ -276,6 +276,9 @@ authorizer: AllowAllAuthorizer
 write_request_timeout: 5000ms
 read_request_timeout: 10000ms
 counter_write_request_timeout: 10000ms
+# message_log is written in unlogged single-partition batches of ~100 rows (~20 KiB).
+batch_size_warn_threshold: 64KiB
+batch_size_fail_threshold: 256KiB
 """)
         logback = conf / "logback.xml"
         logback.write_text(f"""\

@@ -15,7 +15,7 @@ connections) and act on the outcome:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -65,6 +65,9 @@ class SendResult:
         return cls(PERMANENT, reason=reason, code=code, recipient_problem=recipient_problem)
 
 
+OnResult = Callable[[int, SendResult], None]
+
+
 @runtime_checkable
 class Channel(Protocol):
     """A provider adapter. Open once per process, send many, close at the end."""
@@ -73,7 +76,11 @@ class Channel(Protocol):
 
     async def send(self, message: Message) -> SendResult: ...
 
-    async def send_many(self, messages: Sequence[Message]) -> list[SendResult]: ...
+    async def send_many(self, messages: Sequence[Message], on_result: OnResult | None = None
+                        ) -> list[SendResult]:
+        """Send every message; ``on_result(index, result)`` is called as each answer arrives, so
+        the caller can record acknowledgements before the slowest message of the lot returns."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -86,14 +93,18 @@ class ConcurrentSends:
     async def send(self, message: Message) -> SendResult:  # pragma: no cover - provided by the adapter
         raise NotImplementedError
 
-    async def send_many(self, messages: Sequence[Message]) -> list[SendResult]:
+    async def send_many(self, messages: Sequence[Message], on_result: OnResult | None = None
+                        ) -> list[SendResult]:
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def one(message: Message) -> SendResult:
+        async def one(index: int, message: Message) -> SendResult:
             async with gate:
-                return await self.send(message)
+                result = await self.send(message)
+            if on_result is not None:
+                on_result(index, result)
+            return result
 
-        return list(await asyncio.gather(*(one(m) for m in messages)))
+        return list(await asyncio.gather(*(one(i, m) for i, m in enumerate(messages))))
 
 
 def retry_after(value: str | None) -> float | None:

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from config import Settings
-from pipeline.channels.base import Message, SendResult
+from pipeline.channels.base import Message, OnResult, SendResult
 from pipeline.channels.http import HTTP_ERRORS, http_client, status_failure, transport_failure
 
 MAX_PERSONALIZATIONS = 1000
@@ -90,16 +90,21 @@ class SendGridBatch:
                                 code=str(response.status_code))
         return [result] * len(messages)
 
-    async def send_many(self, messages: Sequence[Message]) -> list[SendResult]:
-        chunks = [messages[i:i + MAX_PERSONALIZATIONS] for i in range(0, len(messages), MAX_PERSONALIZATIONS)]
+    async def send_many(self, messages: Sequence[Message], on_result: OnResult | None = None
+                        ) -> list[SendResult]:
+        starts = range(0, len(messages), MAX_PERSONALIZATIONS)
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def one(chunk: Sequence[Message]) -> list[SendResult]:
+        async def one(start: int) -> list[SendResult]:
             async with gate:
-                return await self._request(chunk)
+                answers = await self._request(messages[start:start + MAX_PERSONALIZATIONS])
+            if on_result is not None:
+                for i, answer in enumerate(answers, start):
+                    on_result(i, answer)
+            return answers
 
         results: list[SendResult] = []
-        for part in await asyncio.gather(*(one(c) for c in chunks)):
+        for part in await asyncio.gather(*(one(s) for s in starts)):
             results += part
         return results
 

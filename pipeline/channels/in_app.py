@@ -11,13 +11,14 @@ reads the list; pushing twice the same message_id is the caller's concern
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from pipeline.channels.base import ConcurrentSends, Message, SendResult
+from pipeline.channels.base import ConcurrentSends, Message, OnResult, SendResult
 
 INBOX_CAP = 200
 
@@ -61,7 +62,8 @@ class RedisInbox(ConcurrentSends):
             return SendResult.transient(f"Redis: {type(exc).__name__}: {exc}")
         return SendResult.sent(message.message_id)
 
-    async def send_many(self, messages):  # type: ignore[override]
+    async def send_many(self, messages: Sequence[Message], on_result: OnResult | None = None
+                        ) -> list[SendResult]:
         """One round trip for the whole batch."""
         good = [m for m in messages if str(m.to).isdigit()]
         try:
@@ -73,11 +75,15 @@ class RedisInbox(ConcurrentSends):
             failure = None
         except (RedisError, OSError) as exc:
             failure = SendResult.transient(f"Redis: {type(exc).__name__}: {exc}")
-        return [
+        results = [
             (failure or SendResult.sent(m.message_id)) if str(m.to).isdigit()
             else SendResult.permanent(f"an in-app recipient is a user id, not {m.to!r}", recipient_problem=True)
             for m in messages
         ]
+        if on_result is not None:
+            for i, result in enumerate(results):
+                on_result(i, result)
+        return results
 
     async def aclose(self) -> None:
         """The Redis client belongs to the caller."""

@@ -13,6 +13,8 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import orjson
+import pytest
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -206,3 +208,23 @@ async def test_quiet_hours_defer_then_release_with_not_before(worker, settings, 
     assert [r["user_id"] for r in email["recipients"]] == u
     released_at = datetime.fromisoformat(email["recipients"][0]["not_before"])
     assert released_at == end.replace(microsecond=0)
+
+
+async def test_gate_holds_a_channel_whose_senders_are_behind(worker, settings, make_campaign, pipeline_redis):
+    """While ``lag:sms`` says the SMS senders are behind, nothing is released to outbox.sms; then it is."""
+    campaign = await make_campaign(users=20, channels=["sms"])
+    cid = campaign.campaign_id
+    p, u = _one_partition(campaign, settings, 4)
+    await pipeline_redis.set("lag:sms", "30", px=60_000)  # far over gate_pace_lag_s, and it does not expire soon
+    try:
+        starts = await _starts(settings, OUTBOX["sms"].name, DELIVERY_EVENTS.name)
+        await _send(settings, MESSAGE_REQUESTS.name, p, b"k", encode(_batch(cid, p, u, f"pace-test:{cid}:0:{p}")))
+        await asyncio.sleep(1.0)
+        until = time.monotonic() + 2.0  # read for 2 s more: anything the gate emitted shows up
+        held = await read_campaign_records(settings, starts, cid, lambda rs: bool(rs) or time.monotonic() > until)
+        assert _outbox(held, cid, "sms") == [] and _events(held, cid) == []
+    finally:
+        await pipeline_redis.delete("lag:sms")
+    records = await _read(settings, starts, cid, events=4)
+    assert {e["status"] for e in _events(records, cid)} == {"queued"}
+    assert sorted(r["user_id"] for b in _outbox(records, cid, "sms") for r in b["recipients"]) == sorted(u)

@@ -47,3 +47,23 @@ def test_control_actions_are_closed():
     with pytest.raises(ValidationError):
         CampaignControl(control_id=uuid.uuid4(), campaign_id=1, action="explode", previous_status="active",
                         status="paused", issued_at=NOW)
+
+
+def test_each_run_of_a_recurring_campaign_has_its_own_message_ids():
+    from datetime import timedelta
+
+    from schemas.messages import message_id
+
+    def run(at):
+        return CampaignLaunch(launch_id=uuid.uuid4(), campaign_id=7, name="Daily", type="recurring", segment_id=3,
+                              channels=["email"], content={"email": {"subject": "s", "text": "t"}},
+                              launched_at=NOW, occurrence=at)
+
+    monday = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
+    first, again, tuesday = run(monday), run(monday.astimezone(timezone(timedelta(hours=1)))), run(monday + timedelta(days=1))
+    assert first.step == again.step == "send@20261123T090000Z"  # one instant, however it was written
+    assert tuesday.step == "send@20261124T090000Z"
+    ids = {message_id(7, 42, "email", launch.step) for launch in (first, tuesday)}
+    assert len(ids) == 2
+    one_off = CampaignLaunch.model_validate({**orjson.loads(encode(first)), "occurrence": None})
+    assert one_off.step == "send"  # launches without a run keep the ids they always had

@@ -6,6 +6,7 @@ from datetime import datetime, time, timezone
 
 import pytest
 
+from config import Settings
 from pipeline import gate as g
 
 NOW = datetime(2024, 1, 15, 12, 0, tzinfo=timezone.utc).timestamp()  # a Monday, noon UTC
@@ -174,11 +175,29 @@ def test_transactional_bypasses_caps_and_does_not_count():
     assert "c" not in released(a)
 
 
-def test_default_cap_applies_to_users_without_their_own(monkeypatch):
-    monkeypatch.setattr(g, "DEFAULT_FREQUENCY_CAPS", {"email": 1})
-    assert one(ask(), view([1], history={1: history_with([NOW - 1])})).reason == "frequency_cap"
+def test_default_cap_applies_to_users_without_their_own():
+    capped = ask(policy=g.GatePolicy(frequency_caps={"email": 1}))
+    assert one(ask(), view([1], history={1: history_with([NOW - 1])})).status == "queued"
+    assert one(capped, view([1], history={1: history_with([NOW - 1])})).reason == "frequency_cap"
     c = {1: prefs(frequency_cap={"email": 5})}
-    assert one(ask(), view([1], consent=c, history={1: history_with([NOW - 1])})).status == "queued"
+    assert one(capped, view([1], consent=c, history={1: history_with([NOW - 1])})).status == "queued"
+
+
+def test_policy_comes_from_settings():
+    settings = Settings(gate_quiet_hours="22:30-07:00", gate_quiet_hours_by_default=True,
+                        gate_frequency_caps="email=3, sms=1", gate_cap_window_days=2, gate_dedup_window_s=600)
+    policy = g.GatePolicy.from_settings(settings)
+    assert policy == g.GatePolicy(quiet_hours=(time(22, 30), time(7)), quiet_hours_by_default=True,
+                                  frequency_caps={"email": 3, "sms": 1}, cap_window_days=2, dedup_window_s=600)
+    assert g.quiet_window(None, policy) == (time(22, 30), time(7))
+    assert g.cap_of("sms", None, policy) == (1, 2 * 86400)
+
+
+def test_dedup_window_is_configurable():
+    marked = {"d": {g.dedup_key(7, "email", "send"): [NOW - 700, "0:1"]}}
+    assert one(ask(), view([1], history={1: marked})).reason == "duplicate"
+    short = ask(policy=g.GatePolicy(dedup_window_s=600))
+    assert one(short, view([1], history={1: marked})).status == "queued"
 
 
 def test_second_release_in_one_batch_sequence_hits_the_cap():
@@ -256,9 +275,9 @@ def test_window_within_one_day():
 
 def test_screen_defers_during_quiet_hours_and_transactional_goes_now():
     night = utc(2024, 1, 15, 23).timestamp()
-    v = one(ask(now=night, quiet_hours=g.DEFAULT_QUIET_HOURS), view([1]))
+    v = one(ask(now=night, quiet_hours=g.DEFAULTS.quiet_hours), view([1]))
     assert (v.status, v.release_at) == ("deferred", utc(2024, 1, 16, 8).timestamp())
-    t = one(ask(now=night, quiet_hours=g.DEFAULT_QUIET_HOURS, transactional=True), view([1]))
+    t = one(ask(now=night, quiet_hours=g.DEFAULTS.quiet_hours, transactional=True), view([1]))
     assert t.status == "queued"
 
 
@@ -272,10 +291,11 @@ def test_deferred_message_counts_towards_cap_at_its_release_time():
 
 
 def test_quiet_window_from_a_campaign_schedule():
-    assert g.quiet_window(True) == g.DEFAULT_QUIET_HOURS
+    assert g.quiet_window(True) == g.DEFAULTS.quiet_hours
     assert g.quiet_window({"start": "22:00", "end": "07:30"}) == (time(22), time(7, 30))
     assert g.quiet_window(False) is None
-    assert g.quiet_window(None) == (g.DEFAULT_QUIET_HOURS if g.QUIET_HOURS_BY_DEFAULT else None)
+    assert g.quiet_window(None) is None  # off unless configured
+    assert g.quiet_window(None, g.GatePolicy(quiet_hours_by_default=True)) == g.DEFAULTS.quiet_hours
 
 
 # ── budget ────────────────────────────────────────────────────────────────────

@@ -164,3 +164,8 @@ def test_replaying_any_prefix_of_the_batches_changes_no_counter(batches):
     assert t.get(m.ACCOUNTED, 0) <= 6
     firsts = t.get("suppressed", 0) - t.get("suppressed:duplicate", 0) + t.get("cancelled", 0)
     assert firsts <= t.get(m.ACCOUNTED, 0)
+
+
+def test_message_log_keeps_what_became_of_a_message_not_its_transit():
+    assert [s for s in m.STATUSES if not m.logged(s)] == ["queued", "deferred", "held"]
+    assert all(m.logged(s) for s in ("sent", "delivered", "bounced", "failed", "suppressed", "cancelled", "opened"))

@@ -269,3 +269,41 @@ def test_offsets_are_committed_behind_the_oldest_batch_still_in_flight():
     assert offsets.committable() == {"p0": 12}
     offsets.finish("p0", 12)
     assert offsets.committable() == {"p0": 13}
+
+
+class _SlowLedger:
+    """Records each write and how many were on their way at once."""
+
+    def __init__(self) -> None:
+        self.writes: list[dict] = []
+        self.busy = 0
+        self.most_busy = 0
+
+    async def acked(self, acks) -> None:
+        import asyncio
+
+        self.busy += 1
+        self.most_busy = max(self.most_busy, self.busy)
+        await asyncio.sleep(0.01)
+        self.writes.append({k: dict(v) for k, v in acks.items()})
+        self.busy -= 1
+
+
+async def test_ack_writer_writes_answers_as_they_come_one_write_at_a_time():
+    import asyncio
+
+    from pipeline.sending import AckWriter
+
+    ledger = _SlowLedger()
+    acks = AckWriter(ledger)
+    acks.add("k", 1, "p1")
+    acks.add("k", 2, None)  # same tick: same write
+    await asyncio.sleep(0.002)  # the first write is on its way
+    acks.add("k", 3, "p3")
+    acks.add("other", 4, "p4")
+    assert ledger.writes == []  # nothing stored yet: flush must wait
+    await acks.flush()
+    assert ledger.writes == [{"k": {1: "p1", 2: "-"}}, {"k": {3: "p3"}, "other": {4: "p4"}}]
+    assert ledger.most_busy == 1
+    await acks.flush()  # nothing pending: returns at once
+    assert len(ledger.writes) == 2
