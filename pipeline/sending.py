@@ -280,16 +280,20 @@ class AckWriter:
 
 
 class QueueLag:
-    """How old outbox batches are when done, or while still in flight, told to the gate.
+    """How long outbox batches wait for this sender, told to the gate.
 
-    Age from the gate's release (the record's Kafka timestamp): the time in Kafka plus
-    the time in this sender, the part of launch-to-provider latency that pacing bounds.
-    The oldest batch in flight is reported every ``every_s`` as well, so a slow provider
-    shows at once, not when its batch finally ends. ``lag:{channel}`` in Redis holds the latest
-    figure (any worker's), expiring after
-    ``ttl_ms`` so that idle senders read as "not behind"; the gate holds releases to the
-    channel while it is over ``gate_pace_lag_s`` (pipeline/gate_io.py). Written at most
-    every ``every_s``, without waiting for the answer: a lost write only delays pacing.
+    The wait is counted from the gate's release (the record's Kafka timestamp). A batch reports
+    its wait when the sender picks it up. While every slot is busy and more records wait on
+    the topic (``saturated``), the oldest batch in flight is reported too, every ``every_s``:
+    a slow or failing provider shows at once, before the batches behind it are picked up.
+    A batch retrying alone, with nothing queued behind it, says nothing: its channel is not
+    behind, and pacing must not hold the gate for it (nor the other channels that share the
+    gate's partitions).
+
+    ``lag:{channel}`` in Redis holds the latest figure (any worker's), expiring after ``ttl_ms``
+    so that idle senders read as "not behind"; the gate holds releases to the channel while it
+    is over ``gate_pace_lag_s`` (pipeline/gate_io.py). Written at most every ``every_s``,
+    without waiting for the answer: a lost write only delays pacing.
     """
 
     def __init__(self, redis: Redis, channel: str, every_s: float = 0.1, ttl_ms: int = 1000) -> None:
@@ -300,8 +304,16 @@ class QueueLag:
         self._last = 0.0
         self._write: asyncio.Future | None = None
 
-    def observe(self, produced_at_ms: int | None) -> None:
-        """Report a batch produced at ``produced_at_ms`` (Kafka's timestamp) that is done or still going."""
+    def picked_up(self, produced_at_ms: int | None) -> None:
+        """A batch released at ``produced_at_ms`` (Kafka's timestamp) starts now: report its wait."""
+        self._report(produced_at_ms)
+
+    def saturated(self, oldest_in_flight_ms: int | None) -> None:
+        """Every slot is busy and records wait behind them: report the oldest batch in flight's age,
+        the least the next batch will have waited."""
+        self._report(oldest_in_flight_ms)
+
+    def _report(self, produced_at_ms: int | None) -> None:
         now = time.time()
         if produced_at_ms is None or now - self._last < self.every_s or (self._write and not self._write.done()):
             return
@@ -895,15 +907,24 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
                 delay = min(30.0, delay * 2)
 
     def done(task: asyncio.Task) -> None:
-        tp, offset, produced_at_ms = tasks.pop(task)
+        tp, offset, _ = tasks.pop(task)
         offsets.finish(tp, offset)
-        lag.observe(produced_at_ms)
 
-    async def report_lag() -> None:  # the oldest batch still in flight ages while the provider is slow
+    def queued() -> bool:
+        """Records on the topic that this consumer has not started yet (as of its last fetch)."""
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            last = offsets.fetched.get(tp)
+            position = last + 1 if last is not None else offsets.committed.get(tp)
+            if high is not None and position is not None and high > position:
+                return True
+        return False
+
+    async def report_lag() -> None:  # while saturated, the oldest batch in flight ages for those behind it
         while True:
             await asyncio.sleep(lag.every_s)
-            if tasks:
-                lag.observe(min(t for _, _, t in tasks.values()))
+            if len(tasks) >= in_flight and queued():
+                lag.saturated(min(t for _, _, t in tasks.values()))
 
     consumer.subscribe([topic], listener=Listener())
     await consumer.start()
@@ -924,6 +945,7 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
                         task = asyncio.ensure_future(one(RawRecord(m.topic, m.partition, m.offset, m.key, m.value)))
                         tasks[task] = (tp, m.offset, m.timestamp)
                         task.add_done_callback(done)
+                        lag.picked_up(m.timestamp)
             if time.monotonic() - last_commit >= 0.5:
                 await commit()
                 last_commit = time.monotonic()

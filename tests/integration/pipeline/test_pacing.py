@@ -5,19 +5,25 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-import redis.asyncio as aioredis
+import uuid
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.gate_io import LAG_CHECK_S, GateIO
-from pipeline.sending import QueueLag
+from pipeline.sending import QueueLag, consume_concurrently
+from tests.integration.kafka_io import produce
 
 
-async def test_queue_lag_reports_the_age_of_a_batch_and_expires(pipeline_redis):
+async def test_queue_lag_reports_how_long_a_batch_waited_and_expires(pipeline_redis):
     lag = QueueLag(pipeline_redis, "pace-test", every_s=0.0, ttl_ms=300)
-    lag.observe(int((time.time() - 2.5) * 1000))
+    lag.picked_up(int((time.time() - 2.5) * 1000))
     await asyncio.sleep(0.05)
     assert 2.4 < float(await pipeline_redis.get("lag:pace-test")) < 3.0
-    lag.observe(None)  # a record without a timestamp says nothing
+    lag.saturated(int((time.time() - 4.0) * 1000))
+    await asyncio.sleep(0.05)
+    assert 3.9 < float(await pipeline_redis.get("lag:pace-test")) < 4.5
+    lag.picked_up(None)  # a record without a timestamp says nothing
     await asyncio.sleep(0.4)
     assert await pipeline_redis.get("lag:pace-test") is None  # idle senders read as "not behind"
 
@@ -36,3 +42,70 @@ async def test_gate_waits_while_a_channel_is_behind_and_only_then(settings, pipe
     await pipeline_redis.set("lag:pace-b", "7.5", px=600)
     assert await off.pace(["pace-b"]) == 0.0
     await io.redis.aclose()
+
+
+@dataclass
+class SlowSender:
+    """What consume_concurrently needs of a Sender; each batch takes ``batch_s`` (a provider's backoff)."""
+    redis: object
+    batch_s: float
+    channel: str = field(default_factory=lambda: f"pace-{uuid.uuid4().hex[:8]}")
+    done: list = field(default_factory=list)
+
+    @property
+    def stage(self) -> str:
+        return f"send_{self.channel}"
+
+    async def handle(self, records) -> None:
+        await asyncio.sleep(self.batch_s)
+        self.done.extend(r.offset for r in records)
+
+
+async def _lag_while_consuming(settings, pipeline_redis, sender: SlowSender, batches: int, in_flight: int) -> list[float]:
+    """Consume ``batches`` one-record batches of a fresh topic with ``in_flight`` slots; ``lag:{channel}``
+    sampled every 50 ms from the first record's pickup to the last batch's end."""
+    topic = f"pace-test-{sender.channel}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_brokers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    consumer = asyncio.ensure_future(consume_concurrently(settings, topic, sender, in_flight))
+    try:
+        await produce(settings.kafka_brokers, topic, [(b"k", b"{}")])  # the group is joined once this is done
+        deadline = time.monotonic() + 60
+        while not sender.done:
+            assert time.monotonic() < deadline, "the consumer never finished a batch"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.2)  # the warm-up's figure expired
+        await produce(settings.kafka_brokers, topic, [(b"k", b"{}")] * batches)
+        seen = []
+        while len(sender.done) < 1 + batches:
+            assert time.monotonic() < deadline, "the consumer did not finish its batches"
+            raw = await pipeline_redis.get(f"lag:{sender.channel}")
+            seen.append(float(raw) if raw else 0.0)
+            await asyncio.sleep(0.05)
+        return seen
+    finally:
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+
+
+async def test_a_batch_in_flight_with_nothing_queued_behind_it_is_not_behind(settings, pipeline_redis):
+    """A batch riding out a provider's backoff for seconds, alone: pacing must not hold the gate
+    (and the other channels behind it in the gate's partitions) for that."""
+    sender = SlowSender(pipeline_redis, batch_s=3.0)
+    lags = await _lag_while_consuming(settings, pipeline_redis, sender, batches=1, in_flight=4)
+    assert len(lags) > 40  # ~3 s of samples while the batch was in flight
+    assert max(lags) < 0.5, max(lags)
+
+
+async def test_batches_waiting_for_a_busy_sender_are_behind_at_once(settings, pipeline_redis):
+    """Both slots busy for 2 s with four batches queued: the channel reads as behind before
+    any of those is picked up, and the figure grows with the wait."""
+    sender = SlowSender(pipeline_redis, batch_s=2.0)
+    lags = await _lag_while_consuming(settings, pipeline_redis, sender, batches=6, in_flight=2)
+    first_over = next(i for i, lag in enumerate(lags) if lag > 1.0)
+    assert first_over * 0.05 < 2.0  # within the first round of batches, not after it
+    assert max(lags) > 3.0, max(lags)

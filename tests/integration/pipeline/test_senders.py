@@ -13,6 +13,7 @@ give the whole session one set of peers.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import subprocess
@@ -242,6 +243,47 @@ async def test_a_provider_answering_500_for_a_while_then_recovering_delivers_eve
     assert phones <= set(ok)
     with pytest.raises(AssertionError):  # and nothing of this campaign was dead-lettered
         await dead_letters_of(settings, dead_start, cid, 1, timeout_s=3)
+
+
+async def _lag_while(pipeline_redis, channel: str, waiting) -> list[float]:
+    """``lag:{channel}`` sampled every 50 ms until ``waiting`` (a task) is done (None reads as 0)."""
+    seen = []
+    while not waiting.done():
+        raw = await pipeline_redis.get(f"lag:{channel}")
+        seen.append(float(raw) if raw else 0.0)
+        await asyncio.sleep(0.05)
+    await waiting
+    return seen
+
+
+def _one_partition_users(settings: Settings, user_ids: list[int], n: int) -> tuple[int, list[int]]:
+    p, users = max(by_partition(settings, user_ids).items(), key=lambda kv: len(kv[1]))
+    assert len(users) >= n
+    return p, users[:n]
+
+
+async def test_batches_queued_behind_a_failing_provider_say_their_channel_is_behind(
+        settings, sender_worker, live, make_campaign, pipeline_redis, cleanup):
+    """Every slot busy retrying and more batches waiting: ``lag:sms`` goes over the gate's target,
+    then everything is sent once and the figure expires."""
+    campaign = await make_campaign(users=200, channels=["sms"])
+    cid = campaign.campaign_id
+    cleanup(cid)
+    await activate(pipeline_redis, cid)
+    p, users = _one_partition_users(settings, campaign.user_ids, 3 * settings.sender_batches_in_flight)
+    twilio: TwilioPeer = live["sms"]
+    twilio.fail_next(3 * settings.sender_batches_in_flight, status=500)
+    start = await end_offsets(settings.kafka_brokers, DELIVERY_EVENTS.name)
+    await send_batches(settings, "sms", [MessageBatch(batch_id=f"test:{cid}:queue:{p}:{u}", campaign_id=cid,
+                                                      channel="sms", partition=p, recipients=[Recipient(user_id=u)])
+                                         for u in users])
+    sent = asyncio.ensure_future(wait_events(settings, start, cid, {"sent"}, len(users)))
+    lags = await _lag_while(pipeline_redis, "sms", sent)
+    assert max(lags) > settings.gate_pace_lag_s, max(lags)
+    records = await wait_events(settings, start, cid, {"sent"}, len(users))
+    assert sorted(e["user_id"] for _, e in events_of(records, cid) if e["status"] == "sent") == sorted(users)
+    await asyncio.sleep(1.5)
+    assert await pipeline_redis.get("lag:sms") is None
 
 
 async def test_a_permanent_rejection_is_a_bounce_and_a_dead_letter_that_dlq_replay_can_send_again(
