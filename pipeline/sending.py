@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,6 +247,62 @@ class SendLedger:
                 await pipe.execute()
 
 
+# KEYS: claim   ARGV: token, lease ms. Extends (1) or releases (del) the claim only for its holder.
+_EXTEND_CLAIM = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+_RELEASE_CLAIM = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class BatchClaims:
+    """One sender at a time per outbox record, across workers.
+
+    Kafka gives a partition to one consumer, but not exclusively in time: around a
+    rebalance (a worker killed or restarted, one evicted after a stall) the old owner can
+    still be sending a batch that the new owner has started again from the last commit.
+    Both would read the ledger before either acknowledged anything, and send everything
+    twice. A sender therefore claims ``claim:{topic}:{partition}:{offset}`` (SET NX with
+    a lease, renewed while it works) before it reads the ledger, and releases it when the
+    batch's events are out. Another sender of the same record waits for the claim, then
+    reads a ledger that has all the first one's acknowledgements. A holder that died
+    leaves its claim to expire after ``lease_s``: the messages it had sent without storing
+    the acknowledgement are the only ones sent again.
+    """
+
+    def __init__(self, redis: Redis, lease_s: float = 15.0, poll_s: float = 0.2) -> None:
+        self.redis = redis
+        self.lease_ms = int(lease_s * 1000)
+        self.poll_s = poll_s
+        self._extend = redis.register_script(_EXTEND_CLAIM)
+        self._release = redis.register_script(_RELEASE_CLAIM)
+
+    @staticmethod
+    def key(raw: RawRecord) -> str:
+        return f"claim:{raw.topic}:{raw.partition}:{raw.offset}"
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[float]:
+        """Hold ``key`` for the body (waiting for another holder first); yields the seconds waited."""
+        token = uuid.uuid4().hex
+        started = time.monotonic()
+        while not await self.redis.set(key, token, nx=True, px=self.lease_ms):
+            await asyncio.sleep(self.poll_s)
+        renewing = asyncio.ensure_future(self._renew(key, token))
+        try:
+            yield time.monotonic() - started
+        finally:
+            renewing.cancel()
+            await self._release(keys=[key], args=[token])
+
+    async def _renew(self, key: str, token: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            try:
+                if not await self._extend(keys=[key], args=[token, self.lease_ms]):
+                    log.warning("batch claim lost", key=key)
+                    return
+            except Exception as exc:  # noqa: BLE001 - a Redis hiccup; the next renewal tries again
+                log.warning("batch claim not renewed", key=key, error=repr(exc))
+
+
 class AckWriter:
     """Acknowledgements written as the provider's answers arrive, not when the whole chunk returns.
 
@@ -283,12 +341,12 @@ class QueueLag:
     """How long outbox batches wait for this sender, told to the gate.
 
     The wait is counted from the gate's release (the record's Kafka timestamp). A batch reports
-    its wait when the sender picks it up. While every slot is busy and more records wait on
-    the topic (``saturated``), the oldest batch in flight is reported too, every ``every_s``:
-    a slow or failing provider shows at once, before the batches behind it are picked up.
-    A batch retrying alone, with nothing queued behind it, says nothing: its channel is not
-    behind, and pacing must not hold the gate for it (nor the other channels that share the
-    gate's partitions).
+    its wait when the sender picks it up. While every slot is busy (``saturated``), whatever
+    the gate releases next will wait at least as long as the oldest batch in flight has run,
+    so that age is reported too, every ``every_s``: a slow or failing provider shows at once,
+    before the batches behind it are picked up. A batch retrying with slots to spare says
+    nothing: its channel is not behind, and pacing must not hold the gate for it (nor the
+    other channels that share the gate's partitions).
 
     ``lag:{channel}`` in Redis holds the latest figure (any worker's), expiring after ``ttl_ms``
     so that idle senders read as "not behind"; the gate holds releases to the channel while it
@@ -309,8 +367,7 @@ class QueueLag:
         self._report(produced_at_ms)
 
     def saturated(self, oldest_in_flight_ms: int | None) -> None:
-        """Every slot is busy and records wait behind them: report the oldest batch in flight's age,
-        the least the next batch will have waited."""
+        """Every slot is busy: report the oldest batch in flight's age, the least the next batch will wait."""
         self._report(oldest_in_flight_ms)
 
     def _report(self, produced_at_ms: int | None) -> None:
@@ -542,6 +599,7 @@ class Sender:
         self.policy = policy or RetryPolicy.from_settings(settings)
         self.bucket = bucket or TokenBucket(redis, channel, channel_rate(settings, channel))
         self.ledger = SendLedger(redis)
+        self.claims = BatchClaims(redis)
         self.status = StatusCache(redis)
         self.chunk = chunk
         self.in_flight = asyncio.Semaphore(batches_in_flight)
@@ -588,6 +646,11 @@ class Sender:
             await self.emit_events(batch.partition, DeliveryEventBatch(events=report.events))
             return report
 
+        async with self.claims.hold(BatchClaims.key(raw)):
+            return await self._claimed(batch, raw, report)
+
+    async def _claimed(self, batch: MessageBatch, raw: RawRecord, report: BatchReport) -> BatchReport:
+        """The batch, held by this sender alone: the ledger read, the sends, the events."""
         ledger_key = SendLedger.key(batch, self.channel)
         recorded = await self.ledger.lookup(ledger_key, [r.user_id for r in batch.recipients])
         todo: list[int] = []
@@ -910,20 +973,10 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
         tp, offset, _ = tasks.pop(task)
         offsets.finish(tp, offset)
 
-    def queued() -> bool:
-        """Records on the topic that this consumer has not started yet (as of its last fetch)."""
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            last = offsets.fetched.get(tp)
-            position = last + 1 if last is not None else offsets.committed.get(tp)
-            if high is not None and position is not None and high > position:
-                return True
-        return False
-
-    async def report_lag() -> None:  # while saturated, the oldest batch in flight ages for those behind it
+    async def report_lag() -> None:  # while every slot is busy, what comes next waits at least this long
         while True:
             await asyncio.sleep(lag.every_s)
-            if len(tasks) >= in_flight and queued():
+            if len(tasks) >= in_flight:
                 lag.saturated(min(t for _, _, t in tasks.values()))
 
     consumer.subscribe([topic], listener=Listener())
