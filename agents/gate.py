@@ -47,21 +47,16 @@ async def gate_batch(partition: int, offset: int, raw: bytes) -> None:
     if campaign is None:
         raise ValueError(f"campaign {batch.campaign_id} does not exist")
     channels = [batch.channel] if batch.channel else list(campaign.channels)
-    # Pacing: while a channel's senders are behind, this batch (and the partition behind it) waits here.
-    await io.pace(channels)
-    now = time.time()
-    at = datetime.fromtimestamp(now, tz=timezone.utc).isoformat()
     variant = {r["user_id"]: r.get("variant") for r in request["recipients"]}
     uids = list(variant)
-    status = await io.status(batch.campaign_id)
-    if status in ("paused", "cancelled"):
-        if status == "paused":
-            await io.hold(batch.campaign_id, f"{partition}:{offset}", raw)
-        events = [rules.delivery_event(batch.campaign_id, u, ch, batch.step, variant[u], "held" if status == "paused"
-                                       else "cancelled", None if status == "paused" else "cancelled", at)
-                  for ch in channels for u in uids]
-        await emit_events(partition, events)
+    if await _halted(batch, partition, offset, raw, channels, variant):
         return
+    # Pacing: while a channel's senders are behind, this batch (and the partition behind it) waits here;
+    # a pause or cancel that came meanwhile applies to it at once.
+    if await io.pace(channels) and await _halted(batch, partition, offset, raw, channels, variant):
+        return
+    now = time.time()
+    at = datetime.fromtimestamp(now, tz=timezone.utc).isoformat()
 
     # Read the state of every user in the batch: a few bucket keys, one Postgres query.
     buckets = rules.group_by_bucket(partition, uids)
@@ -104,6 +99,22 @@ async def gate_batch(partition: int, offset: int, raw: bytes) -> None:
         events += [rules.delivery_event(batch.campaign_id, v.user_id, ch, batch.step, variant[v.user_id],
                                         v.status, v.reason, at) for v in verdicts[ch]]
     await emit_events(partition, events)
+
+
+async def _halted(batch: MessageBatch, partition: int, offset: int, raw: bytes, channels: list[str],
+                  variant: dict[int, str | None]) -> bool:
+    """A paused campaign's batch is held, a cancelled one's dropped, each recipient with its event."""
+    status = await io.status(batch.campaign_id)
+    if status not in ("paused", "cancelled"):
+        return False
+    if status == "paused":
+        await io.hold(batch.campaign_id, f"{partition}:{offset}", raw)
+    at = datetime.now(timezone.utc).isoformat()
+    events = [rules.delivery_event(batch.campaign_id, u, ch, batch.step, v, "held" if status == "paused"
+                                   else "cancelled", None if status == "paused" else "cancelled", at)
+              for ch in channels for u, v in variant.items()]
+    await emit_events(partition, events)
+    return True
 
 
 def _users(table, buckets: dict[str, list[int]]) -> dict[int, dict]:

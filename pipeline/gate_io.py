@@ -158,11 +158,12 @@ class GateIO:
         target = self.settings.gate_pace_lag_s
         if target <= 0:
             return 0.0
-        started = time.monotonic()
+        started, waited = time.monotonic(), False
         for channel in channels:
             while await self.lag(channel) > target:
+                waited = True
                 await asyncio.sleep(LAG_CHECK_S)
-        return time.monotonic() - started
+        return time.monotonic() - started if waited else 0.0
 
     async def status(self, campaign_id: int) -> str:
         """The campaign's running status (cached 200 ms); "active" when none was set."""

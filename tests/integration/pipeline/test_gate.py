@@ -228,3 +228,22 @@ async def test_gate_holds_a_channel_whose_senders_are_behind(worker, settings, m
     records = await _read(settings, starts, cid, events=4)
     assert {e["status"] for e in _events(records, cid)} == {"queued"}
     assert sorted(r["user_id"] for b in _outbox(records, cid, "sms") for r in b["recipients"]) == sorted(u)
+
+
+async def test_a_paused_campaign_is_held_at_once_even_while_its_channel_is_behind(worker, settings, make_campaign,
+                                                                                   pipeline_redis):
+    """Pacing waits only for batches that would be released: a pause applies without waiting for the senders."""
+    campaign = await make_campaign(users=20, channels=["sms"])
+    cid = campaign.campaign_id
+    p, u = _one_partition(campaign, settings, 3)
+    await pipeline_redis.set(f"campaign:{cid}:status", "paused")
+    await pipeline_redis.set("lag:sms", "30", px=60_000)
+    try:
+        starts = await _starts(settings, OUTBOX["sms"].name, DELIVERY_EVENTS.name)
+        await _send(settings, MESSAGE_REQUESTS.name, p, b"k", encode(_batch(cid, p, u, f"pace-paused:{cid}:{p}")))
+        records = await read_campaign_records(settings, starts, cid, lambda rs: len(_events(rs, cid)) >= 3,
+                                              timeout_s=20)
+    finally:
+        await pipeline_redis.delete("lag:sms")
+    assert {e["status"] for e in _events(records, cid)} == {"held"}
+    assert _outbox(records, cid, "sms") == []
