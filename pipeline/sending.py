@@ -36,6 +36,7 @@ import math
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -338,46 +339,76 @@ class AckWriter:
 
 
 class QueueLag:
-    """How long outbox batches wait for this sender, told to the gate.
+    """How long a batch released now would wait for this sender, told to the gate.
 
-    The wait is counted from the gate's release (the record's Kafka timestamp). A batch reports
-    its wait when the sender picks it up. While every slot is busy (``saturated``), whatever
-    the gate releases next will wait at least as long as the oldest batch in flight has run,
-    so that age is reported too, every ``every_s``: a slow or failing provider shows at once,
-    before the batches behind it are picked up. A batch retrying with slots to spare says
-    nothing: its channel is not behind, and pacing must not hold the gate for it (nor the
-    other channels that share the gate's partitions).
+    Three figures, of which ``tick`` reports the largest every ``every_s``:
+    - ``picked_up``: the wait of each batch the sender starts, from the gate's release
+      (the record's Kafka timestamp) to now;
+    - ``saturated``: while every slot is busy, the age of the oldest batch in flight: the
+      next batch waits at least that long, so a slow or failing provider shows at once;
+    - ``queued``: the batches released but not started yet (Kafka's end offsets against the
+      consumer's position) over the rate at which this sender finishes batches: the wait a
+      batch released now will have. This one sees a burst the moment it lands in the
+      outbox, not once its batches have waited; without it the gate released for as long
+      as the first of them took to age, and the queue's p99 overshot.
+    A batch retrying with slots to spare and nothing queued says nothing: its channel is
+    not behind, and pacing must not hold the gate for it (nor the other channels that share
+    the gate's partitions).
 
-    ``lag:{channel}`` in Redis holds the latest figure (any worker's), expiring after ``ttl_ms``
-    so that idle senders read as "not behind"; the gate holds releases to the channel while it
-    is over ``gate_pace_lag_s`` (pipeline/gate_io.py). Written at most every ``every_s``,
-    without waiting for the answer: a lost write only delays pacing.
+    ``lag:{channel}`` in Redis holds the latest figure (any worker's), expiring after
+    ``ttl_ms`` so that idle senders read as "not behind"; the gate holds releases to the
+    channel while it is over ``gate_pace_lag_s`` (pipeline/gate_io.py). Written without
+    waiting for the answer: a lost write only delays pacing.
     """
+
+    RATE_WINDOW_S = 3.0
 
     def __init__(self, redis: Redis, channel: str, every_s: float = 0.1, ttl_ms: int = 1000) -> None:
         self.redis = redis
         self.key = f"lag:{channel}"
         self.every_s = every_s
         self.ttl_ms = ttl_ms
-        self._last = 0.0
+        self._figure = 0.0
+        self._finished: deque[float] = deque()
+        self._busy_since: float | None = None
         self._write: asyncio.Future | None = None
 
     def picked_up(self, produced_at_ms: int | None) -> None:
-        """A batch released at ``produced_at_ms`` (Kafka's timestamp) starts now: report its wait."""
-        self._report(produced_at_ms)
+        """A batch released at ``produced_at_ms`` (Kafka's timestamp) starts now."""
+        if produced_at_ms is not None:
+            self._figure = max(self._figure, time.time() - produced_at_ms / 1000)
 
     def saturated(self, oldest_in_flight_ms: int | None) -> None:
-        """Every slot is busy: report the oldest batch in flight's age, the least the next batch will wait."""
-        self._report(oldest_in_flight_ms)
+        """Every slot is busy: the next batch waits at least as long as the oldest in flight has run."""
+        self.picked_up(oldest_in_flight_ms)
 
-    def _report(self, produced_at_ms: int | None) -> None:
-        now = time.time()
-        if produced_at_ms is None or now - self._last < self.every_s or (self._write and not self._write.done()):
-            return
-        self._last = now
-        lag = max(0.0, now - produced_at_ms / 1000)
-        self._write = asyncio.ensure_future(self.redis.set(self.key, f"{lag:.3f}", px=self.ttl_ms))
-        self._write.add_done_callback(_quietly)
+    def busy(self, now: float | None = None) -> None:
+        """The sender went from idle to working: its finishing rate is measured from here."""
+        self._busy_since = time.monotonic() if now is None else now
+
+    def finished(self, now: float | None = None) -> None:
+        self._finished.append(time.monotonic() if now is None else now)
+
+    def queued(self, waiting: int, now: float | None = None) -> float | None:
+        """``waiting`` batches not started: the seconds until the last of them starts, at the rate
+        batches finished lately (None when too few did to tell)."""
+        now = time.monotonic() if now is None else now
+        while self._finished and now - self._finished[0] > self.RATE_WINDOW_S:
+            self._finished.popleft()
+        if waiting <= 0 or len(self._finished) < 2 or self._busy_since is None:
+            return None
+        span = min(self.RATE_WINDOW_S, max(now - self._busy_since, self.every_s))
+        wait = waiting * span / len(self._finished)
+        self._figure = max(self._figure, wait)
+        return wait
+
+    def tick(self) -> float:
+        """Report the largest figure since the last tick (nothing when there is none); returns it."""
+        figure, self._figure = self._figure, 0.0
+        if figure > 0 and (self._write is None or self._write.done()):
+            self._write = asyncio.ensure_future(self.redis.set(self.key, f"{figure:.3f}", px=self.ttl_ms))
+            self._write.add_done_callback(_quietly)
+        return figure
 
 
 def _quietly(future: asyncio.Future) -> None:
@@ -905,6 +936,7 @@ class _Offsets:
 
 
 DRAIN_S = 90.0  # < GROUP_TIMEOUTS["rebalance_timeout_ms"]
+ENDS_EVERY_S = 0.25  # how often a sender asks the broker for its outbox partitions' end offsets
 
 
 async def consume_concurrently(settings: Settings, topic: str, sender: Sender, in_flight: int) -> None:
@@ -972,12 +1004,38 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
     def done(task: asyncio.Task) -> None:
         tp, offset, _ = tasks.pop(task)
         offsets.finish(tp, offset)
+        lag.finished()
 
-    async def report_lag() -> None:  # while every slot is busy, what comes next waits at least this long
+    async def waiting() -> int:
+        """Records on the topic that this consumer has not started (end offsets asked of the broker)."""
+        assigned = list(consumer.assignment())
+        if not assigned:
+            return 0
+        ends = await consumer.end_offsets(assigned)
+        count = 0
+        for tp, end in ends.items():
+            last = offsets.fetched.get(tp)
+            position = last + 1 if last is not None else offsets.committed.get(tp)
+            if position is not None:
+                count += max(0, end - position)
+        return count
+
+    async def report_lag() -> None:
+        every, last_ends, queued = lag.every_s, 0.0, 0
         while True:
-            await asyncio.sleep(lag.every_s)
+            await asyncio.sleep(every)
             if len(tasks) >= in_flight:
                 lag.saturated(min(t for _, _, t in tasks.values()))
+            now = time.monotonic()
+            if now - last_ends >= ENDS_EVERY_S:
+                last_ends = now
+                try:
+                    queued = await waiting()
+                except Exception as exc:  # noqa: BLE001 - a broker hiccup: the other figures still count
+                    log.warning("outbox backlog not read", stage=sender.stage, error=repr(exc))
+                    queued = 0
+            lag.queued(queued)
+            lag.tick()
 
     consumer.subscribe([topic], listener=Listener())
     await consumer.start()
@@ -995,6 +1053,8 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
                 for tp, messages in polled.items():
                     for m in messages:
                         offsets.start(tp, m.offset)
+                        if not tasks:
+                            lag.busy()
                         task = asyncio.ensure_future(one(RawRecord(m.topic, m.partition, m.offset, m.key, m.value)))
                         tasks[task] = (tp, m.offset, m.timestamp)
                         task.add_done_callback(done)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-
 import uuid
 from dataclasses import dataclass, field
 
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.gate_io import LAG_CHECK_S, GateIO
@@ -15,17 +15,30 @@ from pipeline.sending import QueueLag, consume_concurrently
 from tests.integration.kafka_io import produce
 
 
-async def test_queue_lag_reports_how_long_a_batch_waited_and_expires(pipeline_redis):
-    lag = QueueLag(pipeline_redis, "pace-test", every_s=0.0, ttl_ms=300)
+async def test_queue_lag_reports_the_largest_figure_of_each_tick_and_expires(pipeline_redis):
+    lag = QueueLag(pipeline_redis, "pace-test", ttl_ms=300)
     lag.picked_up(int((time.time() - 2.5) * 1000))
-    await asyncio.sleep(0.05)
-    assert 2.4 < float(await pipeline_redis.get("lag:pace-test")) < 3.0
     lag.saturated(int((time.time() - 4.0) * 1000))
+    lag.picked_up(None)  # a record without a timestamp says nothing
+    assert 3.9 < lag.tick() < 4.5
     await asyncio.sleep(0.05)
     assert 3.9 < float(await pipeline_redis.get("lag:pace-test")) < 4.5
-    lag.picked_up(None)  # a record without a timestamp says nothing
+    assert lag.tick() == 0.0  # nothing new: nothing written, and the figure expires
     await asyncio.sleep(0.4)
     assert await pipeline_redis.get("lag:pace-test") is None  # idle senders read as "not behind"
+
+
+def test_the_queued_estimate_is_the_backlog_over_the_finishing_rate():
+    lag = QueueLag(None, "pace-test")
+    lag.busy(now=100.0)
+    assert lag.queued(18, now=100.3) is None  # nothing finished yet: no rate to tell
+    lag.finished(now=100.4)
+    lag.finished(now=100.4)
+    assert lag.queued(18, now=100.5) == pytest.approx(18 * 0.5 / 2)  # 4 batches/s: the 18th starts in 4.5 s
+    assert lag.queued(0, now=100.5) is None
+    for t in range(20):  # a long busy run: the rate is over the last RATE_WINDOW_S only
+        lag.finished(now=101.0 + t * 0.5)
+    assert lag.queued(6, now=111.0) == pytest.approx(6 * 3.0 / 6)
 
 
 async def test_gate_waits_while_a_channel_is_behind_and_only_then(settings, pipeline_redis):
@@ -112,3 +125,14 @@ async def test_batches_waiting_for_a_busy_sender_are_behind_at_once(settings, pi
     first_over = next(t for t, lag in lags if lag > 1.0)
     assert first_over < 1.7, lags  # within the first round of batches, not after it
     assert max(lag for _, lag in lags) > 3.0, lags
+
+
+async def test_a_burst_reads_as_behind_before_any_batch_has_waited_that_long(settings, pipeline_redis):
+    """Twenty 0.4 s batches on two slots: the 20th will wait ~4 s. The channel reads as behind
+    within the first round (the backlog over the finishing rate), long before a picked-up
+    batch has waited 1 s (~1.2 s in) and although no batch is ever 1 s in flight."""
+    sender = SlowSender(pipeline_redis, batch_s=0.4)
+    lags = await _lag_while_consuming(settings, pipeline_redis, sender, batches=20, in_flight=2)
+    first_over = next(t for t, lag in lags if lag > 1.0)
+    assert first_over < 0.9, lags
+    assert max(lag for _, lag in lags) > 2.5, lags
