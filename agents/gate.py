@@ -4,9 +4,10 @@ Input: ``message-requests`` (``MessageBatch``, channel None: every channel of th
 Output, per batch and channel, on the batch's partition: ONE ``MessageBatch`` of the
 released recipients to ``outbox.<channel>`` and ONE ``DeliveryEventBatch`` to
 ``delivery-events`` with queued / suppressed(reason) / deferred / held / cancelled.
-Pacing: a batch waits while the senders of one of its channels report outbox batches older
-than ``gate_pace_lag_s`` (GateIO.pace), so the backlog of a big launch stays in
-message-requests and a released message reaches its provider within seconds.
+Pacing: a batch to be released waits while the senders of one of its channels say a batch
+released now would wait over ``gate_pace_lag_s`` for them (GateIO.pace), so the backlog of a
+big launch stays in message-requests and a released message reaches its provider within
+seconds. A paused or cancelled campaign's batch does not wait: it is held or dropped at once.
 Side effects: the gate's tables (tables/gate_state.py, a few keys per batch); Redis
 ``campaign:{id}:spend`` (one Lua call per batch), ``campaign:{id}:held`` (paused),
 ``gate:deferred`` (quiet hours; agents/release_deferred.py sends them when due).

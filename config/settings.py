@@ -115,8 +115,10 @@ class Settings(BaseSettings):
     gate_frequency_caps: str = Field(default="", pattern=r"^(\s*[a-z_]+=\d+\s*(,\s*[a-z_]+=\d+\s*)*)?$")
     gate_cap_window_days: int = Field(default=7, ge=1)
     gate_dedup_window_s: int = Field(default=24 * 3600, ge=1)
-    # Pacing: the gate holds a channel's releases while its senders report outbox batches
-    # older than this (seconds since release, done or still sending); 0 turns it off.
+    # Pacing: the gate holds a channel's releases while its senders say that a batch released
+    # now would wait longer than this for them (seconds; pipeline/sending.py's QueueLag: the
+    # backlog over their finishing rate, the waits at pickup, the oldest batch in flight
+    # while every slot is busy); 0 turns it off.
     # The audience then waits in message-requests (durable, replayable) instead of in
     # the outbox, so a released message reaches its provider within seconds and a pause
     # has little already queued to hold.

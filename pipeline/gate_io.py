@@ -12,8 +12,8 @@ Redis keys:
     campaign:{id}:held           push   raw message-requests batches of a paused campaign
     campaign:{id}:held_sources   r/w    set of records already pushed (a replay pushes once)
     gate:deferred                r/w    zset: encoded outbox batch → release time (epoch s)
-    lag:{channel}                read   seconds from release to the end of sending of the channel's
-                                        latest outbox batch (pipeline/sending.py's QueueLag; 1 s TTL)
+    lag:{channel}                read   seconds a batch released now would wait for the channel's
+                                        senders (pipeline/sending.py's QueueLag; 1 s TTL)
 """
 
 from __future__ import annotations
