@@ -260,9 +260,10 @@ class BatchClaims:
     rebalance (a worker killed or restarted, one evicted after a stall) the old owner can
     still be sending a batch that the new owner has started again from the last commit.
     Both would read the ledger before either acknowledged anything, and send everything
-    twice. A sender therefore claims ``claim:{topic}:{partition}:{offset}`` (SET NX with
-    a lease, renewed while it works) before it reads the ledger, and releases it when the
-    batch's events are out. Another sender of the same record waits for the claim, then
+    twice. The same holds for two records of one batch (the gate's replay after a worker
+    was killed releases it again). A sender therefore claims the batch
+    (``claim:<ledger key>:<batch id>``, SET NX with a lease, renewed while it works) before
+    it reads the ledger, and releases it when the batch's events are out. Another sender of the same record waits for the claim, then
     reads a ledger that has all the first one's acknowledgements. A holder that died
     leaves its claim to expire after ``lease_s``: the messages it had sent without storing
     the acknowledgement are the only ones sent again.
@@ -276,8 +277,11 @@ class BatchClaims:
         self._release = redis.register_script(_RELEASE_CLAIM)
 
     @staticmethod
-    def key(raw: RawRecord) -> str:
-        return f"claim:{raw.topic}:{raw.partition}:{raw.offset}"
+    def key(batch: MessageBatch, channel: str) -> str:
+        """The batch, not the record: after a SIGKILL the gate can release a batch again (its
+        dedup state and offsets lost with the worker, its outbox record already in Kafka),
+        and the two records of one batch must not be sent at once either."""
+        return f"claim:{SendLedger.key(batch, channel)}:{batch.batch_id}"
 
     @contextlib.asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[float]:
@@ -677,7 +681,7 @@ class Sender:
             await self.emit_events(batch.partition, DeliveryEventBatch(events=report.events))
             return report
 
-        async with self.claims.hold(BatchClaims.key(raw)):
+        async with self.claims.hold(BatchClaims.key(batch, self.channel)):
             return await self._claimed(batch, raw, report)
 
     async def _claimed(self, batch: MessageBatch, raw: RawRecord, report: BatchReport) -> BatchReport:

@@ -43,11 +43,14 @@ class Worker:
         await self.redis.aclose()
 
 
+def outbox_batch(cid: int, users: list[int]) -> MessageBatch:
+    return MessageBatch(batch_id=f"claims-test:{cid}", campaign_id=cid, channel="sms", partition=0,
+                        recipients=[Recipient(user_id=u) for u in users])
+
+
 def outbox_record(cid: int, users: list[int]) -> RawRecord:
-    batch = MessageBatch(batch_id=f"claims-test:{cid}", campaign_id=cid, channel="sms", partition=0,
-                         recipients=[Recipient(user_id=u) for u in users])
-    offset = random.randrange(10**9, 10**12)  # a record of its own: no other test's claim or ledger
-    return RawRecord("outbox.sms", 0, offset, None, orjson.dumps(batch.model_dump(mode="json")))
+    offset = random.randrange(10**9, 10**12)  # a record of its own offset
+    return RawRecord("outbox.sms", 0, offset, None, orjson.dumps(outbox_batch(cid, users).model_dump(mode="json")))
 
 
 async def test_two_workers_handed_the_same_batch_send_each_message_once(settings, live, make_campaign,
@@ -66,7 +69,29 @@ async def test_two_workers_handed_the_same_batch_send_each_message_once(settings
     phones = [r.form()["To"] for r in twilio.requests]
     assert len(phones) == len(set(phones)) == len(campaign.user_ids)
     assert sorted(a.sent() + b.sent()) == sorted(campaign.user_ids)  # one "sent" event per message
-    assert await pipeline_redis.get(BatchClaims.key(raw)) is None  # released
+    assert await pipeline_redis.get(BatchClaims.key(outbox_batch(campaign.campaign_id, []), "sms")) is None  # released
+
+
+async def test_two_records_of_one_batch_sent_at_once_send_each_message_once(settings, live, make_campaign,
+                                                                             pipeline_pool, pipeline_redis):
+    """After a SIGKILL the gate can release a batch a second time (a new outbox record, the same
+    batch): the two records are not sent at once."""
+    campaign = await make_campaign(users=30, channels=["sms"])
+    await pipeline_redis.set(f"campaign:{campaign.campaign_id}:status", "active")
+    twilio: TwilioPeer = live["sms"]
+    twilio.delay_s = 0.05
+    first, again = outbox_record(campaign.campaign_id, campaign.user_ids), outbox_record(campaign.campaign_id,
+                                                                                         campaign.user_ids)
+    assert first.offset != again.offset
+    a, b = Worker(settings, twilio, pipeline_pool, "d"), Worker(settings, twilio, pipeline_pool, "e")
+    try:
+        await asyncio.gather(a.sender.handle([first]), b.sender.handle([again]))
+    finally:
+        await a.close()
+        await b.close()
+    phones = [r.form()["To"] for r in twilio.requests]
+    assert len(phones) == len(set(phones)) == len(campaign.user_ids)
+    assert sorted(a.sent() + b.sent()) == sorted(campaign.user_ids)
 
 
 async def test_a_claim_left_by_a_dead_worker_expires_and_the_batch_is_sent(settings, live, make_campaign,
@@ -74,7 +99,8 @@ async def test_a_claim_left_by_a_dead_worker_expires_and_the_batch_is_sent(setti
     campaign = await make_campaign(users=5, channels=["sms"])
     await pipeline_redis.set(f"campaign:{campaign.campaign_id}:status", "active")
     raw = outbox_record(campaign.campaign_id, campaign.user_ids)
-    await pipeline_redis.set(BatchClaims.key(raw), "killed-worker", px=1500)  # SIGKILLed while holding it
+    await pipeline_redis.set(BatchClaims.key(outbox_batch(campaign.campaign_id, []), "sms"), "killed-worker",
+                             px=1500)  # SIGKILLed while holding it
     worker = Worker(settings, live["sms"], pipeline_pool, "c")
     started = time.monotonic()
     try:
