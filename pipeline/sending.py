@@ -254,7 +254,7 @@ _RELEASE_CLAIM = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.cal
 
 
 class BatchClaims:
-    """One sender at a time per outbox record, across workers.
+    """One sender at a time per outbox batch, across workers.
 
     Kafka gives a partition to one consumer, but not exclusively in time: around a
     rebalance (a worker killed or restarted, one evicted after a stall) the old owner can
@@ -263,8 +263,9 @@ class BatchClaims:
     twice. The same holds for two records of one batch (the gate's replay after a worker
     was killed releases it again). A sender therefore claims the batch
     (``claim:<ledger key>:<batch id>``, SET NX with a lease, renewed while it works) before
-    it reads the ledger, and releases it when the batch's events are out. Another sender of the same record waits for the claim, then
-    reads a ledger that has all the first one's acknowledgements. A holder that died
+    it reads the ledger, and releases it when the batch's events are out. Another sender of
+    the same batch waits for the claim, then reads a ledger that has all the first one's
+    acknowledgements. A holder that died
     leaves its claim to expire after ``lease_s``: the messages it had sent without storing
     the acknowledgement are the only ones sent again.
     """

@@ -53,6 +53,17 @@ def outbox_record(cid: int, users: list[int]) -> RawRecord:
     return RawRecord("outbox.sms", 0, offset, None, orjson.dumps(outbox_batch(cid, users).model_dump(mode="json")))
 
 
+async def at_once(settings, twilio: TwilioPeer, pool, first: RawRecord, second: RawRecord) -> tuple[Worker, Worker]:
+    """Two workers handle ``first`` and ``second`` at the same time; returns them when both are done."""
+    a, b = Worker(settings, twilio, pool, "a"), Worker(settings, twilio, pool, "b")
+    try:
+        await asyncio.gather(a.sender.handle([first]), b.sender.handle([second]))
+    finally:
+        await a.close()
+        await b.close()
+    return a, b
+
+
 async def test_two_workers_handed_the_same_batch_send_each_message_once(settings, live, make_campaign,
                                                                         pipeline_pool, pipeline_redis):
     campaign = await make_campaign(users=30, channels=["sms"])
@@ -60,12 +71,7 @@ async def test_two_workers_handed_the_same_batch_send_each_message_once(settings
     twilio: TwilioPeer = live["sms"]
     twilio.delay_s = 0.05  # the first worker is still sending when the second one starts
     raw = outbox_record(campaign.campaign_id, campaign.user_ids)
-    a, b = Worker(settings, twilio, pipeline_pool, "a"), Worker(settings, twilio, pipeline_pool, "b")
-    try:
-        await asyncio.gather(a.sender.handle([raw]), b.sender.handle([raw]))
-    finally:
-        await a.close()
-        await b.close()
+    a, b = await at_once(settings, twilio, pipeline_pool, raw, raw)
     phones = [r.form()["To"] for r in twilio.requests]
     assert len(phones) == len(set(phones)) == len(campaign.user_ids)
     assert sorted(a.sent() + b.sent()) == sorted(campaign.user_ids)  # one "sent" event per message
@@ -83,12 +89,7 @@ async def test_two_records_of_one_batch_sent_at_once_send_each_message_once(sett
     first, again = outbox_record(campaign.campaign_id, campaign.user_ids), outbox_record(campaign.campaign_id,
                                                                                          campaign.user_ids)
     assert first.offset != again.offset
-    a, b = Worker(settings, twilio, pipeline_pool, "d"), Worker(settings, twilio, pipeline_pool, "e")
-    try:
-        await asyncio.gather(a.sender.handle([first]), b.sender.handle([again]))
-    finally:
-        await a.close()
-        await b.close()
+    a, b = await at_once(settings, twilio, pipeline_pool, first, again)
     phones = [r.form()["To"] for r in twilio.requests]
     assert len(phones) == len(set(phones)) == len(campaign.user_ids)
     assert sorted(a.sent() + b.sent()) == sorted(campaign.user_ids)
