@@ -343,6 +343,20 @@ class AckWriter:
                 self._writing = None if not self._pending else asyncio.ensure_future(self._drain())
 
 
+# KEYS: lag, its writer   ARGV: figure, this sender's token, ttl ms.
+# The figure stands if it is the writer's own (up or down) or at least the standing one: with
+# several workers the gate sees the most behind of them, not the last to write.
+_REPORT_LAG = """
+local standing, by = redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])
+if standing == false or by == ARGV[2] or tonumber(ARGV[1]) >= tonumber(standing) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
 class QueueLag:
     """How long a batch released now would wait for this sender, told to the gate.
 
@@ -360,7 +374,8 @@ class QueueLag:
     not behind, and pacing must not hold the gate for it (nor the other channels that share
     the gate's partitions).
 
-    ``lag:{channel}`` in Redis holds the latest figure (any worker's), expiring after
+    ``lag:{channel}`` in Redis holds the figure of the sender most behind (``_REPORT_LAG``: a
+    sender replaces its own figure, another's only with a larger one), expiring after
     ``ttl_ms`` so that idle senders read as "not behind"; the gate holds releases to the
     channel while it is over ``gate_pace_lag_s`` (pipeline/gate_io.py). Written without
     waiting for the answer: a lost write only delays pacing.
@@ -377,6 +392,8 @@ class QueueLag:
         self._finished: deque[float] = deque()
         self._busy_since: float | None = None
         self._write: asyncio.Future | None = None
+        self.token = uuid.uuid4().hex  # this sender, among the workers that report on the channel
+        self._script = redis.register_script(_REPORT_LAG) if redis is not None else None
 
     def picked_up(self, produced_at_ms: int | None) -> None:
         """A batch released at ``produced_at_ms`` (Kafka's timestamp) starts now."""
@@ -411,7 +428,8 @@ class QueueLag:
         """Report the largest figure since the last tick (nothing when there is none); returns it."""
         figure, self._figure = self._figure, 0.0
         if figure > 0 and (self._write is None or self._write.done()):
-            self._write = asyncio.ensure_future(self.redis.set(self.key, f"{figure:.3f}", px=self.ttl_ms))
+            self._write = asyncio.ensure_future(
+                self._script(keys=[self.key, f"{self.key}:by"], args=[f"{figure:.3f}", self.token, self.ttl_ms]))
             self._write.add_done_callback(_quietly)
         return figure
 

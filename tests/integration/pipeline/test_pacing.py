@@ -28,6 +28,23 @@ async def test_queue_lag_reports_the_largest_figure_of_each_tick_and_expires(pip
     assert await pipeline_redis.get("lag:pace-test") is None  # idle senders read as "not behind"
 
 
+async def test_the_gate_sees_the_most_behind_of_several_workers(pipeline_redis):
+    """Two workers' senders of one channel: one far behind, one nearly idle. The nearly idle one's
+    figure does not hide the other's; the one behind can report that it caught up."""
+    behind, idle = QueueLag(pipeline_redis, "pace-two"), QueueLag(pipeline_redis, "pace-two")
+
+    async def report(lag: QueueLag, seconds: float) -> float:
+        lag.picked_up(int((time.time() - seconds) * 1000))
+        lag.tick()
+        await lag._write
+        return float(await pipeline_redis.get("lag:pace-two"))
+
+    assert 2.9 < await report(behind, 3.0) < 3.2
+    assert 2.9 < await report(idle, 0.2) < 3.2  # not hidden by the idle worker's figure
+    assert 0.4 < await report(behind, 0.5) < 0.7  # its own figure, down
+    assert 0.6 < await report(idle, 0.7) < 0.9  # now the larger one
+
+
 def test_the_queued_estimate_is_the_backlog_over_the_finishing_rate():
     lag = QueueLag(None, "pace-test")
     lag.busy(now=100.0)
