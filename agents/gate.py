@@ -8,6 +8,12 @@ Pacing: a batch to be released waits while the senders of one of its channels sa
 released now would wait over ``gate_pace_lag_s`` for them (GateIO.pace), so the backlog of a
 big launch stays in message-requests and a released message reaches its provider within
 seconds. A paused or cancelled campaign's batch does not wait: it is held or dropped at once.
+Lanes: batches run in order within a lane, one lane per (partition, campaign), so a campaign
+whose channel is behind waits without holding the other campaigns' batches read after it
+(an SMS campaign at its provider's rate must not hold an email campaign's release). The gate
+work itself (state read, decisions, state write) is one batch at a time per worker; only the
+pacing waits overlap. Offsets are committed once every earlier record of the partition is
+done (Faust's acks), so a crash replays what was waiting, and a replay is idempotent.
 Side effects: the gate's tables (tables/gate_state.py, a few keys per batch); Redis
 ``campaign:{id}:spend`` (one Lua call per batch), ``campaign:{id}:held`` (paused),
 ``gate:deferred`` (quiet hours; agents/release_deferred.py sends them when due).
@@ -20,7 +26,9 @@ stream (retried with backoff) rather than dropping work.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import asyncpg
@@ -34,6 +42,7 @@ from pipeline import gate as rules
 from pipeline.app import app, delivery_events_topic, message_requests_topic, outbox_topics, settings
 from pipeline.codecs import RawRecord, dead_letter, explain
 from pipeline.gate_io import GateIO
+from pipeline.lanes import Lanes
 from schemas.messages import MessageBatch
 from tables.gate_state import gate_history, gate_preferences, gate_suppressions
 
@@ -41,7 +50,9 @@ log = structlog.get_logger()
 io = GateIO(settings)
 
 
-async def gate_batch(partition: int, offset: int, raw: bytes) -> None:
+async def gate_batch(partition: int, offset: int, raw: bytes, ours: Callable[[], bool] = lambda: True) -> bool:
+    """Gate one message-requests record; False if ``ours()`` said, after pacing, that the partition
+    is no longer this worker's (nothing was emitted), True otherwise."""
     batch = MessageBatch.model_validate_json(raw)
     request = orjson.loads(raw)
     campaign = await io.campaign(batch.campaign_id)
@@ -51,11 +62,20 @@ async def gate_batch(partition: int, offset: int, raw: bytes) -> None:
     variant = {r["user_id"]: r.get("variant") for r in request["recipients"]}
     uids = list(variant)
     if await _halted(batch, partition, offset, raw, channels, variant):
-        return
-    # Pacing: while a channel's senders are behind, this batch (and the partition behind it) waits here;
+        return True
+    # Pacing: while a channel's senders are behind, this batch (and its lane behind it) waits here;
     # a pause or cancel that came meanwhile applies to it at once.
     if await io.pace(channels) and await _halted(batch, partition, offset, raw, channels, variant):
-        return
+        return True
+    async with _turn:
+        if not ours():
+            return False
+        await _release(batch, campaign, request, partition, offset, channels, variant, uids)
+    return True
+
+
+async def _release(batch: MessageBatch, campaign, request: dict, partition: int, offset: int, channels: list[str],
+                   variant: dict[int, str | None], uids: list[int]) -> None:
     now = time.time()
     at = datetime.fromtimestamp(now, tz=timezone.utc).isoformat()
 
@@ -155,27 +175,64 @@ async def emit_events(partition: int, events: list[dict]) -> None:
         await delivery_events_topic.send(key=b"gate", value=orjson.dumps({"events": events}), partition=partition)
 
 
+_turn = asyncio.Lock()  # the gate's state is read, decided on and written by one batch at a time
+
+
+def lane_of(partition: int, raw: bytes | None) -> tuple[int, object]:
+    """(partition, campaign id) of a message-requests record; a record that does not say goes to the
+    partition's own lane (it is dead-lettered there)."""
+    try:
+        return partition, orjson.loads(raw or b"").get("campaign_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return partition, None
+
+
 @app.agent(message_requests_topic)
 async def gate(stream):
-    async for event in stream.events():
-        message = event.message
-        delay = 0.2
-        while True:
-            try:
-                await gate_batch(message.partition, message.offset, event.value)
-                break
-            except (ValidationError, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
-                reason = explain(exc) if isinstance(exc, ValidationError) else f"{type(exc).__name__}: {exc}"
-                raw = RawRecord(message.topic, message.partition, message.offset, event.key, event.value)
-                await send_dead_letters([dead_letter(raw, "gate", reason)])
-                break
-            except (RedisError, OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
-                    asyncpg.InterfaceError) as exc:
-                log.warning("gate: store unavailable, retrying the batch", error=repr(exc), delay_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except Exception as exc:  # a bug must not stop the stream for everybody: dead-letter it
-                log.exception("gate: batch failed", partition=message.partition, offset=message.offset)
-                raw = RawRecord(message.topic, message.partition, message.offset, event.key, event.value)
-                await send_dead_letters([dead_letter(raw, "gate", f"{type(exc).__name__}: {exc}")])
-                break
+    """Each record runs in its lane; its offset is acknowledged (and committed once every earlier
+    one of its partition is) when its lane has finished it. The task a record runs in is created
+    while the stream is on that record, so Faust's table writes in it go to its partition."""
+    lanes = Lanes(settings.gate_batches_pending)
+    try:
+        async for event in stream.noack().events():
+            await lanes.submit(lane_of(event.message.partition, event.value), functools.partial(_handle, event))
+    finally:
+        # Stopping (or the agent restarting): what waits in a lane is not acknowledged, so it is read
+        # again from the committed offset by whoever owns its partition next.
+        await lanes.cancel()
+
+
+async def _handle(event) -> None:
+    if await _gate_one(event):
+        event.ack()
+
+
+def _ours(message) -> bool:
+    """Whether this worker still owns the record's partition: a batch that waited in its lane through a
+    rebalance is left to the new owner, who reads it again from the committed offset."""
+    return message.tp in app.consumer.assignment()
+
+
+async def _gate_one(event) -> bool:
+    """Gate one record: True once it is done with (released, held, dead-lettered), False when its
+    partition went to another worker first."""
+    message = event.message
+    delay = 0.2
+    while True:
+        try:
+            return await gate_batch(message.partition, message.offset, event.value, lambda: _ours(message))
+        except (ValidationError, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+            reason = explain(exc) if isinstance(exc, ValidationError) else f"{type(exc).__name__}: {exc}"
+            raw = RawRecord(message.topic, message.partition, message.offset, event.key, event.value)
+            await send_dead_letters([dead_letter(raw, "gate", reason)])
+            return True
+        except (RedisError, OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError) as exc:
+            log.warning("gate: store unavailable, retrying the batch", error=repr(exc), delay_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        except Exception as exc:  # a bug must not stop the stream for everybody: dead-letter it
+            log.exception("gate: batch failed", partition=message.partition, offset=message.offset)
+            raw = RawRecord(message.topic, message.partition, message.offset, event.key, event.value)
+            await send_dead_letters([dead_letter(raw, "gate", f"{type(exc).__name__}: {exc}")])
+            return True

@@ -270,7 +270,8 @@ def _epoch(iso: str) -> float:
 # ---------------------------------------------------------------- one run
 
 
-def run(recipients: int, workers: int, shares: dict[str, float], email_provider: str) -> dict:
+def run(recipients: int, workers: int, shares: dict[str, float], email_provider: str,
+        latencies_csv: Path | None = None) -> dict:
     from tests.integration.kafka_io import end_offsets
     from tests.integration.pipeline.test_campaign_email import Api
 
@@ -300,7 +301,7 @@ def run(recipients: int, workers: int, shares: dict[str, float], email_provider:
                 body = {"name": f"bench-{channel}-{base}", "type": "immediate", "channels": [channel],
                         "target_segment_id": segment_id, "content": {channel: CONTENT[channel]}}
                 ids[api.call("POST", "/api/v1/campaigns", 201, json=body)["campaign_id"]] = channel
-            started = time.perf_counter()
+            started, started_epoch = time.perf_counter(), time.time()
             for campaign_id in ids:
                 api.launch(campaign_id)
         while True:
@@ -326,6 +327,12 @@ def run(recipients: int, workers: int, shares: dict[str, float], email_provider:
     for k in arrivals:
         if k in queued:
             by_channel.setdefault(k.split(":", 1)[0], []).append(arrivals[k] - queued[k])
+    if latencies_csv is not None:
+        with latencies_csv.open("w") as out:
+            out.write("channel,queued_s,arrived_s\n")
+            for k, at in arrivals.items():
+                if k in queued:
+                    out.write(f"{k.split(':', 1)[0]},{queued[k] - started_epoch:.3f},{at - started_epoch:.3f}\n")
     sent = sum(m.get("sent", 0) for m in metrics.values())
     suppressed = sum(m.get("suppressed", 0) for m in metrics.values())
     in_app = sum(m.get("sent", 0) for cid, m in metrics.items() if ids[cid] == "in_app")
@@ -361,12 +368,14 @@ def main() -> None:
     parser.add_argument("--skip-email-runs", action="store_true")
     parser.add_argument("--email-provider", choices=("smtp", "batch"), default="batch",
                         help="email provider of the mixed run (the spec's batching: SendGrid-shaped HTTP)")
+    parser.add_argument("--latencies", type=Path, metavar="CSV",
+                        help="also write each message's channel, release and arrival (s since the launch)")
     parser.add_argument("--serve-peers", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_peers:
         serve_peers(args.serve_peers)
         return
-    figures = run(args.recipients, args.workers, SHARES, args.email_provider)
+    figures = run(args.recipients, args.workers, SHARES, args.email_provider, args.latencies)
     figures["email_provider"] = args.email_provider
     if not args.skip_email_runs:
         for provider, name in (("smtp", "email_smtp_per_s"), ("batch", "email_batch_http_per_s")):

@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     # the outbox, so a released message reaches its provider within seconds and a pause
     # has little already queued to hold.
     gate_pace_lag_s: float = Field(default=1.0, ge=0)
+    # Batches a gate may have read and not finished, across its lanes (agents/gate.py): a
+    # channel that is behind holds its own batches, not the other channels' batches read
+    # after them, until this many are waiting (~25 kB each).
+    gate_batches_pending: int = Field(default=256, ge=1)
 
     @property
     def kafka_port(self) -> int:

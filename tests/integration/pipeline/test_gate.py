@@ -247,3 +247,39 @@ async def test_a_paused_campaign_is_held_at_once_even_while_its_channel_is_behin
         await pipeline_redis.delete("lag:sms")
     assert {e["status"] for e in _events(records, cid)} == {"held"}
     assert _outbox(records, cid, "sms") == []
+
+
+async def test_a_channel_that_is_behind_holds_its_own_batches_not_the_others(worker, settings, make_campaign,
+                                                                              pipeline_redis):
+    """An email campaign's batch read after a paced SMS campaign's batch, on the same partition, is
+    released at once; the SMS batch follows when its senders catch up."""
+    sms = await make_campaign(users=60, channels=["sms"])
+    email = await make_campaign(users=60, channels=["email"])
+    by: dict[int, tuple[list[int], list[int]]] = {}
+    for campaign, side in ((sms, 0), (email, 1)):
+        for uid in campaign.user_ids:
+            by.setdefault(user_partition(uid, settings.topic_partitions), ([], []))[side].append(uid)
+    p, (u_sms, u_email) = max(by.items(), key=lambda kv: min(len(kv[1][0]), len(kv[1][1])))
+    u_sms, u_email = u_sms[:3], u_email[:3]
+    assert len(u_sms) == len(u_email) == 3
+    await pipeline_redis.set("lag:sms", "30", px=60_000)
+    try:
+        starts = await _starts(settings, OUTBOX["sms"].name, OUTBOX["email"].name, DELIVERY_EVENTS.name)
+        await _send(settings, MESSAGE_REQUESTS.name, p, b"k",
+                    encode(_batch(sms.campaign_id, p, u_sms, f"lanes:{sms.campaign_id}:{p}")))
+        await _send(settings, MESSAGE_REQUESTS.name, p, b"k",
+                    encode(_batch(email.campaign_id, p, u_email, f"lanes:{email.campaign_id}:{p}")))
+        released = await read_campaign_records(settings, starts, email.campaign_id,
+                                               lambda rs: len(_events(rs, email.campaign_id)) >= 3, timeout_s=20)
+        assert {e["status"] for e in _events(released, email.campaign_id)} == {"queued"}
+        assert sorted(r["user_id"] for b in _outbox(released, email.campaign_id, "email")
+                      for r in b["recipients"]) == sorted(u_email)
+        until = time.monotonic() + 1.0
+        held = await read_campaign_records(settings, starts, sms.campaign_id,
+                                           lambda rs: bool(rs) or time.monotonic() > until)
+        assert _outbox(held, sms.campaign_id, "sms") == [] and _events(held, sms.campaign_id) == []
+    finally:
+        await pipeline_redis.delete("lag:sms")
+    records = await _read(settings, starts, sms.campaign_id, events=3)
+    assert {e["status"] for e in _events(records, sms.campaign_id)} == {"queued"}
+    assert sorted(r["user_id"] for b in _outbox(records, sms.campaign_id, "sms") for r in b["recipients"]) == sorted(u_sms)
