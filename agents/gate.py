@@ -5,9 +5,10 @@ Output, per batch and channel, on the batch's partition: ONE ``MessageBatch`` of
 released recipients to ``outbox.<channel>`` and ONE ``DeliveryEventBatch`` to
 ``delivery-events`` with queued / suppressed(reason) / deferred / held / cancelled.
 Pacing: a batch to be released waits while the senders of one of its channels say a batch
-released now would wait over ``gate_pace_lag_s`` for them (GateIO.pace), so the backlog of a
-big launch stays in message-requests and a released message reaches its provider within
-seconds. A paused or cancelled campaign's batch does not wait: it is held or dropped at once.
+released now would wait over ``gate_pace_lag_s`` for them, then for a place in the channel's
+release window (pipeline/flow.py: batches released and not finished, at most 1.5 per sender
+slot), so the backlog of a big launch stays in message-requests and a released message
+reaches its provider within seconds. A paused or cancelled campaign's batch does not wait: it is held or dropped at once.
 Lanes: batches run in order within a lane, one lane per (partition, campaign), so a campaign
 whose channel is behind waits without holding the other campaigns' batches read after it
 (an SMS campaign at its provider's rate must not hold an email campaign's release). The gate
@@ -65,17 +66,22 @@ async def gate_batch(partition: int, offset: int, raw: bytes, ours: Callable[[],
         return True
     # Pacing: while a channel's senders are behind, this batch (and its lane behind it) waits here;
     # a pause or cancel that came meanwhile applies to it at once.
-    if await io.pace(channels) and await _halted(batch, partition, offset, raw, channels, variant):
+    if await io.pace(channels, batch.batch_id) and await _halted(batch, partition, offset, raw, channels, variant):
+        await io.unpace(channels, batch.batch_id)
         return True
     async with _turn:
         if not ours():
+            await io.unpace(channels, batch.batch_id)
             return False
-        await _release(batch, campaign, request, partition, offset, channels, variant, uids)
+        released = await _release(batch, campaign, request, partition, offset, channels, variant, uids)
+    if set(channels) - released:
+        await io.unpace(sorted(set(channels) - released), batch.batch_id)
     return True
 
 
 async def _release(batch: MessageBatch, campaign, request: dict, partition: int, offset: int, channels: list[str],
-                   variant: dict[int, str | None], uids: list[int]) -> None:
+                   variant: dict[int, str | None], uids: list[int]) -> set[str]:
+    """Screen the batch and emit what it releases; returns the channels it sent an outbox batch to."""
     now = time.time()
     at = datetime.fromtimestamp(now, tz=timezone.utc).isoformat()
 
@@ -110,16 +116,18 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
         await io.defer(deferred)
     _record(buckets, asks, verdicts, view)
 
-    events = []
+    events, released = [], set()
     for ch in channels:
         queued = [v.user_id for v in verdicts[ch] if v.status == "queued"]
         if queued:
             recipients = {r["user_id"]: r for r in request["recipients"]}
             out = rules.outbox_batch(request, ch, [recipients[u] for u in queued])
             await outbox_topics[ch].send(key=out["batch_id"].encode(), value=orjson.dumps(out), partition=partition)
+            released.add(ch)
         events += [rules.delivery_event(batch.campaign_id, v.user_id, ch, batch.step, variant[v.user_id],
                                         v.status, v.reason, at) for v in verdicts[ch]]
     await emit_events(partition, events)
+    return released
 
 
 async def _halted(batch: MessageBatch, partition: int, offset: int, raw: bytes, channels: list[str],

@@ -97,15 +97,21 @@ class Settings(BaseSettings):
     send_backoff_cap_s: float = Field(default=10.0, gt=0)
     send_max_retry_after_s: float = Field(default=30.0, gt=0)
     smtp_pool_size: int = Field(default=8, ge=1)
-    provider_connections: int = Field(default=8, ge=1)
+    # Kept-alive connections per HTTP provider and worker. A busy worker's event loop turns slowly
+    # (rendering, folding, logging share it), and each connection carries one request per turn
+    # or two: with 8, push and SMS batches took 4-12 s when every channel ran at once.
+    provider_connections: int = Field(default=64, ge=1)
     # Outbox batches a sender works on at once. A batch's messages wait on the provider's
-    # connections behind every other batch in flight, so more of them only add latency
-    # (bench/pipeline.py 200k: p99 13.7 s with 16, 8.6 s with 4, the same 5,700 msgs/s).
-    sender_batches_in_flight: int = Field(default=4, ge=1)
+    # connections and on the worker's CPU behind every other batch in flight, of every
+    # channel, so more of them only add latency (bench/pipeline.py 200k: p99 13.7 s with 16,
+    # 8.6 s with 4; 400k with every channel at once: 7.4 s with 4, 5.1 s with 2, 4.1 s with 1,
+    # the same ~4,200 msgs/s). Two, so that a batch riding out a provider's backoff does not
+    # stop its channel; the concurrency within a batch is ``send_chunk``.
+    sender_batches_in_flight: int = Field(default=2, ge=1)
     # Messages handed to a provider between two looks at the campaign's status. Every batch
     # in flight queues this many at the provider's connections, so batches_in_flight × chunk
     # messages are already on their way when a pause lands: small enough to stop within 1 s.
-    send_chunk: int = Field(default=32, ge=1)
+    send_chunk: int = Field(default=64, ge=1)
 
     # The gate (pipeline/gate.py). Quiet hours "HH:MM-HH:MM" local time, applied to campaigns
     # that ask for them (or to all, by default); caps for users who set none, "email=3,sms=1"

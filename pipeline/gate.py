@@ -435,7 +435,11 @@ def delivery_event(campaign_id: int, user_id: int, channel: str, step: str, vari
     }
 
 
+def outbox_batch_id(batch_id: str, channel: str, suffix: str = "") -> str:
+    return f"{batch_id}:{channel}{suffix}"
+
+
 def outbox_batch(request: Mapping, channel: str, recipients: list[dict], suffix: str = "") -> dict:
     """The ``MessageBatch`` for ``outbox.<channel>``: the request's fields, one channel, these recipients."""
-    return {**request, "batch_id": f"{request['batch_id']}:{channel}{suffix}", "channel": channel,
+    return {**request, "batch_id": outbox_batch_id(request["batch_id"], channel, suffix), "channel": channel,
             "recipients": recipients}

@@ -14,6 +14,7 @@ Redis keys:
     gate:deferred                r/w    zset: encoded outbox batch → release time (epoch s)
     lag:{channel}                read   seconds a batch released now would wait for the channel's
                                         senders (pipeline/sending.py's QueueLag; 1 s TTL)
+    flow:{channel}:out|senders   r/w    the channel's release window (pipeline/flow.py)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import redis.asyncio as aioredis
 
 from config import Settings
 from pipeline import gate as rules
+from pipeline.flow import ReleaseWindow
 from pipeline.runtime import campaign_status, load_campaign
 
 DEFERRED_KEY = "gate:deferred"
@@ -98,6 +100,7 @@ class GateIO:
     _campaigns: dict[int, tuple[float, tuple[clock, clock] | None]] = field(default_factory=dict)
     _scripts: dict = field(default_factory=dict)
     _lags: dict[str, tuple[float, float]] = field(default_factory=dict)
+    _window: ReleaseWindow | None = None
     policy: rules.GatePolicy = field(init=False)
 
     def __post_init__(self) -> None:
@@ -152,9 +155,16 @@ class GateIO:
             self._lags[channel] = cached
         return cached[1]
 
-    async def pace(self, channels: list[str]) -> float:
-        """Wait while any of ``channels`` is behind (queue lag over ``gate_pace_lag_s``): the work
-        stays in message-requests instead of piling up in outboxes. Returns the seconds waited."""
+    @property
+    def window(self) -> ReleaseWindow:
+        if self._window is None:
+            self._window = ReleaseWindow(self.redis)
+        return self._window
+
+    async def pace(self, channels: list[str], batch_id: str | None = None) -> float:
+        """Wait while any of ``channels`` is behind (queue lag over ``gate_pace_lag_s``), then for a
+        place in each channel's release window for ``batch_id``'s outbox batch: the work stays in
+        message-requests instead of piling up in outboxes. Returns the seconds waited."""
         target = self.settings.gate_pace_lag_s
         if target <= 0:
             return 0.0
@@ -163,7 +173,17 @@ class GateIO:
             while await self.lag(channel) > target:
                 waited = True
                 await asyncio.sleep(LAG_CHECK_S)
+        if batch_id is not None:
+            for channel in channels:
+                if await self.window.take(channel, rules.outbox_batch_id(batch_id, channel)) > 0:
+                    waited = True
         return time.monotonic() - started if waited else 0.0
+
+    async def unpace(self, channels: list[str], batch_id: str) -> None:
+        """Give back the window places of ``batch_id`` on ``channels`` (nothing was released there)."""
+        if self.settings.gate_pace_lag_s > 0:
+            for channel in channels:
+                await self.window.give_back(channel, rules.outbox_batch_id(batch_id, channel))
 
     async def status(self, campaign_id: int) -> str:
         """The campaign's running status (cached 200 ms); "active" when none was set."""

@@ -52,6 +52,7 @@ from pipeline.channels.base import PERMANENT, SENT, TRANSIENT
 from pipeline.channels.mime import _BARE_ADDRESS
 from pipeline.channels.tracking import link_key, rewrite_links
 from pipeline.codecs import RawRecord, dead_letter, decode_batch
+from pipeline.flow import SenderSlots
 from pipeline.signing import signing_key
 from pipeline.runtime import load_campaign
 from pipeline.templates import PART_KINDS, CompiledTemplate, RenderError, TemplateContent, message_variables
@@ -639,7 +640,7 @@ class Sender:
 
     def __init__(self, settings: Settings, channel: str, redis: Redis, adapter: Channel, plans: Any, profiles: Any,
                  emit_events: EmitEvents, emit_dead: EmitDead, policy: RetryPolicy | None = None,
-                 bucket: TokenBucket | None = None, chunk: int = 200, batches_in_flight: int = 16,
+                 bucket: TokenBucket | None = None, chunk: int = 200, batches_in_flight: int | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.settings = settings
         self.channel = channel
@@ -656,7 +657,9 @@ class Sender:
         self.claims = BatchClaims(redis)
         self.status = StatusCache(redis)
         self.chunk = chunk
-        self.in_flight = asyncio.Semaphore(batches_in_flight)
+        # Batches of one poll processed at once when ``handle`` is called directly; the worker's
+        # consumer (consume_concurrently) hands over one batch at a time and bounds them itself.
+        self.in_flight = asyncio.Semaphore(batches_in_flight or int(setting(settings, "sender_batches_in_flight", 2)))
         self.sleep = sleep
         key = signing_key(settings)
         self.signing_key = key
@@ -886,7 +889,7 @@ def adapter_options(settings: Settings, channel: str) -> dict[str, Any]:
     if channel == "email" and email_provider(settings) == "smtp":
         return {"pool_size": int(setting(settings, "smtp_pool_size", 8))}
     if channel in ("email", "sms", "push", "webhook"):
-        return {"connections": int(setting(settings, "provider_connections", 8))}
+        return {"connections": int(setting(settings, "provider_connections", 64))}
     return {}
 
 
@@ -915,7 +918,7 @@ async def run_sender(settings: Settings, channel: str, topic: str, emit_events: 
         while True:
             try:
                 await consume_concurrently(settings, topic, sender,
-                                           int(setting(settings, "sender_batches_in_flight", 4)))
+                                           int(setting(settings, "sender_batches_in_flight", 2)))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -1009,6 +1012,7 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
                 log.warning("sender commit failed", stage=sender.stage, error=repr(exc))
 
     lag = QueueLag(sender.redis, sender.channel)
+    slots = SenderSlots(sender.redis, sender.channel, in_flight, lag.token)
 
     async def one(raw: RawRecord) -> None:
         delay = 0.5
@@ -1025,9 +1029,10 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
                 delay = min(30.0, delay * 2)
 
     def done(task: asyncio.Task) -> None:
-        tp, offset, _ = tasks.pop(task)
+        tp, offset, _, key = tasks.pop(task)
         offsets.finish(tp, offset)
         lag.finished()
+        slots.finished(key)  # its place in the gate's release window (pipeline/flow.py)
 
     async def waiting() -> int:
         """Records on the topic that this consumer has not started (end offsets asked of the broker)."""
@@ -1048,7 +1053,7 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
         while True:
             await asyncio.sleep(every)
             if len(tasks) >= in_flight:
-                lag.saturated(min(t for _, _, t in tasks.values()))
+                lag.saturated(min(t for _, _, t, _ in tasks.values()))
             now = time.monotonic()
             if now - last_ends >= ENDS_EVERY_S:
                 last_ends = now
@@ -1059,6 +1064,7 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
                     queued = 0
             lag.queued(queued)
             lag.tick()
+            slots.report()
 
     consumer.subscribe([topic], listener=Listener())
     await consumer.start()
@@ -1079,7 +1085,7 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
                         if not tasks:
                             lag.busy()
                         task = asyncio.ensure_future(one(RawRecord(m.topic, m.partition, m.offset, m.key, m.value)))
-                        tasks[task] = (tp, m.offset, m.timestamp)
+                        tasks[task] = (tp, m.offset, m.timestamp, m.key)
                         task.add_done_callback(done)
                         lag.picked_up(m.timestamp)
             if time.monotonic() - last_commit >= 0.5:
@@ -1087,6 +1093,7 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
                 last_commit = time.monotonic()
     finally:
         reporter.cancel()
+        slots.withdraw()
         for task in list(tasks):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

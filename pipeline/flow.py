@@ -1,0 +1,147 @@
+"""Release windows: how many outbox batches of a channel may be released and not yet finished.
+
+The gate's pacing on ``lag:{channel}`` (pipeline/sending.py's QueueLag) reads an estimate
+that arrives a few hundred milliseconds after the batches it should have counted, so a
+burst released meanwhile overshoots and waits in the outbox. A window bounds that burst
+outright: the gate takes a place for each batch before it releases it, the sender gives
+the place back when it has finished the batch, and the gate releases only while the
+channel's batches in the window are fewer than its senders can work on at once, with a
+little more so that a sender never waits for the gate (``WINDOW_FACTOR``).
+
+Redis keys, per channel:
+    flow:{channel}:out      zset   outbox batch id → lease expiry (Redis time, s). A place whose
+                                   sender died expires, so a lost "finished" never shrinks the
+                                   window for good; a replayed release keeps its one place.
+    flow:{channel}:senders  hash   sender token → "<slots>:<Redis time of the report>"; reports
+                                   older than ``FRESH_S`` are dropped, so the window follows the
+                                   senders alive. With none, the window is open: the gate never
+                                   waits on a channel nobody reports for.
+
+All times are Redis' own (TIME), so workers' clocks do not matter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import structlog
+from redis.asyncio import Redis
+
+log = structlog.get_logger()
+
+WINDOW_FACTOR = 1.5  # places per sender slot: a slot that finishes finds its next batch already released
+LEASE_S = 120.0  # a place not given back in this long is taken as lost (a SIGKILLed sender)
+FRESH_S = 3.0  # a sender that has not reported for this long is gone
+RETRY_S = 0.05  # how often a gate looks again at a full window
+
+# KEYS: out zset, senders hash   ARGV: batch id, lease s, fresh s, factor
+# Returns 1 when the batch has (or already had) a place, 0 when the window is full.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local lease, fresh, factor = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+  return 1
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local slots = 0
+local senders = redis.call('HGETALL', KEYS[2])
+for i = 1, #senders, 2 do
+  local n, at = string.match(senders[i + 1], '^([^:]+):(.+)$')
+  if n and now - tonumber(at) <= fresh then
+    slots = slots + tonumber(n)
+  else
+    redis.call('HDEL', KEYS[2], senders[i])
+  end
+end
+if slots == 0 or redis.call('ZCARD', KEYS[1]) < math.ceil(slots * factor) then
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+  redis.call('EXPIRE', KEYS[1], math.ceil(lease))
+  return 1
+end
+return 0
+"""
+
+# KEYS: senders hash   ARGV: token, slots, fresh s
+_REPORT = """
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) * 2))
+return 1
+"""
+
+
+def out_key(channel: str) -> str:
+    return f"flow:{channel}:out"
+
+
+def senders_key(channel: str) -> str:
+    return f"flow:{channel}:senders"
+
+
+class ReleaseWindow:
+    """The gate's side: a place for each batch before it is released (``take``), given back at once
+    when the gate released nothing after all (``give_back``)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._take = redis.register_script(_TAKE)
+
+    async def try_take(self, channel: str, batch_id: str) -> bool:
+        got = await self._take(keys=[out_key(channel), senders_key(channel)],
+                               args=[batch_id, LEASE_S, FRESH_S, WINDOW_FACTOR])
+        return bool(int(got))
+
+    async def take(self, channel: str, batch_id: str) -> float:
+        """Wait for a place for ``batch_id``; returns the seconds waited."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not await self.try_take(channel, batch_id):
+            await asyncio.sleep(RETRY_S)
+        return loop.time() - started
+
+    async def give_back(self, channel: str, batch_id: str) -> None:
+        await self.redis.zrem(out_key(channel), batch_id)
+
+
+class SenderSlots:
+    """The sender's side: its slots told every tick, and each finished batch's place given back.
+    Written without waiting for the answer; a lost write costs a place until its lease ends."""
+
+    def __init__(self, redis: Redis, channel: str, slots: int, token: str) -> None:
+        self.redis = redis
+        self.channel = channel
+        self.slots = slots
+        self.token = token
+        self._report = redis.register_script(_REPORT) if redis is not None else None
+        self._pending: set[asyncio.Future] = set()
+
+    def _spawn(self, awaitable) -> None:
+        future = asyncio.ensure_future(awaitable)
+        self._pending.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: asyncio.Future) -> None:
+        self._pending.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("release window not updated", channel=self.channel, error=repr(future.exception()))
+
+    def report(self) -> None:
+        if self._report is not None:
+            self._spawn(self._report(keys=[senders_key(self.channel)], args=[self.token, self.slots, FRESH_S]))
+
+    def finished(self, batch_id: str | bytes | None) -> None:
+        if self.redis is not None and batch_id:
+            self._spawn(self.redis.zrem(out_key(self.channel), batch_id))
+
+    def withdraw(self) -> None:
+        """This sender stops: its slots no longer count."""
+        if self.redis is not None:
+            self._spawn(self.redis.hdel(senders_key(self.channel), self.token))
+
+
+def window(slots: int, factor: float = WINDOW_FACTOR) -> int:
+    """The places of a channel whose senders have ``slots`` slots in all (0: open)."""
+    return math.ceil(slots * factor)
