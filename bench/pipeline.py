@@ -1,6 +1,7 @@
 """A mixed campaign through every stage: launch → explode → gate → senders → peers, and delivery events.
 
     .venv/bin/python bench/pipeline.py --recipients 1000000 [--workers 2] [--email-provider smtp|batch]
+                                       [--latencies latencies.csv]
 
 Users are inserted straight into PostgreSQL (the launch path of a static segment reads
 ``segment_members`` and ``users``; the gate and the senders read profiles from PostgreSQL),
