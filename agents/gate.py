@@ -8,7 +8,8 @@ Pacing: a batch to be released waits while the senders of one of its channels sa
 released now would wait over ``gate_pace_lag_s`` for them, then for a place in the channel's
 release window (pipeline/flow.py: batches released and not finished, at most 1.5 per sender
 slot), so the backlog of a big launch stays in message-requests and a released message
-reaches its provider within seconds. A paused or cancelled campaign's batch does not wait: it is held or dropped at once.
+reaches its provider within seconds. A paused or cancelled campaign's batch does not wait:
+it is held or dropped at once.
 Lanes: batches run in order within a lane, one lane per (partition, campaign), so a campaign
 whose channel is behind waits without holding the other campaigns' batches read after it
 (an SMS campaign at its provider's rate must not hold an email campaign's release). The gate

@@ -23,7 +23,6 @@ All times are Redis' own (TIME), so workers' clocks do not matter.
 from __future__ import annotations
 
 import asyncio
-import math
 
 import structlog
 from redis.asyncio import Redis
@@ -140,8 +139,3 @@ class SenderSlots:
         """This sender stops: its slots no longer count."""
         if self.redis is not None:
             self._spawn(self.redis.hdel(senders_key(self.channel), self.token))
-
-
-def window(slots: int, factor: float = WINDOW_FACTOR) -> int:
-    """The places of a channel whose senders have ``slots`` slots in all (0: open)."""
-    return math.ceil(slots * factor)
