@@ -12,7 +12,7 @@ Redis keys, per channel:
     flow:{channel}:out      zset   outbox batch id → lease expiry (Redis time, s). A place whose
                                    sender died expires, so a lost "finished" never shrinks the
                                    window for good; a replayed release keeps its one place.
-    flow:{channel}:senders  hash   sender token → "<slots>:<Redis time of the report>"; reports
+    flow:{channel}:senders  hash   sender token → "<slots>:<Redis time of the report>" (every 1 s); reports
                                    older than ``FRESH_S`` are dropped, so the window follows the
                                    senders alive. With none, the window is open: the gate never
                                    waits on a channel nobody reports for.
@@ -23,6 +23,7 @@ All times are Redis' own (TIME), so workers' clocks do not matter.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import structlog
 from redis.asyncio import Redis
@@ -32,6 +33,7 @@ log = structlog.get_logger()
 WINDOW_FACTOR = 1.5  # places per sender slot: a slot that finishes finds its next batch already released
 LEASE_S = 120.0  # a place not given back in this long is taken as lost (a SIGKILLed sender)
 FRESH_S = 3.0  # a sender that has not reported for this long is gone
+REPORT_EVERY_S = 1.0  # how often a sender tells its slots (well inside FRESH_S)
 RETRY_S = 0.05  # how often a gate looks again at a full window
 
 # KEYS: out zset, senders hash   ARGV: batch id, lease s, fresh s, factor
@@ -116,6 +118,7 @@ class SenderSlots:
         self.token = token
         self._report = redis.register_script(_REPORT) if redis is not None else None
         self._pending: set[asyncio.Future] = set()
+        self._reported_at: float | None = None
 
     def _spawn(self, awaitable) -> None:
         future = asyncio.ensure_future(awaitable)
@@ -128,8 +131,12 @@ class SenderSlots:
             log.warning("release window not updated", channel=self.channel, error=repr(future.exception()))
 
     def report(self) -> None:
-        if self._report is not None:
-            self._spawn(self._report(keys=[senders_key(self.channel)], args=[self.token, self.slots, FRESH_S]))
+        """Tell the sender's slots, at most every ``REPORT_EVERY_S`` (called on every lag tick)."""
+        now = time.monotonic()
+        if self._report is None or (self._reported_at is not None and now - self._reported_at < REPORT_EVERY_S):
+            return
+        self._reported_at = now
+        self._spawn(self._report(keys=[senders_key(self.channel)], args=[self.token, self.slots, FRESH_S]))
 
     def finished(self, batch_id: str | bytes | None) -> None:
         if self.redis is not None and batch_id:

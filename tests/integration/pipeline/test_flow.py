@@ -50,6 +50,7 @@ async def test_the_window_holds_one_and_a_half_places_per_sender_slot(pipeline_r
 async def test_a_gone_sender_and_a_lost_place_do_not_close_the_window_for_good(pipeline_redis, channel, monkeypatch):
     monkeypatch.setattr(flow, "FRESH_S", 0.5)
     monkeypatch.setattr(flow, "LEASE_S", 0.6)
+    monkeypatch.setattr(flow, "REPORT_EVERY_S", 0.0)
     window = ReleaseWindow(pipeline_redis)
     slots = SenderSlots(pipeline_redis, channel, 1, "only")
     slots.report()
@@ -89,3 +90,18 @@ async def test_take_waits_for_a_place(pipeline_redis, channel):
         assert 0.25 < waited < 1.5
     finally:
         await pipeline_redis.delete(flow.out_key(channel), flow.senders_key(channel))
+
+
+async def test_a_sender_tells_its_slots_at_most_once_a_second(pipeline_redis, channel):
+    slots = SenderSlots(pipeline_redis, channel, 3, "s")
+    try:
+        slots.report()
+        await _settled(slots)
+        first = await pipeline_redis.hget(flow.senders_key(channel), "s")
+        await asyncio.sleep(0.05)
+        slots.report()  # the next lag tick: nothing written
+        await _settled(slots)
+        assert await pipeline_redis.hget(flow.senders_key(channel), "s") == first
+        assert first.startswith(b"3:")
+    finally:
+        await pipeline_redis.delete(flow.senders_key(channel))
