@@ -75,8 +75,9 @@ async def gate_batch(partition: int, offset: int, raw: bytes, ours: Callable[[],
             await io.unpace(channels, batch.batch_id)
             return False
         released = await _release(batch, campaign, request, partition, offset, channels, variant, uids)
-    if set(channels) - released:
-        await io.unpace(sorted(set(channels) - released), batch.batch_id)
+    unreleased = [ch for ch in channels if ch not in released]
+    if unreleased:
+        await io.unpace(unreleased, batch.batch_id)
     return True
 
 

@@ -45,30 +45,24 @@ import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "scripts"))
 
 from config import get_settings  # noqa: E402
+from procs import Proc  # noqa: E402  scripts/procs.py
 from schemas.messages import DeliveryEvent  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
+from senders import cpu_seconds  # noqa: E402  bench/senders.py
 PER_REQUEST_SHARE = 0.38  # push 30 % + SMS 8 % of the spec's mix: one provider request per message
 TARGET = 20_000
 
 
-def cpu_of(pid: int) -> float:
-    """CPU seconds (user + system, every thread) a process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def pid_of(marker: str) -> int:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    return int(entry.name)
-            except OSError:
-                continue
-    raise SystemExit(f"no running process matches {marker!r}: is the stack up (make up)?")
+def server_pid(name: str) -> int:
+    """The pid of a stack server (kafka, cassandra, redis) from the pid file scripts/stack.py wrote."""
+    proc = Proc(get_settings().local_dir / "run", name)
+    pid = proc.pid()
+    if pid is None:
+        raise SystemExit(f"no running {name} recorded in {proc.pid_file}: is the stack up (make up)?")
+    return pid
 
 
 class Meter:
@@ -78,11 +72,11 @@ class Meter:
         self.pid = pid
 
     def __enter__(self) -> Meter:
-        self.server, self.client, self.wall = cpu_of(self.pid), time.process_time(), time.perf_counter()
+        self.server, self.client, self.wall = cpu_seconds(self.pid), time.process_time(), time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server = cpu_of(self.pid) - self.server
+        self.server = cpu_seconds(self.pid) - self.server
         self.client = time.process_time() - self.client
         self.wall = time.perf_counter() - self.wall
 
@@ -109,7 +103,7 @@ async def cassandra(n: int) -> dict[str, float]:
     log = MessageLog(await resources.cassandra(), settings.cassandra_keyspace)
     sent = events(n, "sent", random.randrange(10**12, 10**13))
     await log.write(sent[:2000])  # warm: prepared statement, connections
-    with Meter(pid_of("CassandraDaemon")) as m:
+    with Meter(server_pid("cassandra")) as m:
         for i in range(2000, n, 2000):
             await log.write(sent[i:i + 2000])
         await asyncio.sleep(5)
@@ -129,9 +123,8 @@ async def kafka(n: int) -> dict[str, float]:
     await admin.close()
     sample = [e.model_dump(mode="json") for e in events(100, "sent", 1)]
     record = orjson.dumps({"events": sample})
-    slots_out, slots_in = 4 * n, 6 * n
-    records_out = slots_out // 100
-    broker = pid_of("kafka.Kafka")
+    records_out = 4 * n // 100  # four slots written per message
+    broker = server_pid("kafka")
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_brokers, acks="all", linger_ms=5,
                                 max_batch_size=1_048_576)
@@ -180,7 +173,7 @@ async def redis(n: int) -> dict[str, float]:
     queued = events(n, "queued", campaign)
     sent = [e.model_copy(update={"status": "sent"}) for e in queued]
     await folder.fold(queued[:1000])
-    with Meter(pid_of("redis-server")) as m:
+    with Meter(server_pid("redis")) as m:
         for batch in (queued, sent):
             for i in range(1000 if batch is queued else 0, n, 2000):
                 await folder.fold(batch[i:i + 2000])
@@ -195,12 +188,14 @@ async def redis(n: int) -> dict[str, float]:
 async def provider(n: int) -> dict[str, float]:
     from pipeline.channels.http import HttpClient
 
-    sys.path.insert(0, str(REPO / "bench"))
     from http_client import BODY, PEER, TOKEN
 
     requests = int(n * PER_REQUEST_SHARE)
-    peer = subprocess.Popen([sys.executable, "-c", PEER.replace("import uvloop\nasyncio.set_event_loop_policy("
-                                                                 "uvloop.EventLoopPolicy())\n", "")],
+    # The peer on asyncio's own loop, as bench/pipeline.py runs it (http_client's runs on uvloop).
+    on_uvloop = "import uvloop\nasyncio.set_event_loop_policy(uvloop.EventLoopPolicy())\n"
+    if on_uvloop not in PEER:
+        raise SystemExit("bench/http_client.py's PEER changed: update the uvloop lines removed here")
+    peer = subprocess.Popen([sys.executable, "-c", PEER.replace(on_uvloop, "")],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO)
     try:
         assert peer.stdout is not None
