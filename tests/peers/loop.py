@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
 
 class LoopThread:
-    def __init__(self, name: str = "peer-loop") -> None:
+    def __init__(self, name: str = "peer-loop", loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+                 ) -> None:
         self.name = name
-        self.loop = asyncio.new_event_loop()
+        self.loop = (loop_factory or asyncio.new_event_loop)()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
