@@ -117,6 +117,7 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
     if deferred:
         await io.defer(deferred)
     _record(buckets, asks, verdicts, view)
+    _sweeps.step(partition, now)
 
     events, released = [], set()
     for ch in channels:
@@ -178,6 +179,9 @@ def _record(buckets, asks, verdicts, view) -> None:
             for uid in touched:
                 value[str(uid)] = changed[uid]
             gate_history[key] = value
+
+
+_sweeps = rules.Sweeps(gate_history, gate_preferences, io.policy)
 
 
 async def emit_events(partition: int, events: list[dict]) -> None:

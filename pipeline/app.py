@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import faust
 
 from config import get_settings
+from schemas.preferences import FREQUENCY_CAP_WINDOW_DAYS
 
 settings = get_settings()
 
@@ -49,6 +50,12 @@ app = faust.App(
 )
 
 
+# Kafka compacts only segments that have rolled, and by default a segment rolls after 7 days or
+# 1 GiB: a table's changelog would be read back whole, every write of the week, by a restarted
+# worker. Hourly segments let the cleaner keep a compacted topic near one record per key.
+COMPACT_SEGMENT_MS = 3600 * 1000
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """A topic Herald owns: its name, partitions and Kafka configuration."""
@@ -56,7 +63,7 @@ class TopicSpec:
     name: str
     partitions: int
     compacted: bool = False
-    retention_ms: int | None = None
+    retention_ms: int | None = None  # with compacted: compacted, and what no write refreshed for this long deleted
 
     @property
     def table_name(self) -> str:
@@ -65,9 +72,12 @@ class TopicSpec:
 
     @property
     def config(self) -> dict[str, str]:
-        config = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        policy = ("compact,delete" if self.retention_ms is not None else "compact") if self.compacted else "delete"
+        config = {"cleanup.policy": policy}
         if self.retention_ms is not None:
             config["retention.ms"] = str(self.retention_ms)
+        if self.compacted:
+            config["segment.ms"] = str(COMPACT_SEGMENT_MS)
         return config
 
 
@@ -93,7 +103,13 @@ DEAD_LETTER_COUNTS = TopicSpec(f"{settings.app_id}-dead_letter_counts-changelog"
 # The gate's grouped state (tables/gate_state.py).
 GATE_PREFERENCES = TopicSpec(f"{settings.app_id}-gate_preferences-changelog", _P, compacted=True)
 GATE_SUPPRESSIONS = TopicSpec(f"{settings.app_id}-gate_suppressions-changelog", _P, compacted=True)
-GATE_HISTORY = TopicSpec(f"{settings.app_id}-gate_history-changelog", _P, compacted=True)
+# Dedup marks and cap times expire: a history key that no write has refreshed for longer than the
+# longest window (the configured cap window, or a user's own, schemas/preferences.py; the dedup
+# window) holds nothing that still counts, and is deleted, besides compaction (pipeline/gate.py).
+_HISTORY_KEEP_MS = (max(max(settings.gate_cap_window_days, FREQUENCY_CAP_WINDOW_DAYS) * 86400,
+                        settings.gate_dedup_window_s) + 86400) * 1000
+GATE_HISTORY = TopicSpec(f"{settings.app_id}-gate_history-changelog", _P, compacted=True,
+                         retention_ms=_HISTORY_KEEP_MS)
 
 TOPICS: tuple[TopicSpec, ...] = (
     USER_PROFILES,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from config import Settings, get_settings
@@ -71,32 +72,59 @@ def migrate_cassandra(settings: Settings) -> int:
 
 
 async def migrate_kafka(settings: Settings, deadline_s: float = 60.0) -> list[str]:
-    """Create every topic in pipeline.app.TOPICS that does not exist yet."""
+    """Create every topic in pipeline.app.TOPICS that does not exist yet, and bring the configuration
+    of those that do to what their spec says (e.g. a cleanup policy changed since they were made).
+    Returns what it did: topic names, created, and ``"<name>: <key>=<value> ..."`` for each altered."""
     from pipeline.app import TOPICS
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_brokers)
     await admin.start()
-    created: list[str] = []
+    done: list[str] = []
     try:
         deadline = time.monotonic() + deadline_s
         while True:
             existing = set(await admin.list_topics())
             missing = [t for t in TOPICS if t.name not in existing]
             if not missing:
-                return created
+                break
             try:
                 await admin.create_topics(
                     [NewTopic(t.name, t.partitions, 1, topic_configs=t.config) for t in missing]
                 )
-                created += [t.name for t in missing]
+                done += [t.name for t in missing]
             except TopicAlreadyExistsError:
                 pass  # another process won the race; the next pass sees it
             except Exception:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.5)  # controller not ready yet right after start
+        done += await _align_topic_configs(admin, TOPICS)
+        return done
     finally:
         await admin.close()
+
+
+async def _align_topic_configs(admin: AIOKafkaAdminClient, specs) -> list[str]:
+    """Alter the topics whose configuration differs from their spec's; one line per altered topic.
+
+    AlterConfigs sets a topic's whole set of overrides, so the spec's set replaces what was there
+    (Herald owns these topics; nothing else sets their configuration)."""
+    answers = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, s.name, dict(s.config))
+                                            for s in specs])
+    current: dict[str, dict[str, str]] = {}
+    for answer in answers:
+        for _code, _message, _type, name, entries in answer.resources:
+            current[name] = {entry[0]: entry[1] for entry in entries}
+    drifted = [s for s in specs if any(current.get(s.name, {}).get(k) != v for k, v in s.config.items())]
+    if not drifted:
+        return []
+    answers = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, s.name, dict(s.config))
+                                         for s in drifted])
+    for answer in answers:
+        for code, message, _type, name in answer.resources:
+            if code:
+                raise RuntimeError(f"altering topic {name}'s configuration failed: error {code} {message}")
+    return [f"{s.name}: " + " ".join(f"{k}={v}" for k, v in s.config.items()) for s in drifted]
 
 
 async def migrate_all(settings: Settings, only: set[str] | None = None) -> dict[str, object]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -67,3 +68,29 @@ async def test_kafka_reports_its_version_and_has_the_topics(settings):
     }
     entries = {name: value for name, value, *_ in configs[0].resources[0][4]}
     assert entries["cleanup.policy"] == "compact"
+
+
+async def test_a_topic_whose_configuration_drifted_is_brought_back_to_its_spec(settings):
+    """schemas/migrate.py: a topic made before its spec changed (e.g. a changelog made compact-only,
+    before its deletion after the longest window) gets the spec's configuration on the next migrate."""
+    from aiokafka.admin import NewTopic
+
+    from pipeline.app import TopicSpec
+    from schemas.migrate import _align_topic_configs
+
+    spec = TopicSpec(f"herald-test-drift-{uuid.uuid4().hex[:8]}", 1, compacted=True, retention_ms=3_600_000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_brokers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(spec.name, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+        altered = await _align_topic_configs(admin, [spec])
+        again = await _align_topic_configs(admin, [spec])
+        configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, spec.name)])
+        await admin.delete_topics([spec.name])
+    finally:
+        await admin.close()
+    entries = {name: value for name, value, *_ in configs[0].resources[0][4]}
+    assert altered == [f"{spec.name}: cleanup.policy=compact,delete retention.ms=3600000 segment.ms=3600000"]
+    assert again == []
+    assert (entries["cleanup.policy"], entries["retention.ms"], entries["segment.ms"]) == (
+        "compact,delete", "3600000", "3600000")

@@ -138,6 +138,30 @@ def test_old_dedup_marks_are_pruned_when_the_user_is_touched():
     assert list(h["d"]) == ["2:email:send"]
 
 
+def test_a_write_on_one_channel_keeps_the_users_own_longer_window_on_the_others():
+    c = {1: prefs(frequency_cap={"sms": 1}, frequency_cap_window_days=14)}
+    h = {"c": {"sms": [NOW - 10 * 86400]}}  # 10 days ago: inside the user's 14, outside the default 7
+    h = released(ask(channel="email"), history=h, consent=c)
+    assert h["c"]["sms"] == [NOW - 10 * 86400]
+    assert one(ask(channel="sms", now=NOW + 1), view([1], consent=c, history={1: h})).reason == "frequency_cap"
+
+
+def test_sweep_drops_what_expired_and_the_users_left_with_nothing():
+    live = released(ask(campaign_id=1))
+    old = released(ask(campaign_id=2, now=NOW - 8 * 86400))  # dedup and cap both out of their windows
+    mixed = {"d": {"3:email:send": [NOW - 2 * 86400, "0:1"]}, "c": {"email": [NOW - 2 * 86400]}}
+    swept = g.sweep({"1": live, "2": old, "3": mixed}, None, NOW)
+    assert swept == {"1": live, "3": {"c": {"email": [NOW - 2 * 86400]}}}
+    assert g.sweep({"2": old}, None, NOW) == {}
+
+
+def test_sweep_keeps_cap_times_inside_a_users_own_window():
+    h = {"c": {"sms": [NOW - 10 * 86400]}}
+    consent = {"1": prefs(frequency_cap={"sms": 1}, frequency_cap_window_days=14)}
+    assert g.sweep({"1": h}, consent, NOW) == {"1": h}
+    assert g.sweep({"1": h}, None, NOW) == {}
+
+
 # ── frequency caps ────────────────────────────────────────────────────────────
 
 def history_with(times, channel="email"):
@@ -372,3 +396,20 @@ def test_events_and_outbox_batches_have_the_schema_shapes():
 def test_fast_message_id_equals_the_schema_message_id(cid, uid, channel, step):
     from schemas.messages import message_id
     assert g.message_id_text(cid, uid, channel, step) == str(message_id(cid, uid, channel, step))
+
+
+# ── sweeping the history table ───────────────────────────────────────────────
+
+def test_sweeps_walk_one_partitions_buckets_a_few_per_batch_and_delete_the_empty_ones():
+    old = released(ask(now=NOW - 8 * 86400))
+    live = released(ask())
+    table = {f"0:{b}": {"1": old} for b in range(5)} | {"0:9": {"1": old, "2": live}, "1:0": {"1": old}}
+    sweeps = g.Sweeps(table, {}, g.DEFAULTS, every_s=600, per_batch=4)
+    assert sweeps.step(0, NOW) == 4
+    assert sweeps.step(0, NOW) == 2
+    assert table == {"0:9": {"2": live}, "1:0": {"1": old}}  # partition 1 is its own records' to sweep
+    assert sweeps.step(0, NOW + 1) == 0  # nothing listed again before every_s
+    table["0:3"] = {"1": old}
+    assert sweeps.step(0, NOW + 599) == 0
+    assert sweeps.step(0, NOW + 600) == 1 and "0:3" not in table
+    assert sweeps.step(1, NOW) == 1 and table == {"0:9": {"2": live}}
