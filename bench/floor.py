@@ -25,6 +25,15 @@ remove, each part alone on the running stack (``make up``; stop any worker and b
 
 Prints one JSON line: µs of CPU per delivered message for each part, server and client, and
 ``cores_at_20k``: the cores those parts alone would take at 20,000 messages/s.
+
+``--smtp`` measures the email-only SMTP target (4,000 emails/s) the same way, as its own part:
+
+- **smtp**: one SMTP transaction (MAIL, RCPT, DATA) per email of ready-made MIME bytes
+  (as the senders build them) with aiosmtplib over ``--smtp-pool`` kept-open
+  connections, against the test peer (aiosmtpd, on uvloop, in its own process, as in
+  bench/senders.py): the peer's CPU and the client's. ``smtp_cores_at_4k`` adds the
+  message's cassandra, kafka and redis parts (an email is a message like any other) and
+  gives the cores they alone would take at 4,000 emails/s.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ from schemas.messages import DeliveryEvent  # noqa: E402
 from senders import cpu_seconds  # noqa: E402  bench/senders.py
 PER_REQUEST_SHARE = 0.38  # push 30 % + SMS 8 % of the spec's mix: one provider request per message
 TARGET = 20_000
+SMTP_TARGET = 4_000
 
 
 def server_pid(name: str) -> int:
@@ -224,10 +234,58 @@ async def provider(n: int) -> dict[str, float]:
     return per_message(m, n)  # per delivered message of the mix, not per request
 
 
+async def smtp(n: int, pool: int = 8) -> dict[str, float]:
+    import aiosmtplib
+
+    from senders import start_peer
+
+    from pipeline.channels.mime import build_email
+
+    peer, port = start_peer("SmtpPeer")
+    html = "<html><body><h1>Hello Zoé</h1>" + "<p>Use <b>SUN20</b> before Sunday.</p>" * 30 + "</body></html>"
+    raw = build_email(sender="Herald <news@herald.example>", to="u1@example.com", subject="Zoé, 20% off",
+                      text="Hello Zoé, use SUN20 before Sunday. " * 20, html=html,
+                      message_id=str(uuid.uuid4()), headers={})
+    try:
+        connections = []
+        for _ in range(pool):
+            c = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+            await c.connect()
+            await c.ehlo()
+            connections.append(c)
+        left = 0
+
+        async def worker(c) -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                # The cheapest way aiosmtplib offers (as pipeline/channels/email_smtp.py sends):
+                # the commands written directly, not sendmail's address parsing and per-read timers.
+                replies = [await c.execute_command(b"MAIL", b"FROM:<news@herald.example>", timeout=None),
+                           await c.execute_command(b"RCPT", b"TO:<u1@example.com>", timeout=None),
+                           await c.data(raw, timeout=None)]
+                if any(r.code != 250 for r in replies):
+                    raise SystemExit(f"peer answered {[(r.code, r.message) for r in replies]}")
+
+        left = 1000
+        await asyncio.gather(*(worker(c) for c in connections))
+        left = n
+        with Meter(peer.pid) as m:
+            await asyncio.gather(*(worker(c) for c in connections))
+        for c in connections:
+            await c.quit()
+    finally:
+        peer.kill()
+        peer.wait()
+    return {**per_message(m, n), "bytes": len(raw), "pool": pool, "per_s": round(n / m.wall)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--only", choices=["cassandra", "kafka", "redis", "provider"], action="append")
+    parser.add_argument("--smtp", type=int, metavar="EMAILS", help="also the SMTP part, over this many emails")
+    parser.add_argument("--smtp-pool", type=int, default=8)
     args = parser.parse_args()
     parts = {"cassandra": cassandra, "kafka": kafka, "redis": redis, "provider": provider}
     out: dict[str, object] = {"messages": args.messages}
@@ -240,6 +298,11 @@ def main() -> None:
     out["server_us"] = round(server, 1)
     out["client_us"] = round(client, 1)
     out["cores_at_20k"] = round((server + client) * TARGET / 1e6, 2)
+    if args.smtp:
+        mail = asyncio.run(smtp(args.smtp, args.smtp_pool))
+        out["smtp"] = mail
+        shared = sum(out[k]["server_us"] + out[k]["client_us"] for k in ("cassandra", "kafka", "redis") if k in out)
+        out["smtp_cores_at_4k"] = round((mail["server_us"] + mail["client_us"] + shared) * SMTP_TARGET / 1e6, 2)
     out["cores"] = os.cpu_count()
     print(json.dumps(out, separators=(",", ":")))
 
