@@ -50,6 +50,9 @@ from tables.gate_state import gate_history, gate_preferences, gate_suppressions
 
 log = structlog.get_logger()
 io = GateIO(settings)
+# A store that is down: the batch is tried again whole, after a pause. Anything else dead-letters it,
+# asyncpg's DataError too (bad input, an InterfaceError though it is no connection trouble).
+RETRIED = (RedisError, OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 
 async def gate_batch(partition: int, offset: int, raw: bytes, ours: Callable[[], bool] = lambda: True) -> bool:
@@ -70,20 +73,41 @@ async def gate_batch(partition: int, offset: int, raw: bytes, ours: Callable[[],
     if await io.pace(channels, batch.batch_id) and await _halted(batch, partition, offset, raw, channels, variant):
         await io.unpace(channels, batch.batch_id)
         return True
-    async with _turn:
-        if not ours():
-            await io.unpace(channels, batch.batch_id)
-            return False
-        released = await _release(batch, campaign, request, partition, offset, channels, variant, uids)
+    released: set[str] = set()
+    try:
+        async with _turn:
+            if not ours():
+                await io.unpace(channels, batch.batch_id)
+                return False
+            await _release(batch, campaign, request, partition, offset, channels, variant, uids, released)
+    except Exception as exc:
+        if _retried(exc):
+            raise  # tried again whole: the same places are taken again (a place is per batch)
+        # Dead-lettered: the places of channels it released nothing on would stay taken until their
+        # lease ends (flow.LEASE_S), narrowing those channels' windows meanwhile.
+        await _unpace_quietly([ch for ch in channels if ch not in released], batch.batch_id)
+        raise
     unreleased = [ch for ch in channels if ch not in released]
     if unreleased:
         await io.unpace(unreleased, batch.batch_id)
     return True
 
 
+def _retried(exc: BaseException) -> bool:
+    return isinstance(exc, RETRIED) and not isinstance(exc, asyncpg.DataError)
+
+
+async def _unpace_quietly(channels: list[str], batch_id: str) -> None:
+    try:
+        await io.unpace(channels, batch_id)
+    except RETRIED as exc:  # the lease gives the places back in the end
+        log.warning("gate: window places not given back", batch_id=batch_id, error=repr(exc))
+
+
 async def _release(batch: MessageBatch, campaign, request: dict, partition: int, offset: int, channels: list[str],
-                   variant: dict[int, str | None], uids: list[int]) -> set[str]:
-    """Screen the batch and emit what it releases; returns the channels it sent an outbox batch to."""
+                   variant: dict[int, str | None], uids: list[int], released: set[str]) -> None:
+    """Screen the batch and emit what it releases, adding to ``released`` each channel it sent an
+    outbox batch to."""
     now = time.time()
     at = datetime.fromtimestamp(now, tz=timezone.utc).isoformat()
 
@@ -119,7 +143,7 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
     _record(buckets, asks, verdicts, view)
     _sweeps.step(partition, now)
 
-    events, released = [], set()
+    events = []
     for ch in channels:
         queued = [v.user_id for v in verdicts[ch] if v.status == "queued"]
         if queued:
@@ -130,7 +154,6 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
         events += [rules.delivery_event(batch.campaign_id, v.user_id, ch, batch.step, variant[v.user_id],
                                         v.status, v.reason, at) for v in verdicts[ch]]
     await emit_events(partition, events)
-    return released
 
 
 async def _halted(batch: MessageBatch, partition: int, offset: int, raw: bytes, channels: list[str],
@@ -236,12 +259,12 @@ async def _gate_one(event) -> bool:
         try:
             return await gate_batch(message.partition, message.offset, event.value, lambda: _ours(message))
         except (ValidationError, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+            # (before the retried stores: asyncpg's DataError is a ValueError too)
             reason = explain(exc) if isinstance(exc, ValidationError) else f"{type(exc).__name__}: {exc}"
             raw = RawRecord(message.topic, message.partition, message.offset, event.key, event.value)
             await send_dead_letters([dead_letter(raw, "gate", reason)])
             return True
-        except (RedisError, OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError) as exc:
+        except RETRIED as exc:
             log.warning("gate: store unavailable, retrying the batch", error=repr(exc), delay_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

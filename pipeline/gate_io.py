@@ -112,6 +112,13 @@ class GateIO:
                 self._pool = await asyncpg.create_pool(self.settings.postgres_dsn, min_size=1, max_size=4)
         return self._pool
 
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+        self._pool, self._redis, self._window = None, None, None
+
     @property
     def redis(self) -> aioredis.Redis:
         if self._redis is None:

@@ -55,7 +55,7 @@ def _now() -> datetime:
 class Recipient(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    user_id: int
+    user_id: int = Field(gt=0, lt=2**63)  # a PostgreSQL bigint, as in the profiles (schemas/records.py)
     variant: str | None = None  # A/B variant id, None without a test
     language: str = "en"
     # Set by the gate when a quiet-hours deferral or a pause released the message late.
@@ -66,7 +66,7 @@ class MessageBatch(BaseModel):
     """Many recipients of one campaign step, all in the Kafka partition ``partition``."""
 
     batch_id: str  # deterministic: "<launch_id>:<chunk>:<partition>" from explode; stages append ":<channel>"
-    campaign_id: int
+    campaign_id: int = Field(gt=0, lt=2**63)
     launch_id: uuid.UUID | None = None
     step: str = "send"
     channel: Channel | None = None  # None on message-requests (every channel of the campaign)

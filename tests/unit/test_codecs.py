@@ -61,3 +61,21 @@ def test_event_names_must_be_lower_case_words():
     body = orjson.dumps({"user_id": 9, "name": "Product Viewed!", "occurred_at": "2026-11-01T10:00:00Z"})
     [letter] = decode_batch([raw(body)], UserEvent, "s").dead
     assert letter.reason.startswith("name: event names are lower-case words")
+
+
+@pytest.mark.parametrize(
+    "batch, reason",
+    [
+        ({"recipients": [{"user_id": 2**63}]}, "recipients.0.user_id: Input should be less than 9223372036854775808"),
+        ({"recipients": [{"user_id": 0}]}, "recipients.0.user_id: Input should be greater than 0"),
+        ({"campaign_id": 2**63, "recipients": []}, "campaign_id: Input should be less than 9223372036854775808"),
+    ],
+)
+def test_a_message_batch_with_ids_out_of_bigint_range_is_a_dead_letter(batch, reason):
+    """Ids that PostgreSQL cannot hold are refused at the door, not by a query halfway through the gate."""
+    from schemas.messages import MessageBatch
+
+    value = orjson.dumps({"batch_id": "b", "campaign_id": 1, "partition": 0} | batch)
+    decoded = decode_batch([RawRecord("message-requests", 0, 7, None, value)], MessageBatch, "gate")
+    assert decoded.records == []
+    assert reason in decoded.dead[0].reason

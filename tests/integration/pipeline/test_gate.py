@@ -283,3 +283,35 @@ async def test_a_channel_that_is_behind_holds_its_own_batches_not_the_others(wor
     records = await _read(settings, starts, sms.campaign_id, events=3)
     assert {e["status"] for e in _events(records, sms.campaign_id)} == {"queued"}
     assert sorted(r["user_id"] for b in _outbox(records, sms.campaign_id, "sms") for r in b["recipients"]) == sorted(u_sms)
+
+
+async def test_a_batch_that_fails_after_taking_its_window_place_gives_the_place_back(settings, make_campaign,
+                                                                                     pipeline_redis, monkeypatch):
+    """The gate takes a place in the channel's release window before it screens a batch; a batch that
+    then fails (and is dead-lettered) must not keep it until its lease ends, or a run of such batches
+    would close the channel's window for everybody. Real Redis and PostgreSQL; the failure is a bug's."""
+    import agents.gate as gate
+    from pipeline import flow
+    from pipeline.gate import outbox_batch_id
+    from pipeline.gate_io import GateIO
+
+    campaign = await make_campaign(users=20, channels=["sms"])
+    p, u = _one_partition(campaign, settings, 2)
+    batch = _batch(campaign.campaign_id, p, u, f"place-test:{campaign.campaign_id}:{p}")
+    place = outbox_batch_id(batch.batch_id, "sms")
+    taken = []
+
+    async def broken(*args, **kwargs):
+        taken.append(await pipeline_redis.zscore(flow.out_key("sms"), place))
+        raise RuntimeError("a bug in the gate")
+
+    monkeypatch.setattr(gate, "_release", broken)
+    monkeypatch.setattr(gate, "io", GateIO(settings))
+    try:
+        with pytest.raises(RuntimeError, match="a bug"):
+            await gate.gate_batch(p, 0, encode(batch))
+        assert taken and taken[0] is not None  # the place was taken before the failure
+        assert await pipeline_redis.zscore(flow.out_key("sms"), place) is None
+    finally:
+        await pipeline_redis.zrem(flow.out_key("sms"), place)
+        await gate.io.aclose()
