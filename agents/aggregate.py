@@ -176,7 +176,7 @@ class Completion:
                 ended.append(cid)
             elif m.is_complete(int(expected) if expected else None, int(accounted or 0), status):
                 final = await self._complete(cid)
-                if final in ("completed", "cancelled"):
+                if final in ("completed", "cancelled", None):  # None: no such campaign (any more)
                     ended.append(cid)
                 if final == "completed":
                     done.append(cid)
@@ -185,7 +185,8 @@ class Completion:
         return done
 
     async def _complete(self, campaign_id: int) -> str | None:
-        """Complete the campaign in PostgreSQL if it is active; returns its status there afterwards."""
+        """Complete the campaign in PostgreSQL if it is active; returns its status there afterwards
+        (None if PostgreSQL has no such campaign: a draft's are deleted, and so are benches')."""
         pool = await self.resources.postgres()
         now = datetime.now(timezone.utc)
         async with pool.acquire() as conn, conn.transaction():

@@ -169,6 +169,22 @@ async def test_a_paused_campaign_is_not_completed_even_when_every_message_is_acc
         await _delete_campaign(settings.postgres_dsn, cid)
 
 
+async def test_a_campaign_gone_from_postgres_is_forgotten_once_its_messages_are_accounted(settings, pipeline_redis):
+    """Its id would otherwise stay in the open set, and every sweep would try to complete it again."""
+    cid = _campaign_id()
+    resources = Resources(settings)
+    folder, completion = Folder(pipeline_redis), Completion(pipeline_redis, resources)
+    try:
+        await pipeline_redis.set(m.expected_key(cid), 1)
+        await folder.fold([_event(cid, 1, "sent")])
+        assert await pipeline_redis.sismember(m.OPEN_CAMPAIGNS, cid)
+        assert cid not in await completion.sweep()
+        assert not await pipeline_redis.sismember(m.OPEN_CAMPAIGNS, cid)
+    finally:
+        await resources.close()
+        await _forget(pipeline_redis, cid)
+
+
 async def _log_rows(session, keyspace: str, cid: int, day, shards) -> list:
     rows = []
     for shard in shards:
