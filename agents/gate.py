@@ -14,8 +14,9 @@ Lanes: batches run in order within a lane, one lane per (partition, campaign), s
 whose channel is behind waits without holding the other campaigns' batches read after it
 (an SMS campaign at its provider's rate must not hold an email campaign's release). The gate
 work itself (state read, decisions, state write) is one batch at a time per worker; only the
-pacing waits overlap. Offsets are committed once every earlier record of the partition is
-done (Faust's acks), so a crash replays what was waiting, and a replay is idempotent.
+pacing waits overlap. A record is acknowledged once it and every earlier record of its
+partition are done (``InOrderAcks``), so a crash replays what was waiting, and a replay is
+idempotent.
 Side effects: the gate's tables (tables/gate_state.py, a few keys per batch); Redis
 ``campaign:{id}:spend`` (one Lua call per batch), ``campaign:{id}:held`` (paused),
 ``gate:deferred`` (quiet hours; agents/release_deferred.py sends them when due).
@@ -44,7 +45,7 @@ from pipeline import gate as rules
 from pipeline.app import app, delivery_events_topic, message_requests_topic, outbox_topics, settings
 from pipeline.codecs import RawRecord, dead_letter, explain
 from pipeline.gate_io import GateIO
-from pipeline.lanes import Lanes
+from pipeline.lanes import InOrderAcks, Lanes
 from schemas.messages import MessageBatch
 from tables.gate_state import gate_history, gate_preferences, gate_suppressions
 
@@ -226,22 +227,25 @@ def lane_of(partition: int, raw: bytes | None) -> tuple[int, object]:
 
 @app.agent(message_requests_topic)
 async def gate(stream):
-    """Each record runs in its lane; its offset is acknowledged (and committed once every earlier
-    one of its partition is) when its lane has finished it. The task a record runs in is created
-    while the stream is on that record, so Faust's table writes in it go to its partition."""
-    lanes = Lanes(settings.gate_batches_pending)
+    """Each record runs in its lane, and is acknowledged once it and every record read before it on
+    its partition are done (``InOrderAcks``: Faust's own commit would skip a record still in its
+    lane). The task a record runs in is created while the stream is on that record, so Faust's
+    table writes in it go to its partition."""
+    lanes, acks = Lanes(settings.gate_batches_pending), InOrderAcks()
     try:
         async for event in stream.noack().events():
-            await lanes.submit(lane_of(event.message.partition, event.value), functools.partial(_handle, event))
+            tp = event.message.tp
+            ticket = acks.track(tp, event)
+            await lanes.submit(lane_of(event.message.partition, event.value),
+                               functools.partial(_handle, event, acks, tp, ticket))
     finally:
         # Stopping (or the agent restarting): what waits in a lane is not acknowledged, so it is read
         # again from the committed offset by whoever owns its partition next.
         await lanes.cancel()
 
 
-async def _handle(event) -> None:
-    if await _gate_one(event):
-        event.ack()
+async def _handle(event, acks: InOrderAcks, tp, ticket) -> None:
+    acks.finish(tp, ticket, await _gate_one(event))
 
 
 def _ours(message) -> bool:

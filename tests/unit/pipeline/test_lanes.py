@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from pipeline.lanes import Lanes
+from pipeline.lanes import InOrderAcks, Lanes
 
 
 async def test_work_runs_in_order_within_a_lane_while_another_lane_goes_past():
@@ -51,3 +51,34 @@ async def test_submit_waits_for_room_and_cancel_stops_what_waits():
     await asyncio.wait_for(third, 1.0)  # room again once the first two stopped
     await lanes.cancel()
     assert not lanes.running
+
+
+class Record:
+    def __init__(self, offset: int, log: list[int]) -> None:
+        self.offset, self.log = offset, log
+
+    def ack(self) -> None:
+        self.log.append(self.offset)
+
+
+def test_a_record_finished_early_is_acknowledged_only_after_every_earlier_one():
+    """Faust would commit past a record still in its lane once the next one is acknowledged."""
+    acks, acked = InOrderAcks(), []
+    tickets = {o: acks.track("p0", Record(o, acked)) for o in (612, 613, 614)}
+    other = acks.track("p1", Record(7, acked))
+    assert acks.finish("p0", tickets[613], True) == 0
+    assert acks.finish("p0", tickets[614], True) == 0
+    assert acks.finish("p1", other, True) == 1  # partitions do not wait for each other
+    assert acked == [7]
+    assert acks.finish("p0", tickets[612], True) == 3
+    assert acked == [7, 612, 613, 614] and acks.waiting("p0") == 0
+
+
+def test_a_record_whose_partition_went_elsewhere_stops_the_acks_of_what_was_read_with_it():
+    acks, acked = InOrderAcks(), []
+    first, second = acks.track("p0", Record(1, acked)), acks.track("p0", Record(2, acked))
+    acks.finish("p0", second, True)
+    acks.finish("p0", first, False)  # not ours any more: the new owner reads both again
+    assert acked == [] and acks.waiting("p0") == 0
+    again = acks.track("p0", Record(1, acked))  # assigned back: read again from the committed offset
+    assert acks.finish("p0", again, True) == 1 and acked == [1]
