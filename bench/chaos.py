@@ -61,6 +61,7 @@ from bench.pipeline import (  # noqa: E402
     SHARES,
     _hash,
     campaign_states,
+    drop_seen,
     make_segments,
     make_users,
     start_worker,
@@ -315,6 +316,7 @@ def run(args: argparse.Namespace) -> dict:
         figures["campaign_states"] = {str(c): s for c, s in asyncio.run(campaign_states(settings.postgres_dsn, every)).items()}
         time.sleep(args.settle)  # late replays, if any, reach the peers before they are counted
         metrics = {cid: asyncio.run(_hash(settings, f"campaign:{cid}:metrics")) for cid in every}
+        asyncio.run(drop_seen(settings, every))
         figures["dead_letters"] = asyncio.run(dead_letter_count(settings)) - dead_before
     finally:
         workers.stop_all()

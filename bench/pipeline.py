@@ -318,6 +318,7 @@ def run(recipients: int, workers: int, shares: dict[str, float], email_provider:
             time.sleep(0.25)
         seconds = time.perf_counter() - started
         metrics = {cid: asyncio.run(_hash(settings, f"campaign:{cid}:metrics")) for cid in ids}
+        asyncio.run(drop_seen(settings, ids))
     finally:
         for p in procs:
             stop(p)
@@ -353,6 +354,24 @@ def run(recipients: int, workers: int, shares: dict[str, float], email_provider:
         "p99_latency_s_by_channel": {ch: round(float(np.percentile(v, 99)), 3) for ch, v in sorted(by_channel.items())},
         "p50_latency_s": round(float(np.percentile(latencies, 50)), 3) if len(latencies) else None,
     }
+
+
+async def drop_seen(settings, campaign_ids) -> int:
+    """Delete the aggregate's per-message "seen" buckets of finished bench campaigns (their counters
+    stay). They live 14 days (metrics.SEEN_TTL_S): a day of benches left ~2M keys, 640 MB, in
+    the dev stack's Redis, whose AOF rewrites then took CPU from the next runs."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(settings.redis_url)
+    dropped = 0
+    try:
+        for cid in campaign_ids:
+            keys = [k async for k in r.scan_iter(match=f"campaign:{cid}:seen:*", count=10_000)]
+            for i in range(0, len(keys), 10_000):
+                dropped += await r.unlink(*keys[i:i + 10_000])
+    finally:
+        await r.aclose()
+    return dropped
 
 
 async def _hash(settings, key: str) -> dict[str, float]:
