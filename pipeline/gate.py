@@ -211,12 +211,15 @@ def is_replay(history: Mapping | None, key: str, source: str) -> bool:
     return seen is not None and seen[1] == source
 
 
+def cap_window_s(consent: Mapping | None, policy: GatePolicy = DEFAULTS) -> int:
+    """The user's cap window in seconds (one for every channel): their own, else the configured one."""
+    return int((consent or {}).get("win") or policy.cap_window_days) * 86400
+
+
 def cap_of(channel: str, consent: Mapping | None, policy: GatePolicy = DEFAULTS) -> tuple[int | None, int]:
     """(most messages, window in seconds): the user's own cap, else the configured default."""
     caps = (consent or {}).get("caps") or {}
-    days = (consent or {}).get("win") or policy.cap_window_days
-    cap = caps.get(channel, policy.frequency_caps.get(channel))
-    return cap, int(days) * 86400
+    return caps.get(channel, policy.frequency_caps.get(channel)), cap_window_s(consent, policy)
 
 
 def is_capped(history: Mapping | None, channel: str, cap: int | None, window_s: int, now: float) -> bool:
@@ -361,7 +364,7 @@ def affordable(count: int, unit_cost: float, spent: float, max_spend: float | No
 
 def prune(history: Mapping | None, now: float, window_s: int, policy: GatePolicy = DEFAULTS) -> dict:
     """A user's history without dedup marks out of the dedup window or cap times out of ``window_s``
-    (the user's cap window, ``cap_of``: one for every channel)."""
+    (the user's cap window, ``cap_window_s``)."""
     if not history:
         return {}
     dedup = {k: v for k, v in history.get("d", {}).items() if now - v[0] < policy.dedup_window_s}
@@ -390,8 +393,7 @@ def sweep(bucket: Mapping[str, Mapping] | None, consent: Mapping[str, Mapping] |
     """
     out = {}
     for uid, history in (bucket or {}).items():
-        _, window_s = cap_of("", (consent or {}).get(uid), policy)
-        kept = prune(history, now, window_s, policy)
+        kept = prune(history, now, cap_window_s((consent or {}).get(uid), policy), policy)
         if kept:
             out[uid] = kept
     return out
@@ -457,8 +459,7 @@ def record_releases(ask: Ask, verdicts: Iterable[Verdict], history: Mapping[int,
         if verdict.status == "suppressed" or verdict.replay:
             continue
         uid = verdict.user_id
-        _, window_s = cap_of(ask.channel, consent.get(uid), ask.policy)
-        entry = prune(history.get(uid), ask.now, window_s, ask.policy)
+        entry = prune(history.get(uid), ask.now, cap_window_s(consent.get(uid), ask.policy), ask.policy)
         mark = [ask.now, ask.source] + ([verdict.release_at] if verdict.release_at else [])
         entry.setdefault("d", {})[key] = mark
         if not ask.transactional:
