@@ -234,18 +234,17 @@ async def gate(stream):
     lanes, acks = Lanes(settings.gate_batches_pending), InOrderAcks()
     try:
         async for event in stream.noack().events():
-            tp = event.message.tp
-            ticket = acks.track(tp, event)
+            ticket = acks.track(event.message.tp, event)
             await lanes.submit(lane_of(event.message.partition, event.value),
-                               functools.partial(_handle, event, acks, tp, ticket))
+                               functools.partial(_handle, event, acks, ticket))
     finally:
         # Stopping (or the agent restarting): what waits in a lane is not acknowledged, so it is read
         # again from the committed offset by whoever owns its partition next.
         await lanes.cancel()
 
 
-async def _handle(event, acks: InOrderAcks, tp, ticket) -> None:
-    acks.finish(tp, ticket, await _gate_one(event))
+async def _handle(event, acks: InOrderAcks, ticket) -> None:
+    acks.finish(ticket, await _gate_one(event))
 
 
 def _ours(message) -> bool:

@@ -79,15 +79,16 @@ class InOrderAcks:
     def __init__(self) -> None:
         self._queues: dict[object, deque[list]] = {}
 
-    def track(self, partition: object, record: _Acked) -> tuple[deque[list], list]:
+    def track(self, partition: object, record: _Acked) -> tuple[object, deque[list], list]:
+        """The record's ticket, for ``finish``."""
         queue = self._queues.setdefault(partition, deque())
         entry = [record, None]
         queue.append(entry)
-        return queue, entry
+        return partition, queue, entry
 
-    def finish(self, partition: object, ticket: tuple[deque[list], list], done: bool) -> int:
+    def finish(self, ticket: tuple[object, deque[list], list], done: bool) -> int:
         """Mark a tracked record finished; returns how many records were acknowledged now."""
-        queue, entry = ticket
+        partition, queue, entry = ticket
         entry[1] = done
         if not done:
             if self._queues.get(partition) is queue:

@@ -66,19 +66,19 @@ def test_a_record_finished_early_is_acknowledged_only_after_every_earlier_one():
     acks, acked = InOrderAcks(), []
     tickets = {o: acks.track("p0", Record(o, acked)) for o in (612, 613, 614)}
     other = acks.track("p1", Record(7, acked))
-    assert acks.finish("p0", tickets[613], True) == 0
-    assert acks.finish("p0", tickets[614], True) == 0
-    assert acks.finish("p1", other, True) == 1  # partitions do not wait for each other
+    assert acks.finish(tickets[613], True) == 0
+    assert acks.finish(tickets[614], True) == 0
+    assert acks.finish(other, True) == 1  # partitions do not wait for each other
     assert acked == [7]
-    assert acks.finish("p0", tickets[612], True) == 3
+    assert acks.finish(tickets[612], True) == 3
     assert acked == [7, 612, 613, 614] and acks.waiting("p0") == 0
 
 
 def test_a_record_whose_partition_went_elsewhere_stops_the_acks_of_what_was_read_with_it():
     acks, acked = InOrderAcks(), []
     first, second = acks.track("p0", Record(1, acked)), acks.track("p0", Record(2, acked))
-    acks.finish("p0", second, True)
-    acks.finish("p0", first, False)  # not ours any more: the new owner reads both again
+    acks.finish(second, True)
+    acks.finish(first, False)  # not ours any more: the new owner reads both again
     assert acked == [] and acks.waiting("p0") == 0
     again = acks.track("p0", Record(1, acked))  # assigned back: read again from the committed offset
-    assert acks.finish("p0", again, True) == 1 and acked == [1]
+    assert acks.finish(again, True) == 1 and acked == [1]
