@@ -33,7 +33,8 @@ from cassandra.query import BatchStatement, BatchType
 
 from agents._io import send_dead_letters
 from pipeline import metrics as m
-from pipeline.app import DELIVERY_EVENTS, app, settings
+from pipeline.app import app, settings
+from schemas.topics import DELIVERY_EVENTS
 from pipeline.bulk import run_forever
 from pipeline.codecs import RawRecord, decode_batch
 from pipeline.resources import Resources

@@ -35,7 +35,8 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from agents._io import send_dead_letters
-from pipeline.app import CAMPAIGN_CONTROL, DELIVERY_EVENTS, app, settings
+from pipeline.app import app, settings
+from schemas.topics import CAMPAIGN_CONTROL, DELIVERY_EVENTS
 from pipeline.bulk import run_forever
 from pipeline.codecs import RawRecord, decode_batch
 from pipeline.resources import Resources, StartedOnce

@@ -50,7 +50,8 @@ from redis.asyncio import Redis
 
 from agents._io import send_dead_letters
 from config import Settings
-from pipeline.app import CAMPAIGN_LAUNCHES, MESSAGE_REQUESTS, app, settings
+from pipeline.app import app, settings
+from schemas.topics import CAMPAIGN_LAUNCHES, MESSAGE_REQUESTS
 from pipeline.bulk import run_forever
 from pipeline.codecs import RawRecord, dead_letter, decode_batch
 from pipeline.explode import (

@@ -8,7 +8,8 @@ duplicates. Runs as a bulk consumer task of the Faust worker (see ``pipeline.bul
 """
 
 from agents._io import send_dead_letters
-from pipeline.app import USER_EVENTS, app, settings
+from pipeline.app import app, settings
+from schemas.topics import USER_EVENTS
 from pipeline.bulk import run_forever
 from pipeline.codecs import RawRecord, decode_batch
 from pipeline.resources import Resources

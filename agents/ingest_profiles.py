@@ -8,7 +8,8 @@ committed only after the batch is stored.
 """
 
 from agents._io import send_dead_letters
-from pipeline.app import USER_PROFILES, app, settings
+from pipeline.app import app, settings
+from schemas.topics import USER_PROFILES
 from pipeline.bulk import run_forever
 from pipeline.codecs import RawRecord, decode_batch
 from pipeline.resources import Resources

@@ -10,7 +10,8 @@ Redis: the channel's token bucket, the idempotency ledger, ``campaign:{id}:held`
 The loop is pipeline/sending.py's (shared by every channel); this file only wires it.
 """
 
-from pipeline.app import OUTBOX, app, settings
+from pipeline.app import app, settings
+from schemas.topics import OUTBOX
 from pipeline.resources import Resources
 from pipeline.sending import faust_emitters, run_sender
 

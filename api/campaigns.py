@@ -44,13 +44,12 @@ from api.openapi import operation
 from pipeline import campaigns as rules
 from pipeline import templates  # unresolved_variables and template_syntax_problems (rules.TemplateChecks)
 from schemas.campaigns import (
-    CONTROL_TOPIC,
-    LAUNCH_TOPIC,
     CampaignControl,
     CampaignLaunch,
     campaign_key,
     encode,
 )
+from schemas.topics import CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES
 
 AUTHORS = ("admin", "marketer")
 _BIGINT_MAX = 2**63 - 1
@@ -587,7 +586,7 @@ async def _change_status(
         control_id=uuid.uuid4(), campaign_id=row["campaign_id"], action=action, previous_status=current,
         status=target, launch_id=row["launch_id"], issued_at=now,
     )
-    await _publish(request.app.state, CONTROL_TOPIC, row["campaign_id"], control)
+    await _publish(request.app.state, CAMPAIGN_CONTROL.name, row["campaign_id"], control)
     return after
 
 
@@ -730,7 +729,7 @@ async def launch(
     )
     await audit.record(conn, actor, "campaign.launched", "campaign", row["campaign_id"],
                        _audit_view(row), _audit_view(after))
-    await _publish(state, LAUNCH_TOPIC, row["campaign_id"], launch_record(after, launch_id, audience_size, now))
+    await _publish(state, CAMPAIGN_LAUNCHES.name, row["campaign_id"], launch_record(after, launch_id, audience_size, now))
     return after, None
 
 

@@ -44,7 +44,6 @@ from pipeline.signing import signing_key
 from pipeline.unsubscribe import InvalidUnsubscribeToken, MalformedToken, UnsubscribeClaim, read_unsubscribe_token
 from schemas.preferences import (
     CHANNELS,
-    PREFERENCE_TOPIC,
     Channel,
     ConsentSource,
     Preferences,
@@ -55,6 +54,7 @@ from schemas.preferences import (
     switch_off,
     switched_off,
 )
+from schemas.topics import PREFERENCE_UPDATES
 
 _BIGINT_MAX = 2**63 - 1
 _PUBLISH_TIMEOUT_S = 10.0
@@ -142,7 +142,7 @@ async def _publish(request: Request, prefs: Preferences) -> None:
     try:
         await asyncio.wait_for(
             request.app.state.kafka.send_and_wait(
-                PREFERENCE_TOPIC, value=value, key=preference_key(prefs.user_id)
+                PREFERENCE_UPDATES.name, value=value, key=preference_key(prefs.user_id)
             ),
             _PUBLISH_TIMEOUT_S,
         )

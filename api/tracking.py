@@ -31,9 +31,9 @@ from api.openapi import operation
 from pipeline.channels.tracking import PIXEL_GIF, InvalidTrackingToken, TrackedLink, link_key, read_token
 from pipeline.signing import signing_key
 from schemas.messages import DeliveryEvent, DeliveryEventBatch
+from schemas.topics import DELIVERY_EVENTS
 
 log = structlog.get_logger()
-DELIVERY_EVENTS = "delivery-events"
 _NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, private", "Pragma": "no-cache"}
 _pending: set[asyncio.Task] = set()
 
@@ -59,7 +59,7 @@ async def _publish(request: Request, link: TrackedLink, status: str) -> None:
                           reason=link.url or None)
     value = orjson.dumps(DeliveryEventBatch(events=[event]).model_dump(mode="json"))
     try:
-        await request.app.state.kafka.send_and_wait(DELIVERY_EVENTS, value=value, key=str(link.user_id).encode())
+        await request.app.state.kafka.send_and_wait(DELIVERY_EVENTS.name, value=value, key=str(link.user_id).encode())
     except Exception as exc:  # noqa: BLE001 - the visitor gets their page anyway
         log.warning("tracking event not published", status=status, campaign_id=link.campaign_id, error=repr(exc))
 

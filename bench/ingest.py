@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import demo  # noqa: E402
 from config import get_settings  # noqa: E402
-from pipeline.app import USER_PROFILES  # noqa: E402
+from schemas.topics import USER_PROFILES  # noqa: E402
 
 COUNTRIES = [("US", "en", "America/New_York"), ("GB", "en-GB", "Europe/London"), ("DE", "de", "Europe/Berlin"),
              ("FR", "fr", "Europe/Paris"), ("BR", "pt-BR", "America/Sao_Paulo"), ("JP", "ja", "Asia/Tokyo")]

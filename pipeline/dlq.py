@@ -26,10 +26,9 @@ from pydantic import ValidationError
 from config import Settings
 from schemas.messages import MessageBatch
 from schemas.records import DeadLetter
+from schemas.topics import DEAD_LETTERS
 
 log = structlog.get_logger("herald.dlq")
-
-DEAD_LETTERS = "dead-letters"
 
 
 def replayable(letter: DeadLetter, campaign_id: int | None = None) -> MessageBatch | None:
@@ -54,10 +53,10 @@ async def replay(settings: Settings, campaign_id: int | None = None, dry_run: bo
     await producer.start()
     counts = {"letters": 0, "replayed": 0, "skipped": 0}
     try:
-        if not consumer.partitions_for_topic(DEAD_LETTERS):
+        if not consumer.partitions_for_topic(DEAD_LETTERS.name):
             await consumer._client.force_metadata_update()
-        numbers = sorted(consumer.partitions_for_topic(DEAD_LETTERS) or ())
-        partitions = [TopicPartition(DEAD_LETTERS, p) for p in numbers]
+        numbers = sorted(consumer.partitions_for_topic(DEAD_LETTERS.name) or ())
+        partitions = [TopicPartition(DEAD_LETTERS.name, p) for p in numbers]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         if group is None:

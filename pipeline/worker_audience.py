@@ -27,8 +27,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from config import Settings
 from pipeline.explode import DEFAULT_LANGUAGE, choose_languages
 from pipeline.segments import AudienceStore, CriteriaError, open_audience, parse_criteria
-from pipeline.segments.live import EVENTS, PROFILES
 from pipeline.segments.members import member_ids
+from schemas.topics import USER_EVENTS, USER_PROFILES
 
 log = structlog.get_logger("herald.explode")
 
@@ -71,7 +71,7 @@ async def caught_up(store: AudienceStore, settings: Settings, timeout_s: float) 
     await consumer.start()
     try:
         partitions = []
-        for topic in (PROFILES, EVENTS):
+        for topic in (USER_PROFILES.name, USER_EVENTS.name):
             ids = consumer.partitions_for_topic(topic)
             if not ids:
                 await consumer._client.force_metadata_update()

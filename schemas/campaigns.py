@@ -93,8 +93,3 @@ def campaign_key(campaign_id: int) -> bytes:
 def encode(record: BaseModel) -> bytes:
     return orjson.dumps(record.model_dump(mode="json"))
 
-
-# The topics as pipeline.app declares them (CAMPAIGN_LAUNCHES, CAMPAIGN_CONTROL); named here so the
-# API need not import the Faust app.
-LAUNCH_TOPIC = "campaign-launches"
-CONTROL_TOPIC = "campaign-control"

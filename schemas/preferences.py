@@ -26,9 +26,6 @@ Channel = Literal["email", "sms", "push", "in_app"]
 CATEGORIES: tuple[str, ...] = ("promotional", "transactional", "newsletters", "product_updates")
 Category = Literal["promotional", "transactional", "newsletters", "product_updates"]
 
-# The topic as pipeline.app declares it (PREFERENCE_UPDATES), named here so the API needn't import Faust.
-PREFERENCE_TOPIC = "preference-updates"
-
 # Frequency caps count messages per channel over a rolling window of this many days.
 FREQUENCY_CAP_WINDOW_DAYS = 7
 MAX_FREQUENCY_CAP = 1000

@@ -47,7 +47,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from config import Settings, get_settings
-from pipeline.app import USER_EVENTS, USER_PROFILES
+from schemas.topics import USER_EVENTS, USER_PROFILES
 
 DAY = 86_400
 WINDOW_DAYS = 90  # how much behaviour each user gets in user-events

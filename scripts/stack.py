@@ -472,7 +472,7 @@ def up(settings: Settings, names: list[str] | None = None, schemas: bool = True)
             if fresh:
                 started_now.append(service.name)
     if schemas:
-        from schemas.migrate import migrate_all
+        from migrate import migrate_all
 
         report = asyncio.run(migrate_all(settings))
         for store, outcome in report.items():

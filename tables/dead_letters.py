@@ -4,7 +4,8 @@ Keyed like the ``dead-letters`` topic is partitioned (by the letter's key), and
 restored from its changelog after a crash.
 """
 
-from pipeline.app import DEAD_LETTER_COUNTS, app
+from pipeline.app import app
+from schemas.topics import DEAD_LETTER_COUNTS
 
 dead_letter_counts = app.Table(
     DEAD_LETTER_COUNTS.table_name,

@@ -16,7 +16,8 @@ Values are JSON (lists, str keys) so that a value restored from the changelog is
 identical to the one written.
 """
 
-from pipeline.app import GATE_HISTORY, GATE_PREFERENCES, GATE_SUPPRESSIONS, app
+from pipeline.app import app
+from schemas.topics import GATE_HISTORY, GATE_PREFERENCES, GATE_SUPPRESSIONS
 
 
 def _table(spec):

@@ -30,10 +30,10 @@ from config import Settings
 from pipeline.segments.snapshot import fork_snapshot, read_newest, write_snapshot
 from pipeline.segments.store import AudienceStore
 from schemas.records import UserEvent, UserProfile
+from schemas.topics import USER_EVENTS, USER_PROFILES
 
 log = structlog.get_logger("herald.segments")
 
-PROFILES, EVENTS = "user-profiles", "user-events"
 MAX_RECORDS = 5000  # per poll: bounds how long one apply holds the event loop
 
 
@@ -69,7 +69,7 @@ class _Follower:
     async def start(self) -> None:
         await self.consumer.start()
         partitions = []
-        for topic in (PROFILES, EVENTS):
+        for topic in (USER_PROFILES.name, USER_EVENTS.name):
             ids = self.consumer.partitions_for_topic(topic)
             if not ids:
                 await self.consumer._client.force_metadata_update()
@@ -117,7 +117,7 @@ class _Follower:
         profiles: list[UserProfile] = []
         events: list[UserEvent] = []
         for tp, messages in batch.items():
-            model, into = (UserProfile, profiles) if tp.topic == PROFILES else (UserEvent, events)
+            model, into = (UserProfile, profiles) if tp.topic == USER_PROFILES.name else (UserEvent, events)
             for message in messages:
                 if message.value:
                     try:

@@ -75,8 +75,8 @@ async def test_a_topic_whose_configuration_drifted_is_brought_back_to_its_spec(s
     before its deletion after the longest window) gets the spec's configuration on the next migrate."""
     from aiokafka.admin import NewTopic
 
-    from pipeline.app import TopicSpec
-    from schemas.migrate import _align_topic_configs
+    from schemas.topics import TopicSpec
+    from scripts.migrate import _align_topic_configs
 
     spec = TopicSpec(f"herald-test-drift-{uuid.uuid4().hex[:8]}", 1, compacted=True, retention_ms=3_600_000)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_brokers)

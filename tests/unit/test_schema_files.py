@@ -1,7 +1,7 @@
 from datetime import datetime, timezone
 
 from pipeline.stores.postgres import latest_per_user
-from schemas.migrate import cql_statements
+from scripts.migrate import cql_statements
 from schemas.records import UserProfile
 
 

@@ -1,3 +1,4 @@
+from schemas.topics import CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES
 """Campaigns over HTTP against the real stack: create, read, list, update, delete, launch, control.
 
 Segments are created directly in PostgreSQL as static segments over fresh
@@ -16,7 +17,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from api.campaigns import Campaign
-from schemas.campaigns import CONTROL_TOPIC, LAUNCH_TOPIC
 from tests.integration.api.helpers import assert_error, bearer, unique_name
 from tests.integration.kafka_io import end_offsets
 
@@ -383,15 +383,15 @@ async def test_launch_publishes_exactly_one_launch_record_and_activates(client, 
     segment_id = await segment(3)
     created = create(client, marketer, campaign_body(segment_id))
     campaign_id = created["campaign_id"]
-    before = await end_offsets(api_settings.kafka_brokers, LAUNCH_TOPIC)
+    before = await end_offsets(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name)
 
     launched = client.post(f"/api/v1/campaigns/{campaign_id}/launch", headers=bearer(marketer))
 
     assert launched.status_code == 200, launched.text
     result = launched.json()
     assert result["campaign_id"] == campaign_id and result["status"] == "active" and result["launched_at"]
-    after = await end_offsets(api_settings.kafka_brokers, LAUNCH_TOPIC)
-    records = await records_between(api_settings.kafka_brokers, LAUNCH_TOPIC, before, after)
+    after = await end_offsets(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name)
+    records = await records_between(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name, before, after)
     mine = [(k, r) for k, r in records if r["campaign_id"] == campaign_id]
     assert len(mine) == 1
     key, record = mine[0]
@@ -428,14 +428,14 @@ async def test_illegal_status_change_is_409_naming_the_allowed_ones(client, mark
 async def test_launch_with_a_future_start_schedules_without_a_record(client, marketer, segment, api_settings):
     start = FUTURE - timedelta(days=1)
     created = create(client, marketer, campaign_body(await segment(1), type="scheduled", start_time=iso(start)))
-    before = await end_offsets(api_settings.kafka_brokers, LAUNCH_TOPIC)
+    before = await end_offsets(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name)
 
     result = client.post(f"/api/v1/campaigns/{created['campaign_id']}/launch", headers=bearer(marketer)).json()
 
     assert result["status"] == "scheduled" and result["launched_at"] is None
     assert datetime.fromisoformat(result["scheduled_for"]) == start.replace(microsecond=start.microsecond)
-    after = await end_offsets(api_settings.kafka_brokers, LAUNCH_TOPIC)
-    records = await records_between(api_settings.kafka_brokers, LAUNCH_TOPIC, before, after)
+    after = await end_offsets(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name)
+    records = await records_between(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name, before, after)
     assert not [r for _, r in records if r["campaign_id"] == created["campaign_id"]]
 
     again = client.post(f"/api/v1/campaigns/{created['campaign_id']}/launch", headers=bearer(marketer))
@@ -448,14 +448,14 @@ async def test_pause_resume_cancel_publish_control_records_and_audit(client, mar
     campaign_id = created["campaign_id"]
     url = f"/api/v1/campaigns/{campaign_id}"
     launch_id = client.post(f"{url}/launch", headers=bearer(marketer)).json()["launch_id"]
-    before = await end_offsets(api_settings.kafka_brokers, CONTROL_TOPIC)
+    before = await end_offsets(api_settings.kafka_brokers, CAMPAIGN_CONTROL.name)
 
     statuses = [client.patch(url, headers=bearer(marketer), json={"status": s}).json()["status"]
                 for s in ("paused", "active", "cancelled")]
 
     assert statuses == ["paused", "active", "cancelled"]
-    after = await end_offsets(api_settings.kafka_brokers, CONTROL_TOPIC)
-    records = [(k, r) for k, r in await records_between(api_settings.kafka_brokers, CONTROL_TOPIC, before, after)
+    after = await end_offsets(api_settings.kafka_brokers, CAMPAIGN_CONTROL.name)
+    records = [(k, r) for k, r in await records_between(api_settings.kafka_brokers, CAMPAIGN_CONTROL.name, before, after)
                if r["campaign_id"] == campaign_id]
     assert [r["action"] for _, r in records] == ["pause", "resume", "cancel"]
     assert {k for k, _ in records} == {str(campaign_id).encode()}
@@ -556,11 +556,11 @@ async def test_scheduled_campaign_whose_time_has_come_launches(client, marketer,
     assert client.post(url, headers=bearer(marketer)).json()["status"] == "scheduled"
     await pg.execute("UPDATE campaigns SET start_time = now() - interval '1 minute' WHERE campaign_id = $1",
                      created["campaign_id"])
-    before = await end_offsets(api_settings.kafka_brokers, LAUNCH_TOPIC)
+    before = await end_offsets(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name)
 
     result = client.post(url, headers=bearer(marketer)).json()
 
     assert result["status"] == "active" and result["audience_size"] == 2
-    after = await end_offsets(api_settings.kafka_brokers, LAUNCH_TOPIC)
-    records = await records_between(api_settings.kafka_brokers, LAUNCH_TOPIC, before, after)
+    after = await end_offsets(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name)
+    records = await records_between(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name, before, after)
     assert [r["launch_id"] for _, r in records if r["campaign_id"] == created["campaign_id"]] == [result["launch_id"]]

@@ -17,7 +17,8 @@ from aiokafka.partitioner import murmur2
 
 from pipeline.signing import signing_key
 from pipeline.unsubscribe import make_unsubscribe_token
-from schemas.preferences import CATEGORIES, PREFERENCE_TOPIC, PreferenceUpdate, preference_key
+from schemas.preferences import CATEGORIES, PreferenceUpdate, preference_key
+from schemas.topics import PREFERENCE_UPDATES
 from tests.integration.api.helpers import assert_error, bearer
 from tests.integration.kafka_io import end_offsets
 
@@ -69,7 +70,7 @@ async def published_after(settings, offsets: dict[TopicPartition, int], user_id:
         deadline = time.monotonic() + timeout_s
         while len(found) < count:
             if time.monotonic() > deadline:
-                raise AssertionError(f"no {count} record(s) for user {user_id} on {PREFERENCE_TOPIC}: {found!r}")
+                raise AssertionError(f"no {count} record(s) for user {user_id} on {PREFERENCE_UPDATES.name}: {found!r}")
             batch = await consumer.getmany(timeout_ms=300)
             for tp, messages in batch.items():
                 found += [(tp.partition, m.key, orjson.loads(m.value)) for m in messages if m.key == key]
@@ -79,7 +80,7 @@ async def published_after(settings, offsets: dict[TopicPartition, int], user_id:
 
 
 async def topic_end(settings) -> dict[TopicPartition, int]:
-    return await end_offsets(settings.kafka_brokers, PREFERENCE_TOPIC)
+    return await end_offsets(settings.kafka_brokers, PREFERENCE_UPDATES.name)
 
 
 def token_for(settings, user_id: int, channel: str = "email", campaign_id: int | None = 789) -> str:

@@ -32,8 +32,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import RecordMetadata
 
 from config import Settings
-from pipeline.app import MESSAGE_REQUESTS
-from schemas.campaigns import LAUNCH_TOPIC, CampaignLaunch, LaunchVariant, campaign_key, encode
+from schemas.topics import MESSAGE_REQUESTS
+from schemas.campaigns import CampaignLaunch, LaunchVariant, campaign_key, encode
+from schemas.topics import CAMPAIGN_LAUNCHES
 from tests.integration.kafka_io import end_offsets
 
 DEFAULT_CONTENT: dict[str, dict[str, Any]] = {
@@ -106,7 +107,7 @@ class PipelineCampaign:
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_brokers, acks="all")
         await producer.start()
         try:
-            return await producer.send_and_wait(LAUNCH_TOPIC, encode(record), key=campaign_key(self.campaign_id))
+            return await producer.send_and_wait(CAMPAIGN_LAUNCHES.name, encode(record), key=campaign_key(self.campaign_id))
         finally:
             await producer.stop()
 

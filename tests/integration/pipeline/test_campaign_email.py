@@ -40,7 +40,7 @@ from api.app import create_app
 from api.keys import issue_key
 from config import Settings
 from pipeline.explode import variant_of
-from schemas.campaigns import LAUNCH_TOPIC
+from schemas.topics import CAMPAIGN_LAUNCHES
 from tests.integration.kafka_io import end_offsets, eventually, produce
 from tests.peers import SmtpPeer
 
@@ -348,7 +348,7 @@ async def _replay_launch(settings: Settings, campaign_id: int, launch_id: str) -
 
     record = launch_record(row, row["launch_id"], row["audience_size"], row["launched_at"])
     assert str(record.launch_id) == launch_id
-    await produce(settings.kafka_brokers, LAUNCH_TOPIC, [(campaign_key(campaign_id), encode(record))])
+    await produce(settings.kafka_brokers, CAMPAIGN_LAUNCHES.name, [(campaign_key(campaign_id), encode(record))])
 
 
 async def _replay_requests(settings: Settings, campaign_id: int, before: dict, count: int) -> list[dict]:

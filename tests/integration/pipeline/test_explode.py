@@ -16,11 +16,12 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.app import DELIVERY_EVENTS, MESSAGE_REQUESTS, OUTBOX
+from schemas.topics import DELIVERY_EVENTS, MESSAGE_REQUESTS, OUTBOX
 from pipeline.explode import assign_variants
 from pipeline.partitioning import user_partitions
 from pipeline.runtime import held_key, status_key
-from schemas.campaigns import CONTROL_TOPIC, CampaignControl, campaign_key, encode
+from schemas.campaigns import CampaignControl, campaign_key, encode
+from schemas.topics import CAMPAIGN_CONTROL
 from tests.conftest import REPO
 from tests.integration.kafka_io import end_offsets, eventually, produce
 from tests.integration.pipeline.conftest import PipelineCampaign, read_campaign_range
@@ -183,7 +184,7 @@ async def _control(campaign: PipelineCampaign, action: str, previous: str, statu
     record = CampaignControl(control_id=uuid.uuid4(), campaign_id=campaign.campaign_id, action=action,
                              previous_status=previous, status=status, launch_id=None,
                              issued_at=datetime.now(timezone.utc))
-    await produce(campaign.settings.kafka_brokers, CONTROL_TOPIC, [(campaign_key(campaign.campaign_id), encode(record))])
+    await produce(campaign.settings.kafka_brokers, CAMPAIGN_CONTROL.name, [(campaign_key(campaign.campaign_id), encode(record))])
 
 
 async def _status_is(redis, campaign_id: int, status: bytes):

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline.app import DELIVERY_EVENTS, MESSAGE_REQUESTS, OUTBOX, PREFERENCE_UPDATES
+from schemas.topics import DELIVERY_EVENTS, MESSAGE_REQUESTS, OUTBOX, PREFERENCE_UPDATES
 from pipeline.partitioning import user_partition
 from schemas.messages import DeliveryEvent, DeliveryEventBatch, MessageBatch, Recipient, encode, message_id
 from schemas.preferences import Preferences, preference_key

@@ -29,7 +29,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from config import Settings
-from pipeline.app import DEAD_LETTERS, DELIVERY_EVENTS
+from schemas.topics import DEAD_LETTERS, DELIVERY_EVENTS
 from pipeline.partitioning import user_partitions
 from schemas.messages import MessageBatch, Recipient, message_id
 from pipeline.dlq import replay

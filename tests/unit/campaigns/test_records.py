@@ -10,8 +10,6 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.campaigns import (
-    CONTROL_TOPIC,
-    LAUNCH_TOPIC,
     CampaignControl,
     CampaignLaunch,
     campaign_key,
@@ -21,10 +19,10 @@ from schemas.campaigns import (
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=timezone.utc)
 
 
-def test_topic_names_are_the_ones_the_pipeline_declares():
-    from pipeline.app import CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES
+def test_launch_and_control_topics_carry_their_records():
+    from schemas.topics import CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES
 
-    assert (LAUNCH_TOPIC, CONTROL_TOPIC) == (CAMPAIGN_LAUNCHES.name, CAMPAIGN_CONTROL.name)
+    assert (CAMPAIGN_LAUNCHES.record, CAMPAIGN_CONTROL.record) == (CampaignLaunch, CampaignControl)
 
 
 def test_records_are_keyed_by_the_campaign_id_in_ascii_decimal():

@@ -10,7 +10,6 @@ import pytest
 from schemas.preferences import (
     CATEGORIES,
     CHANNELS,
-    PREFERENCE_TOPIC,
     Preferences,
     PreferencesPatch,
     PreferenceUpdate,
@@ -128,7 +127,8 @@ def test_published_record_carries_the_whole_state():
 
 
 def test_key_and_topic_match_the_pipeline():
-    from pipeline.app import PREFERENCE_UPDATES
+    from schemas.topics import PREFERENCE_UPDATES, USER_PROFILES
 
-    assert PREFERENCE_TOPIC == PREFERENCE_UPDATES.name
+    assert PREFERENCE_UPDATES.record is PreferenceUpdate and PREFERENCE_UPDATES.compacted
+    assert PREFERENCE_UPDATES.partitions == USER_PROFILES.partitions  # co-partitioned with the profiles
     assert preference_key(1234567) == b"1234567"

@@ -1,7 +1,7 @@
 """Apply Herald's schemas, idempotently: Postgres migrations, Cassandra CQL, Kafka topics.
 
-    python -m schemas.migrate            # all three
-    python -m schemas.migrate postgres   # just one
+    python -m scripts.migrate            # all three
+    python -m scripts.migrate postgres   # just one
 
 Postgres migrations run once each, in file order, inside a transaction and under
 an advisory lock, and are remembered in ``schema_migrations``. The CQL and the
@@ -21,8 +21,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from config import Settings, get_settings
+from pipeline.stores.cassandra import connect
+from schemas.topics import TOPICS
 
-SCHEMA_DIR = Path(__file__).resolve().parent
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 _MIGRATION_LOCK = 0x6865_7261_6C64  # "herald"
 
 
@@ -59,8 +61,6 @@ def cql_statements(keyspace: str) -> list[str]:
 
 def migrate_cassandra(settings: Settings) -> int:
     """Create the keyspace and tables; return how many statements ran."""
-    from pipeline.stores.cassandra import connect
-
     cluster, session = connect(settings)
     try:
         statements = cql_statements(settings.cassandra_keyspace)
@@ -72,11 +72,9 @@ def migrate_cassandra(settings: Settings) -> int:
 
 
 async def migrate_kafka(settings: Settings, deadline_s: float = 60.0) -> list[str]:
-    """Create every topic in pipeline.app.TOPICS that does not exist yet, and bring the configuration
+    """Create every topic in schemas.topics.TOPICS that does not exist yet, and bring the configuration
     of those that do to what their spec says (e.g. a cleanup policy changed since they were made).
     Returns what it did: topic names, created, and ``"<name>: <key>=<value> ..."`` for each altered."""
-    from pipeline.app import TOPICS
-
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_brokers)
     await admin.start()
     done: list[str] = []

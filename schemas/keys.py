@@ -1,0 +1,137 @@
+"""Every Redis key Herald uses, built in one place.
+
+A campaign's run (explode, gate, senders, control and the aggregate share it):
+
+    campaign:{id}:status              active | paused | cancelled | completed
+    campaign:{id}:launch              the launch_id the status belongs to
+    campaign:{id}:held                list of encoded MessageBatch held while paused
+    campaign:{id}:held_sources        set of where each held batch came from (a replay holds it once)
+    campaign:{id}:expected            recipients × channels, once the whole audience is emitted
+    campaign:{id}:audience            recipients of the launch
+    campaign:{id}:spend               budget spent so far (the gate's reservations)
+    campaign:{id}:reservations        hash: reservation id → what it reserved (a replay reserves once)
+    campaign:{id}:metrics[:ch[:var]]  live counters, whole / per channel / per channel and variant
+    campaign:{id}:seen:{shard}        message ids the aggregate has counted (a replay counts once)
+    aggregate:open                    campaigns whose completion is still to be decided
+
+Delivery, per channel:
+
+    bucket:{channel}                  the channel's token bucket (every worker draws from it)
+    lag:{channel}, lag:{channel}:by   seconds a batch released now would wait; the sender reporting it
+    flow:{channel}:out                release window: batches released and not yet finished
+    flow:{channel}:senders            release window: live sender slots
+    sends:{campaign}:{ch}:{step}:{p}  idempotency ledger: user → provider id
+    claim:{ledger key}:{batch id}     a sender's claim on one outbox batch
+    gate:deferred                     batches deferred by quiet hours, by release time
+
+People:
+
+    inbox:{user}                      a user's in-app inbox
+"""
+
+from __future__ import annotations
+
+# ── a campaign's run ──────────────────────────────────────────────────────────
+
+
+def status_key(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}:status"
+
+
+def launch_key(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}:launch"
+
+
+def held_key(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}:held"
+
+
+def held_sources_key(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}:held_sources"
+
+
+def expected_key(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}:expected"
+
+
+def audience_key(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}:audience"
+
+
+def spend_key(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}:spend"
+
+
+def reservations_key(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}:reservations"
+
+
+NO_VARIANT = "-"  # the variant part of a counter key for a campaign without A/B variants
+
+
+def metrics_key(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}:metrics"
+
+
+def channel_metrics_key(campaign_id: int, channel: str) -> str:
+    return f"campaign:{campaign_id}:metrics:{channel}"
+
+
+def variant_metrics_key(campaign_id: int, channel: str, variant: str | None) -> str:
+    return f"campaign:{campaign_id}:metrics:{channel}:{variant or NO_VARIANT}"
+
+
+def seen_key(campaign_id: int, shard: str) -> str:
+    return f"campaign:{campaign_id}:seen:{shard}"
+
+
+def seen_pattern(campaign_id: int) -> str:
+    """Every ``seen`` bucket of a campaign (for SCAN)."""
+    return f"campaign:{campaign_id}:seen:*"
+
+
+def campaign_pattern(campaign_id: int) -> str:
+    """Every key of a campaign's run (for SCAN)."""
+    return f"campaign:{campaign_id}:*"
+
+
+OPEN_CAMPAIGNS = "aggregate:open"
+
+# ── delivery, per channel ─────────────────────────────────────────────────────
+
+
+def bucket_key(channel: str) -> str:
+    return f"bucket:{channel}"
+
+
+def lag_key(channel: str) -> str:
+    return f"lag:{channel}"
+
+
+def lag_writer_key(channel: str) -> str:
+    return f"lag:{channel}:by"
+
+
+def window_out_key(channel: str) -> str:
+    return f"flow:{channel}:out"
+
+
+def window_senders_key(channel: str) -> str:
+    return f"flow:{channel}:senders"
+
+
+def ledger_key(campaign_id: int, channel: str, step: str, partition: int) -> str:
+    return f"sends:{campaign_id}:{channel}:{step}:{partition}"
+
+
+def claim_key(ledger: str, batch_id: str) -> str:
+    return f"claim:{ledger}:{batch_id}"
+
+
+DEFERRED = "gate:deferred"
+
+# ── people ────────────────────────────────────────────────────────────────────
+
+
+def inbox_key(user_id: int | str) -> str:
+    return f"inbox:{user_id}"
