@@ -15,7 +15,7 @@ Side effects:
   then Redis ``campaign:{id}:status``. Checked after every fold and swept every second, because explode
   may write ``expected`` after the last event was folded.
 
-Both consumers are bulk consumers (``pipeline.bulk``): a Faust stream costs ~200 µs a record, and the
+Both consumers are bulk consumers (``pipeline.batch_consumer``): a Faust stream costs ~200 µs a record, and the
 fold wants many stage batches per Redis call.
 """
 
@@ -32,12 +32,12 @@ from pydantic import ValidationError
 from cassandra.query import BatchStatement, BatchType
 
 from agents._io import send_dead_letters
-from pipeline import metrics as m
+from pipeline import metrics
 from pipeline.app import app, settings
 from schemas.topics import DELIVERY_EVENTS
-from pipeline.bulk import run_forever
+from pipeline.batch_consumer import run_forever
 from pipeline.codecs import RawRecord, decode_batch
-from pipeline.resources import Resources
+from pipeline.worker_clients import Resources
 from pipeline.sinks import until_stored
 from pipeline.stores.cassandra import run_async
 from schemas.messages import DeliveryEvent, DeliveryEventBatch
@@ -115,24 +115,24 @@ end
 for key in pairs(touched) do redis.call('EXPIRE', key, ttl) end
 return nm
 """ % {
-    "outcome": m.OUTCOME_MASK, "first_only": m.FIRST_ONLY_MASK, "n_statuses": len(m.STATUSES),
-    "sent": m.BIT["sent"], "suppressed": m.BIT["suppressed"], "converted": m.BIT["converted"],
-    "duplicate": m.BIT[m.DUPLICATE],
-    "names": ", ".join(f"'{s}'" for s in m.STATUSES), "accounted": m.ACCOUNTED, "open": m.OPEN_CAMPAIGNS,
+    "outcome": metrics.OUTCOME_MASK, "first_only": metrics.FIRST_ONLY_MASK, "n_statuses": len(metrics.STATUSES),
+    "sent": metrics.BIT["sent"], "suppressed": metrics.BIT["suppressed"], "converted": metrics.BIT["converted"],
+    "duplicate": metrics.BIT[metrics.DUPLICATE],
+    "names": ", ".join(f"'{s}'" for s in metrics.STATUSES), "accounted": metrics.ACCOUNTED, "open": metrics.OPEN_CAMPAIGNS,
 }
 
 
-def fold_args(deltas: list[m.MessageDelta], ttl: int = m.SEEN_TTL_S) -> list:
+def fold_args(deltas: list[metrics.MessageDelta], ttl: int = metrics.SEEN_TTL_S) -> list:
     """The fold script's ARGV for a batch of per-message deltas."""
-    groups: dict[m.Group, int] = {}
+    groups: dict[metrics.Group, int] = {}
     for d in deltas:
         groups.setdefault(d.group, len(groups) + 1)
     args: list = [ttl, len(groups)]
     for g in groups:
-        args += [*g.keys, m.reason_field(g.reason), g.campaign_id]
+        args += [*g.keys, metrics.reason_field(g.reason), g.campaign_id]
     args.append(len(deltas))
     for d in deltas:
-        args += [m.seen_key(d.group.campaign_id, d.message_id), d.message_id.bytes, d.mask, groups[d.group],
+        args += [metrics.seen_key(d.group.campaign_id, d.message_id), d.message_id.bytes, d.mask, groups[d.group],
                  repr(d.cost), repr(d.revenue)]
     return args
 
@@ -145,7 +145,7 @@ class Folder:
         self.script = redis.register_script(FOLD_LUA)
 
     async def fold(self, events: list[DeliveryEvent]) -> set[int]:
-        deltas = m.collapse(events)
+        deltas = metrics.collapse(events)
         if deltas:
             await until_stored(lambda: self.script(args=fold_args(deltas)), "aggregate.fold")
         return {d.group.campaign_id for d in deltas}
@@ -165,9 +165,9 @@ class Completion:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid in ids:
-                pipe.get(m.expected_key(cid))
-                pipe.hget(m.metrics_key(cid), m.ACCOUNTED)
-                pipe.get(m.status_key(cid))
+                pipe.get(metrics.expected_key(cid))
+                pipe.hget(metrics.metrics_key(cid), metrics.ACCOUNTED)
+                pipe.get(metrics.status_key(cid))
             answers = await pipe.execute()
         done, ended = [], []
         for n, cid in enumerate(ids):
@@ -175,14 +175,14 @@ class Completion:
             status = status.decode() if status else None
             if status in ("completed", "cancelled"):
                 ended.append(cid)
-            elif m.is_complete(int(expected) if expected else None, int(accounted or 0), status):
+            elif metrics.is_complete(int(expected) if expected else None, int(accounted or 0), status):
                 final = await self._complete(cid)
                 if final in ("completed", "cancelled", None):  # None: no such campaign (any more)
                     ended.append(cid)
                 if final == "completed":
                     done.append(cid)
         if ended:
-            await self.redis.srem(m.OPEN_CAMPAIGNS, *ended)
+            await self.redis.srem(metrics.OPEN_CAMPAIGNS, *ended)
         return done
 
     async def _complete(self, campaign_id: int) -> str | None:
@@ -204,13 +204,13 @@ class Completion:
             # Only an active (or unknown) Redis status becomes completed: a cancel that raced us wins.
             await self.redis.eval(
                 "local s = redis.call('GET', KEYS[1]) if s == false or s == 'active' then"
-                " redis.call('SET', KEYS[1], 'completed') end return 1", 1, m.status_key(campaign_id))
+                " redis.call('SET', KEYS[1], 'completed') end return 1", 1, metrics.status_key(campaign_id))
             if row is not None:
                 log.info("campaign completed", campaign_id=campaign_id)
         return status
 
     async def sweep(self) -> list[int]:
-        members = await self.redis.smembers(m.OPEN_CAMPAIGNS)
+        members = await self.redis.smembers(metrics.OPEN_CAMPAIGNS)
         return await self.check({int(x) for x in members})
 
 
@@ -240,12 +240,12 @@ class MessageLog:
     async def write(self, events: list[DeliveryEvent]) -> int:
         partitions: dict[tuple, list[DeliveryEvent]] = defaultdict(list)
         for event in events:
-            partitions[m.log_partition(event)].append(event)
+            partitions[metrics.log_partition(event)].append(event)
 
         async def one(group: list[DeliveryEvent]) -> None:
             batch = BatchStatement(batch_type=BatchType.UNLOGGED)
             for event in group:
-                batch.add(self.insert, m.log_row(event))
+                batch.add(self.insert, metrics.log_row(event))
             async with self.in_flight:
                 await run_async(self.session, batch)
 
@@ -292,7 +292,7 @@ def _logged_events(raws: list[RawRecord]) -> list[DeliveryEvent]:
     for raw in raws:
         try:
             events = orjson.loads(raw.value or b"")["events"]
-            out += [DeliveryEvent.model_validate(e) for e in events if m.logged(e.get("status"))]
+            out += [DeliveryEvent.model_validate(e) for e in events if metrics.logged(e.get("status"))]
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValidationError):
             continue
     return out

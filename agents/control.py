@@ -37,10 +37,10 @@ from redis.asyncio import Redis
 from agents._io import send_dead_letters
 from pipeline.app import app, settings
 from schemas.topics import CAMPAIGN_CONTROL, DELIVERY_EVENTS
-from pipeline.bulk import run_forever
+from pipeline.batch_consumer import run_forever
 from pipeline.codecs import RawRecord, decode_batch
-from pipeline.resources import Resources, StartedOnce
-from pipeline.runtime import (
+from pipeline.worker_clients import Resources, StartedOnce
+from pipeline.campaign_state import (
     STATUS_CACHE_S, cancelled_events, held_destination, held_key, load_campaign, set_campaign_status,
 )
 from schemas.campaigns import CampaignControl

@@ -6,14 +6,14 @@ partition, sent to that partition, key = batch_id); ``dead-letters`` for records
 that fail validation or whose audience cannot be resolved.
 Side effects: PostgreSQL ``launch_audiences`` (frozen audience + checkpoint);
 Redis ``campaign:{id}:status|launch`` at the start, ``campaign:{id}:expected|audience``
-at the end (``pipeline.runtime``).
+at the end (``pipeline.campaign_state``).
 
 How a launch is processed, and why it is exactly-once on the topic:
 
 1. A session-level advisory lock on the launch id (PostgreSQL) fences a second
    worker that got the same record after a rebalance: it waits, then finds the
    launch done. A SIGKILLed worker's connection closes and its lock goes with it.
-2. First time: the audience is resolved (``pipeline.worker_audience``) and frozen
+2. First time: the audience is resolved (``pipeline.launch_audience``) and frozen
    into ``launch_audiences`` with the current end offsets of message-requests.
    Later times: read back; a finished launch is ignored (idempotent).
 3. The batches follow deterministically from the frozen ids (``pipeline.explode.plan``).
@@ -24,7 +24,7 @@ How a launch is processed, and why it is exactly-once on the topic:
    their batch ids skipped (``pending_batches``): sent-but-not-checkpointed work is
    neither repeated nor lost. The producer is idempotent, so its own retries add
    no copies either.
-5. The launch record's offset is committed (``pipeline.bulk``) only after all of it.
+5. The launch record's offset is committed (``pipeline.batch_consumer``) only after all of it.
 
 Runs as a bulk consumer task (group ``<app_id>.explode``): a launch is one record
 that takes seconds, and its commit must wait for the whole explosion.
@@ -52,15 +52,15 @@ from agents._io import send_dead_letters
 from config import Settings
 from pipeline.app import app, settings
 from schemas.topics import CAMPAIGN_LAUNCHES, MESSAGE_REQUESTS
-from pipeline.bulk import run_forever
+from pipeline.batch_consumer import run_forever
 from pipeline.codecs import RawRecord, dead_letter, decode_batch
 from pipeline.explode import (
     BATCH_SIZE, TRANSACTIONAL, BatchWriter, ExplodePlan, advance_offsets, assign_variants, campaign_category,
     expected_messages, pack_codes, pack_ids, parse_batch_id, pending_batches, plan, unpack_codes, unpack_ids,
 )
-from pipeline.resources import StartedOnce
-from pipeline.runtime import begin_launch, finish_launch
-from pipeline.worker_audience import AudienceError, WorkerAudience, resolve_audience
+from pipeline.worker_clients import StartedOnce
+from pipeline.campaign_state import begin_launch, finish_launch
+from pipeline.launch_audience import AudienceError, WorkerAudience, resolve_audience
 from schemas.campaigns import CampaignLaunch
 
 log = structlog.get_logger("herald.explode")

@@ -6,7 +6,7 @@ released recipients to ``outbox.<channel>`` and ONE ``DeliveryEventBatch`` to
 ``delivery-events`` with queued / suppressed(reason) / deferred / held / cancelled.
 Pacing: a batch to be released waits while the senders of one of its channels say a batch
 released now would wait over ``gate_pace_lag_s`` for them, then for a place in the channel's
-release window (pipeline/flow.py: batches released and not finished, at most 1.5 per sender
+release window (pipeline/release_windows.py: batches released and not finished, at most 1.5 per sender
 slot), so the backlog of a big launch stays in message-requests and a released message
 reaches its provider within seconds. A paused or cancelled campaign's batch does not wait:
 it is held or dropped at once.
@@ -41,7 +41,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from agents._io import send_dead_letters
-from pipeline import gate as rules
+from pipeline import gate as gate_rules
 from pipeline.app import app, delivery_events_topic, message_requests_topic, outbox_topics, settings
 from pipeline.codecs import RawRecord, dead_letter, explain
 from pipeline.gate_io import GateIO
@@ -50,7 +50,7 @@ from schemas.messages import MessageBatch
 from tables.gate_state import gate_history, gate_preferences, gate_suppressions
 
 log = structlog.get_logger()
-io = GateIO(settings)
+stores = GateIO(settings)
 # A store that is down: the batch is tried again whole, after a pause. Anything else dead-letters it,
 # asyncpg's DataError too (bad input, an InterfaceError though it is no connection trouble).
 RETRIED = (RedisError, OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
@@ -61,7 +61,7 @@ async def gate_batch(partition: int, offset: int, raw: bytes, ours: Callable[[],
     is no longer this worker's (nothing was emitted), True otherwise."""
     batch = MessageBatch.model_validate_json(raw)
     request = orjson.loads(raw)
-    campaign = await io.campaign(batch.campaign_id)
+    campaign = await stores.campaign(batch.campaign_id)
     if campaign is None:
         raise ValueError(f"campaign {batch.campaign_id} does not exist")
     channels = [batch.channel] if batch.channel else list(campaign.channels)
@@ -71,14 +71,14 @@ async def gate_batch(partition: int, offset: int, raw: bytes, ours: Callable[[],
         return True
     # Pacing: while a channel's senders are behind, this batch (and its lane behind it) waits here;
     # a pause or cancel that came meanwhile applies to it at once.
-    if await io.pace(channels, batch.batch_id) and await _halted(batch, partition, offset, raw, channels, variant):
-        await io.unpace(channels, batch.batch_id)
+    if await stores.pace(channels, batch.batch_id) and await _halted(batch, partition, offset, raw, channels, variant):
+        await stores.unpace(channels, batch.batch_id)
         return True
     released: set[str] = set()
     try:
         async with _turn:
             if not ours():
-                await io.unpace(channels, batch.batch_id)
+                await stores.unpace(channels, batch.batch_id)
                 return False
             await _release(batch, campaign, request, partition, offset, channels, variant, uids, released)
     except Exception as exc:
@@ -90,7 +90,7 @@ async def gate_batch(partition: int, offset: int, raw: bytes, ours: Callable[[],
         raise
     unreleased = [ch for ch in channels if ch not in released]
     if unreleased:
-        await io.unpace(unreleased, batch.batch_id)
+        await stores.unpace(unreleased, batch.batch_id)
     return True
 
 
@@ -100,7 +100,7 @@ def _retried(exc: BaseException) -> bool:
 
 async def _unpace_quietly(channels: list[str], batch_id: str) -> None:
     try:
-        await io.unpace(channels, batch_id)
+        await stores.unpace(channels, batch_id)
     except RETRIED as exc:  # the lease gives the places back in the end
         log.warning("gate: window places not given back", batch_id=batch_id, error=repr(exc))
 
@@ -113,22 +113,22 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
     at = datetime.fromtimestamp(now, tz=timezone.utc).isoformat()
 
     # Read the state of every user in the batch: a few bucket keys, one Postgres query.
-    buckets = rules.group_by_bucket(partition, uids)
-    view = rules.GateView(
+    buckets = gate_rules.group_by_bucket(partition, uids)
+    view = gate_rules.GateView(
         consent=_users(gate_preferences, buckets), suppressed=_users(gate_suppressions, buckets),
-        history=_users(gate_history, buckets), profiles=await io.profiles(uids),
+        history=_users(gate_history, buckets), profiles=await stores.profiles(uids),
     )
     asks, verdicts = {}, {}
     for ch in channels:
-        asks[ch] = rules.Ask(batch.campaign_id, ch, batch.step, batch.category, batch.transactional,
-                             f"{partition}:{offset}", now, campaign.quiet_hours, io.policy)
-        verdicts[ch] = rules.screen(asks[ch], uids, view)
+        asks[ch] = gate_rules.Ask(batch.campaign_id, ch, batch.step, batch.category, batch.transactional,
+                             f"{partition}:{offset}", now, campaign.quiet_hours, stores.policy)
+        verdicts[ch] = gate_rules.screen(asks[ch], uids, view)
     if campaign.max_spend is not None:
-        wanted = {ch: len(rules.releases(v)) for ch, v in verdicts.items()}
-        allowed = await io.reserve_budget(batch.campaign_id, f"{partition}:{offset}", campaign.max_spend,
+        wanted = {ch: len(gate_rules.releases(v)) for ch, v in verdicts.items()}
+        allowed = await stores.reserve_budget(batch.campaign_id, f"{partition}:{offset}", campaign.max_spend,
                                           {ch: campaign.unit_costs.get(ch, 0.0) for ch in channels}, wanted)
         for ch in channels:
-            rules.cut_to_budget(verdicts[ch], allowed[ch])
+            gate_rules.cut_to_budget(verdicts[ch], allowed[ch])
 
     deferred = []
     for ch in channels:
@@ -138,9 +138,9 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
             if v.status == "deferred":
                 not_before = datetime.fromtimestamp(v.release_at, tz=timezone.utc).isoformat()
                 late.setdefault(v.release_at, []).append({**recipients[v.user_id], "not_before": not_before})
-        deferred += [(t, rules.outbox_batch(request, ch, rs, f":deferred:{int(t)}")) for t, rs in late.items()]
+        deferred += [(t, gate_rules.outbox_batch(request, ch, rs, f":deferred:{int(t)}")) for t, rs in late.items()]
     if deferred:
-        await io.defer(deferred)
+        await stores.defer(deferred)
     _record(buckets, asks, verdicts, view)
     _sweeps.step(partition, now)
 
@@ -149,10 +149,10 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
         queued = [v.user_id for v in verdicts[ch] if v.status == "queued"]
         if queued:
             recipients = {r["user_id"]: r for r in request["recipients"]}
-            out = rules.outbox_batch(request, ch, [recipients[u] for u in queued])
+            out = gate_rules.outbox_batch(request, ch, [recipients[u] for u in queued])
             await outbox_topics[ch].send(key=out["batch_id"].encode(), value=orjson.dumps(out), partition=partition)
             released.add(ch)
-        events += [rules.delivery_event(batch.campaign_id, v.user_id, ch, batch.step, variant[v.user_id],
+        events += [gate_rules.delivery_event(batch.campaign_id, v.user_id, ch, batch.step, variant[v.user_id],
                                         v.status, v.reason, at) for v in verdicts[ch]]
     await emit_events(partition, events)
 
@@ -160,13 +160,13 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
 async def _halted(batch: MessageBatch, partition: int, offset: int, raw: bytes, channels: list[str],
                   variant: dict[int, str | None]) -> bool:
     """A paused campaign's batch is held, a cancelled one's dropped, each recipient with its event."""
-    status = await io.status(batch.campaign_id)
+    status = await stores.status(batch.campaign_id)
     if status not in ("paused", "cancelled"):
         return False
     if status == "paused":
-        await io.hold(batch.campaign_id, f"{partition}:{offset}", raw)
+        await stores.hold(batch.campaign_id, f"{partition}:{offset}", raw)
     at = datetime.now(timezone.utc).isoformat()
-    events = [rules.delivery_event(batch.campaign_id, u, ch, batch.step, v, "held" if status == "paused"
+    events = [gate_rules.delivery_event(batch.campaign_id, u, ch, batch.step, v, "held" if status == "paused"
                                    else "cancelled", None if status == "paused" else "cancelled", at)
               for ch in channels for u, v in variant.items()]
     await emit_events(partition, events)
@@ -191,7 +191,7 @@ def _record(buckets, asks, verdicts, view) -> None:
     changed: dict[int, dict] = {}
     history = dict(view.history)
     for ch, ask in asks.items():
-        new = rules.record_releases(ask, verdicts[ch], history, view.consent)
+        new = gate_rules.record_releases(ask, verdicts[ch], history, view.consent)
         history.update(new)
         changed.update(new)
     if not changed:
@@ -205,7 +205,7 @@ def _record(buckets, asks, verdicts, view) -> None:
             gate_history[key] = value
 
 
-_sweeps = rules.Sweeps(gate_history, gate_preferences, io.policy)
+_sweeps = gate_rules.Sweeps(gate_history, gate_preferences, stores.policy)
 
 
 async def emit_events(partition: int, events: list[dict]) -> None:

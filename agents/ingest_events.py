@@ -4,27 +4,25 @@ Input: ``user-events`` (JSON ``UserEvent``, keyed by user_id).
 Output: ``dead-letters`` for records that fail validation or that the store refuses.
 Side effects: writes each batch to Cassandra as one unlogged batch per (user, month)
 partition; event ids are stable, so a replay after a crash overwrites, never
-duplicates. Runs as a bulk consumer task of the Faust worker (see ``pipeline.bulk``).
+duplicates. Runs as a bulk consumer task of the Faust worker (see ``pipeline.batch_consumer``).
 """
 
 from agents._io import send_dead_letters
-from pipeline.app import app, settings
+from pipeline.app import app, clients, settings
 from schemas.topics import USER_EVENTS
-from pipeline.bulk import run_forever
+from pipeline.batch_consumer import run_forever
 from pipeline.codecs import RawRecord, decode_batch
-from pipeline.resources import Resources
 from pipeline.sinks import store_batch
 from pipeline.stores.cassandra import EventWriter
 from schemas.records import UserEvent
 
-resources = Resources(settings)
 _writer: EventWriter | None = None
 
 
 async def ingest_batch(raws: list[RawRecord]) -> None:
     global _writer
     if _writer is None:
-        _writer = EventWriter(await resources.cassandra(), settings.cassandra_keyspace)
+        _writer = EventWriter(await clients.cassandra(), settings.cassandra_keyspace)
     decoded = decode_batch(raws, UserEvent, stage="ingest_events")
     refused = await store_batch(decoded, _writer.write, "ingest_events")
     await send_dead_letters(decoded.dead + refused)

@@ -3,25 +3,23 @@
 Input: ``user-profiles`` (JSON ``UserProfile``, keyed by user_id, compacted).
 Output: ``dead-letters`` for records that fail validation or that the store refuses.
 Side effects: upserts users in PostgreSQL, one statement per batch. Runs as a bulk
-consumer task of the Faust worker (see ``pipeline.bulk`` for why); offsets are
+consumer task of the Faust worker (see ``pipeline.batch_consumer`` for why); offsets are
 committed only after the batch is stored.
 """
 
 from agents._io import send_dead_letters
-from pipeline.app import app, settings
+from pipeline.app import app, clients, settings
 from schemas.topics import USER_PROFILES
-from pipeline.bulk import run_forever
+from pipeline.batch_consumer import run_forever
 from pipeline.codecs import RawRecord, decode_batch
-from pipeline.resources import Resources
 from pipeline.sinks import store_batch
 from pipeline.stores.postgres import upsert_users
 from schemas.records import UserProfile
 
-resources = Resources(settings)
 
 
 async def ingest_batch(raws: list[RawRecord]) -> None:
-    pool = await resources.postgres()
+    pool = await clients.postgres()
     decoded = decode_batch(raws, UserProfile, stage="ingest_profiles")
     refused = await store_batch(decoded, lambda profiles: upsert_users(pool, profiles), "ingest_profiles")
     await send_dead_letters(decoded.dead + refused)

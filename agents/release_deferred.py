@@ -21,7 +21,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from agents.gate import emit_events, io
-from pipeline import gate as rules
+from pipeline import gate as gate_rules
 from pipeline.app import app, outbox_topics
 
 log = structlog.get_logger()
@@ -45,7 +45,7 @@ async def release_deferred() -> None:
         elif outcome == "queued":
             await outbox_topics[channel].send(key=batch["batch_id"].encode(), value=member, partition=partition)
         await emit_events(partition, [
-            rules.delivery_event(cid, r["user_id"], channel, batch.get("step", "send"), r.get("variant"), outcome,
+            gate_rules.delivery_event(cid, r["user_id"], channel, batch.get("step", "send"), r.get("variant"), outcome,
                                  "cancelled" if outcome == "cancelled" else None, at)
             for r in batch["recipients"]])
         await io.released([member])

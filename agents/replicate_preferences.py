@@ -13,7 +13,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from agents._io import send_dead_letters
-from pipeline import gate as rules
+from pipeline import gate as gate_rules
 from pipeline.app import app, preference_updates_topic
 from pipeline.codecs import RawRecord, dead_letter, explain
 from schemas.preferences import PreferenceUpdate
@@ -35,5 +35,5 @@ async def replicate_preferences(stream):
             raw = RawRecord(message.topic, message.partition, message.offset, event.key, event.value)
             await send_dead_letters([dead_letter(raw, "replicate_preferences", reason)])
             continue
-        key = rules.bucket_key(message.partition, user_id)
-        gate_preferences[key] = rules.apply_preference(gate_preferences.get(key), user_id, state)
+        key = gate_rules.bucket_key(message.partition, user_id)
+        gate_preferences[key] = gate_rules.apply_preference(gate_preferences.get(key), user_id, state)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import orjson
 
-from pipeline import gate as rules
+from pipeline import gate as gate_rules
 from pipeline.app import app, delivery_events_topic
 from tables.gate_state import gate_suppressions
 
@@ -31,9 +31,9 @@ async def replicate_suppressions(stream):
         partition = event.message.partition
         found: dict[str, list[tuple[int, str, str]]] = {}
         for e in events:
-            reason = rules.suppression_of(e)
+            reason = gate_rules.suppression_of(e)
             if reason is not None and e.get("user_id") is not None and e.get("channel"):
-                key = rules.bucket_key(partition, int(e["user_id"]))
+                key = gate_rules.bucket_key(partition, int(e["user_id"]))
                 found.setdefault(key, []).append((int(e["user_id"]), e["channel"], reason))
         for key, entries in found.items():
-            gate_suppressions[key] = rules.apply_suppressions(gate_suppressions.get(key), entries)
+            gate_suppressions[key] = gate_rules.apply_suppressions(gate_suppressions.get(key), entries)

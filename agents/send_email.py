@@ -12,15 +12,13 @@ Redis: the channel's token bucket, the idempotency ledger, ``campaign:{id}:held`
 The loop is pipeline/sending.py's (shared by every channel); this file only wires it.
 """
 
-from pipeline.app import app, settings
+from pipeline.app import app, clients, settings
 from schemas.topics import OUTBOX
-from pipeline.resources import Resources
 from pipeline.sending import faust_emitters, run_sender
 
-resources = Resources(settings)
 
 
 @app.task
 async def send_email() -> None:
     events, dead = faust_emitters()
-    await run_sender(settings, "email", OUTBOX["email"].name, events, dead, await resources.postgres())
+    await run_sender(settings, "email", OUTBOX["email"].name, events, dead, await clients.postgres())

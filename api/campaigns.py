@@ -41,8 +41,8 @@ from api import audit, paging, segments
 from api.auth import ROLES, Caller, require_role
 from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
-from pipeline import campaigns as rules
-from pipeline import templates  # unresolved_variables and template_syntax_problems (rules.TemplateChecks)
+from pipeline import campaigns as campaign_rules
+from pipeline import templates  # unresolved_variables and template_syntax_problems (campaign_rules.TemplateChecks)
 from schemas.campaigns import (
     CampaignControl,
     CampaignLaunch,
@@ -353,7 +353,7 @@ def _needs(text: str) -> frozenset[str]:
 
 
 class _RememberedChecks:
-    """``pipeline.templates``' checks (``rules.TemplateChecks``), one text at a time through the caches above."""
+    """``pipeline.templates``' checks (``campaign_rules.TemplateChecks``), one text at a time through the caches above."""
 
     @staticmethod
     def template_syntax_problems(parts: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -393,14 +393,14 @@ async def validate(state: State, conn: asyncpg.Connection, d: dict[str, Any], no
     The pure rules, plus what the database knows: that the templates and the
     segment exist, and what the templates need.
     """
-    problems = rules.type_problems(d["type"], d["start_time"], d["schedule"], d["trigger"], d["target_segment_id"])
-    problems += rules.channel_problems(d["channels"])
-    problems += rules.window_problems(d["start_time"], d["end_time"], now)
-    problems += rules.schedule_problems(d["schedule"])
-    problems += rules.ab_test_problems(d["ab_test"])
-    problems += rules.budget_problems(d["budget"], state.settings.currency_codes)
-    stored = {tid: await templates.get_template(conn, tid) for tid in rules.template_ids(d["content"])}
-    problems += rules.content_problems(d["channels"], d["content"], stored, TEMPLATE_CHECKS)
+    problems = campaign_rules.type_problems(d["type"], d["start_time"], d["schedule"], d["trigger"], d["target_segment_id"])
+    problems += campaign_rules.channel_problems(d["channels"])
+    problems += campaign_rules.window_problems(d["start_time"], d["end_time"], now)
+    problems += campaign_rules.schedule_problems(d["schedule"])
+    problems += campaign_rules.ab_test_problems(d["ab_test"])
+    problems += campaign_rules.budget_problems(d["budget"], state.settings.currency_codes)
+    stored = {tid: await templates.get_template(conn, tid) for tid in campaign_rules.template_ids(d["content"])}
+    problems += campaign_rules.content_problems(d["channels"], d["content"], stored, TEMPLATE_CHECKS)
     recipients = None
     try:
         recipients = await _audience(state, conn, d["target_segment_id"])
@@ -445,7 +445,7 @@ async def _publish(state: State, topic: str, campaign_id: int, record: BaseModel
         ) from None
 
 
-def _conflict(exc: rules.IllegalTransition) -> ApiError:
+def _conflict(exc: campaign_rules.IllegalTransition) -> ApiError:
     allowed = ", ".join(exc.allowed) or "none (final)"
     return ApiError(
         409,
@@ -483,7 +483,7 @@ async def create_campaign(request: Request) -> Response:
     settings = request.app.state.settings
     async with request.app.state.postgres.acquire() as conn:
         recipients = await validate(request.app.state, conn, d, datetime.now(timezone.utc))
-        cost = rules.estimated_cost(recipients, d["channels"], settings.unit_costs)
+        cost = campaign_rules.estimated_cost(recipients, d["channels"], settings.unit_costs)
         async with conn.transaction():
             row = await conn.fetchrow(
                 f"INSERT INTO campaigns ({_STORE}, created_by) VALUES"
@@ -531,12 +531,12 @@ async def list_campaigns(request: Request) -> Response:
     q = request.query_params
     problems: list[tuple[str, str]] = []
     status, ctype, channel = q.get("status"), q.get("type"), q.get("channel")
-    if status is not None and status not in rules.STATUSES:
-        problems.append(("status", f"unknown status {status!r}; known: {', '.join(rules.STATUSES)}"))
-    if ctype is not None and ctype not in rules.CAMPAIGN_TYPES:
-        problems.append(("type", f"unknown type {ctype!r}; known: {', '.join(rules.CAMPAIGN_TYPES)}"))
-    if channel is not None and channel not in rules.CHANNELS:
-        problems.append(("channel", f"unknown channel {channel!r}; known: {', '.join(rules.CHANNELS)}"))
+    if status is not None and status not in campaign_rules.STATUSES:
+        problems.append(("status", f"unknown status {status!r}; known: {', '.join(campaign_rules.STATUSES)}"))
+    if ctype is not None and ctype not in campaign_rules.CAMPAIGN_TYPES:
+        problems.append(("type", f"unknown type {ctype!r}; known: {', '.join(campaign_rules.CAMPAIGN_TYPES)}"))
+    if channel is not None and channel not in campaign_rules.CHANNELS:
+        problems.append(("channel", f"unknown channel {channel!r}; known: {', '.join(campaign_rules.CHANNELS)}"))
     limit = paging.page_limit(q, problems)
     if problems:
         raise _invalid(problems)
@@ -561,10 +561,10 @@ async def _change_status(
     """Apply a pause, resume, cancel or complete: update, audit, publish the control record."""
     current = row["status"]
     try:
-        rules.transition(current, target)
-    except rules.IllegalTransition as exc:
+        campaign_rules.transition(current, target)
+    except campaign_rules.IllegalTransition as exc:
         raise _conflict(exc) from None
-    action = rules.control_action(current, target)
+    action = campaign_rules.control_action(current, target)
     if action is None:  # draft/scheduled -> scheduled/active starts sending: that is a launch
         raise ApiError(
             409,
@@ -611,7 +611,7 @@ async def update_campaign(request: Request) -> Response:
         if nulls:
             raise _invalid([(k, "cannot be null") for k in nulls])
         frozen = sorted(set(changed) & _DEFINITION_FIELDS)
-        if frozen and row["status"] not in rules.EDITABLE_STATUSES:
+        if frozen and row["status"] not in campaign_rules.EDITABLE_STATUSES:
             raise ApiError(
                 409,
                 "campaign_frozen",
@@ -625,7 +625,7 @@ async def update_campaign(request: Request) -> Response:
             recipients, cost = row["estimated_recipients"], row["estimated_cost"]
             if frozen:  # the definition changed: check it whole again, and estimate afresh
                 recipients = await validate(request.app.state, conn, merged, now)
-                cost = rules.estimated_cost(recipients, merged["channels"], settings.unit_costs)
+                cost = campaign_rules.estimated_cost(recipients, merged["channels"], settings.unit_costs)
             after = await conn.fetchrow(
                 f"UPDATE campaigns SET ({_STORE}) = ($2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb,"
                 " $10::jsonb, $11::jsonb, $12::jsonb, $13, $14, $15, $16), version = version + 1, updated_at = $17"
@@ -648,7 +648,7 @@ async def delete_campaign(request: Request) -> Response:
         row = await _locked(request, conn)
         if row["status"] != "draft":
             hint = ("cancel it first (PATCH status cancelled); it is then kept for reporting"
-                    if row["status"] not in rules.FINAL_STATUSES else "it is kept for reporting and audit")
+                    if row["status"] not in campaign_rules.FINAL_STATUSES else "it is kept for reporting and audit")
             raise ApiError(
                 409,
                 "not_deletable",
@@ -697,12 +697,12 @@ async def launch(
     """
     current = row["status"]
     d = definition(row)
-    target = rules.launch_status(d["type"], d["start_time"], now)
+    target = campaign_rules.launch_status(d["type"], d["start_time"], now)
     if current == "scheduled" and due:
         target = "active"
     if current not in ("draft", "scheduled") or (current, target) == ("scheduled", "scheduled"):
-        allowed = ", ".join(rules.allowed_transitions(current)) or "none (final)"
-        already = (f"it is scheduled and starts {rules.first_run(d['type'], d['start_time'], d['schedule'], now)}"
+        allowed = ", ".join(campaign_rules.allowed_transitions(current)) or "none (final)"
+        already = (f"it is scheduled and starts {campaign_rules.first_run(d['type'], d['start_time'], d['schedule'], now)}"
                    if current == "scheduled" else f"it is {current}")
         raise ApiError(
             409,
@@ -711,7 +711,7 @@ async def launch(
             f" {row['campaign_id']}: {already} (allowed from {current}: {allowed})",
             fields=[FieldProblem(field="status", reason=f"allowed from {current}: {allowed}")],
         )
-    rules.transition(current, target)
+    campaign_rules.transition(current, target)
     audience_size = await validate(state, conn, d, now)
     if target == "scheduled":
         after = await conn.fetchrow(
@@ -720,7 +720,7 @@ async def launch(
         )
         await audit.record(conn, actor, "campaign.scheduled", "campaign", row["campaign_id"],
                            _audit_view(row), _audit_view(after))
-        return after, rules.first_run(d["type"], d["start_time"], d["schedule"], now)
+        return after, campaign_rules.first_run(d["type"], d["start_time"], d["schedule"], now)
     launch_id = uuid.uuid4()
     after = await conn.fetchrow(
         "UPDATE campaigns SET status = 'active', launch_id = $2, launched_at = $3, audience_size = $4,"

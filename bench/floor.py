@@ -106,7 +106,7 @@ def per_message(m: Meter, n: int) -> dict[str, float]:
 
 async def cassandra(n: int) -> dict[str, float]:
     from agents.aggregate import MessageLog
-    from pipeline.resources import Resources
+    from pipeline.worker_clients import Resources
 
     settings = get_settings()
     resources = Resources(settings)

@@ -33,9 +33,9 @@ sys.path.insert(0, str(REPO))
 def serve(prefix: str, shift: int, profile: str | None = None) -> None:
     """A worker process of the bench: the gate's modules only, on the bench's topics."""
     import pipeline.app as pa
-    from pipeline import gate as rules
+    from pipeline import gate as gate_rules
 
-    rules.BUCKET_SHIFT = shift
+    gate_rules.BUCKET_SHIFT = shift
     P = pa.settings.topic_partitions
     pa.app.conf.autodiscover = False
     pa.message_requests_topic = pa.app.topic(f"{prefix}message-requests", partitions=P)

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     app_id: str = "herald"
     worker_batch_size: int = Field(default=2000, ge=1)
     worker_batch_seconds: float = Field(default=0.25, gt=0)
+    # One PostgreSQL pool per worker process, shared by every stage (pipeline/worker_clients.py).
+    worker_postgres_pool: int = Field(default=10, ge=1)
 
     # `make run`: how many worker processes, and the demo audience it loads.
     workers: int = Field(default=2, ge=1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import faust
 
 from config import get_settings
+from pipeline.worker_clients import WorkerClients
 from schemas.topics import (
     CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES, DEAD_LETTERS, DELIVERY_EVENTS, MESSAGE_REQUESTS, OUTBOX, PREFERENCE_UPDATES,
     USER_EVENTS, USER_PROFILES, TopicSpec,
@@ -49,6 +50,16 @@ app = faust.App(
     key_serializer="raw",
     value_serializer="raw",
 )
+
+
+# The worker's clients (one PostgreSQL pool, Redis client, Cassandra session and Kafka producer),
+# opened on first use and handed to every stage; closed when the worker stops.
+clients = WorkerClients(settings)
+
+
+@app.on_before_shutdown.connect
+async def _close_clients(sender: faust.App, **kwargs) -> None:
+    await clients.close()
 
 
 def _topic(spec: TopicSpec) -> faust.TopicT:

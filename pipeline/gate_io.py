@@ -14,7 +14,7 @@ Redis keys:
     gate:deferred                r/w    zset: encoded outbox batch → release time (epoch s)
     lag:{channel}                read   seconds a batch released now would wait for the channel's
                                         senders (pipeline/sending.py's QueueLag; 1 s TTL)
-    flow:{channel}:out|senders   r/w    the channel's release window (pipeline/flow.py)
+    flow:{channel}:out|senders   r/w    the channel's release window (pipeline/release_windows.py)
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import orjson
 import redis.asyncio as aioredis
 
 from config import Settings
-from pipeline import gate as rules
-from pipeline.flow import ReleaseWindow
-from pipeline.runtime import campaign_status, load_campaign
+from pipeline import gate as gate_rules
+from pipeline.release_windows import ReleaseWindow
+from pipeline.campaign_state import campaign_status, load_campaign
 
 DEFERRED_KEY = "gate:deferred"
 RESERVATION_TTL_S = 7 * 86400
@@ -101,10 +101,10 @@ class GateIO:
     _scripts: dict = field(default_factory=dict)
     _lags: dict[str, tuple[float, float]] = field(default_factory=dict)
     _window: ReleaseWindow | None = None
-    policy: rules.GatePolicy = field(init=False)
+    policy: gate_rules.GatePolicy = field(init=False)
 
     def __post_init__(self) -> None:
-        self.policy = rules.GatePolicy.from_settings(self.settings)
+        self.policy = gate_rules.GatePolicy.from_settings(self.settings)
 
     async def postgres(self) -> asyncpg.Pool:
         async with self._lock:
@@ -128,7 +128,7 @@ class GateIO:
         return self._redis
 
     async def campaign(self, campaign_id: int) -> GateCampaign | None:
-        """What the gate needs of a campaign: ``pipeline.runtime.load_campaign`` (cached there),
+        """What the gate needs of a campaign: ``pipeline.campaign_state.load_campaign`` (cached there),
         plus the quiet hours of its schedule (cached here, CAMPAIGN_CACHE_S)."""
         pool = await self.postgres()
         runtime = await load_campaign(pool, campaign_id, self.settings)
@@ -142,7 +142,7 @@ class GateIO:
                 schedule = await pool.fetchval("SELECT schedule FROM campaigns WHERE campaign_id = $1", campaign_id)
                 schedule = orjson.loads(schedule) if isinstance(schedule, (str, bytes)) else schedule
                 spec = schedule.get("quiet_hours") if isinstance(schedule, dict) else None
-            cached = (now, rules.quiet_window(spec, self.policy))
+            cached = (now, gate_rules.quiet_window(spec, self.policy))
             self._campaigns[campaign_id] = cached
         return GateCampaign(
             channels=tuple(runtime.channels),
@@ -182,7 +182,7 @@ class GateIO:
                 await asyncio.sleep(LAG_CHECK_S)
         if batch_id is not None:
             for channel in channels:
-                if await self.window.take(channel, rules.outbox_batch_id(batch_id, channel)) > 0:
+                if await self.window.take(channel, gate_rules.outbox_batch_id(batch_id, channel)) > 0:
                     waited = True
         return time.monotonic() - started if waited else 0.0
 
@@ -190,13 +190,13 @@ class GateIO:
         """Give back the window places of ``batch_id`` on ``channels`` (nothing was released there)."""
         if self.settings.gate_pace_lag_s > 0:
             for channel in channels:
-                await self.window.give_back(channel, rules.outbox_batch_id(batch_id, channel))
+                await self.window.give_back(channel, gate_rules.outbox_batch_id(batch_id, channel))
 
     async def status(self, campaign_id: int) -> str:
         """The campaign's running status (cached 200 ms); "active" when none was set."""
         return await campaign_status(self.redis, campaign_id) or "active"
 
-    async def profiles(self, user_ids: list[int]) -> dict[int, rules.Profile]:
+    async def profiles(self, user_ids: list[int]) -> dict[int, gate_rules.Profile]:
         pool = await self.postgres()
         rows = await pool.fetch(
             "SELECT user_id, timezone, email IS NOT NULL AS e, phone IS NOT NULL AS p,"
@@ -204,7 +204,7 @@ class GateIO:
             user_ids,
         )
         return {
-            r["user_id"]: rules.Profile(
+            r["user_id"]: gate_rules.Profile(
                 r["timezone"], frozenset(a for a, has in (("email", r["e"]), ("phone", r["p"]), ("push", r["t"])) if has))
             for r in rows
         }

@@ -52,9 +52,9 @@ from pipeline.channels.base import PERMANENT, SENT, TRANSIENT
 from pipeline.channels.mime import _BARE_ADDRESS
 from pipeline.channels.tracking import link_key, rewrite_links
 from pipeline.codecs import RawRecord, dead_letter, decode_batch
-from pipeline.flow import SenderSlots
+from pipeline.release_windows import SenderSlots
 from pipeline.signing import signing_key
-from pipeline.runtime import load_campaign
+from pipeline.campaign_state import load_campaign
 from pipeline.templates import PART_KINDS, CompiledTemplate, RenderError, TemplateContent, message_variables
 from pipeline.unsubscribe import list_unsubscribe_headers, make_unsubscribe_token, unsubscribe_url
 from schemas.messages import DeliveryEvent, DeliveryEventBatch, MessageBatch, Recipient, message_id
@@ -492,7 +492,7 @@ def plan_content(channel: str, entry: Mapping[str, Any], template: Mapping[str, 
 
 
 class CampaignPlans:
-    """Per-campaign send plans (``pipeline.runtime.load_campaign``), compiled once and cached ``ttl_s``.
+    """Per-campaign send plans (``pipeline.campaign_state.load_campaign``), compiled once and cached ``ttl_s``.
 
     Content is frozen once a campaign is launched, so the cache only bounds how
     late a template edit shows (the compiled form is reused while it lasts).
@@ -968,7 +968,7 @@ ENDS_EVERY_S = 0.25  # how often a sender asks the broker for its outbox partiti
 async def consume_concurrently(settings: Settings, topic: str, sender: Sender, in_flight: int) -> None:
     """Each outbox batch is its own task, at most ``in_flight`` at once, offsets committed behind the oldest.
 
-    Not ``pipeline.bulk``'s poll-then-wait loop: a batch waiting out a provider's
+    Not ``pipeline.batch_consumer``'s poll-then-wait loop: a batch waiting out a provider's
     backoff (up to ``RetryPolicy``'s bound) must not stall the batches behind it.
     At-least-once: a crash replays from the oldest unfinished batch of each
     partition, and the ledger skips what was already acknowledged. A batch whose
@@ -976,7 +976,7 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
     """
     from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
-    from pipeline.bulk import GROUP_TIMEOUTS
+    from pipeline.batch_consumer import GROUP_TIMEOUTS
 
     offsets = _Offsets()
     tasks: dict[asyncio.Task, Any] = {}
@@ -1032,7 +1032,7 @@ async def consume_concurrently(settings: Settings, topic: str, sender: Sender, i
         tp, offset, _, key = tasks.pop(task)
         offsets.finish(tp, offset)
         lag.finished()
-        slots.finished(key)  # its place in the gate's release window (pipeline/flow.py)
+        slots.finished(key)  # its place in the gate's release window (pipeline/release_windows.py)
 
     async def waiting() -> int:
         """Records on the topic that this consumer has not started (end offsets asked of the broker)."""

@@ -14,8 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from agents.aggregate import Completion, Folder
-from pipeline import metrics as m
-from pipeline.resources import Resources
+from pipeline import metrics
+from pipeline.worker_clients import Resources
 from pipeline.stores.cassandra import connect, run_async
 from schemas.messages import DeliveryEvent, DeliveryEventBatch, encode, message_id
 from tests.integration.kafka_io import eventually, produce
@@ -44,7 +44,7 @@ async def _forget(pipeline_redis, cid: int) -> None:
     keys = [k async for k in pipeline_redis.scan_iter(f"campaign:{cid}:*", count=10_000)]
     if keys:
         await pipeline_redis.delete(*keys)
-    await pipeline_redis.srem(m.OPEN_CAMPAIGNS, cid)
+    await pipeline_redis.srem(metrics.OPEN_CAMPAIGNS, cid)
 
 
 async def test_the_redis_fold_counts_exactly_what_the_pure_fold_counts(pipeline_redis):
@@ -70,7 +70,7 @@ async def test_the_redis_fold_counts_exactly_what_the_pure_fold_counts(pipeline_
     try:
         for batch in batches:
             await folder.fold(batch)
-            for key, fields in m.fold(m.collapse(batch), seen).items():
+            for key, fields in metrics.fold(metrics.collapse(batch), seen).items():
                 for f, v in fields.items():
                     want.setdefault(key, {}).setdefault(f, 0.0)
                     want[key][f] += v
@@ -79,9 +79,9 @@ async def test_the_redis_fold_counts_exactly_what_the_pure_fold_counts(pipeline_
             assert set(got) == set(fields), key
             for f, v in fields.items():
                 assert got[f] == pytest.approx(v), (key, f)
-        assert await pipeline_redis.sismember(m.OPEN_CAMPAIGNS, cid)
-        ttl = await pipeline_redis.ttl(m.seen_key(cid, batches[0][0].message_id))
-        assert 0 < ttl <= m.SEEN_TTL_S
+        assert await pipeline_redis.sismember(metrics.OPEN_CAMPAIGNS, cid)
+        ttl = await pipeline_redis.ttl(metrics.seen_key(cid, batches[0][0].message_id))
+        assert 0 < ttl <= metrics.SEEN_TTL_S
     finally:
         await _forget(pipeline_redis, cid)
 
@@ -91,7 +91,7 @@ async def test_a_seen_bucket_stays_in_the_compact_encoding(pipeline_redis):
     folder = Folder(pipeline_redis)
     try:
         await folder.fold([_event(cid, u, "sent") for u in range(2000)])
-        key = m.seen_key(cid, message_id(cid, 0, "email"))
+        key = metrics.seen_key(cid, message_id(cid, 0, "email"))
         assert await pipeline_redis.object("encoding", key) in (b"listpack", b"ziplist")
     finally:
         await _forget(pipeline_redis, cid)
@@ -132,8 +132,8 @@ async def test_completion_marks_an_active_campaign_completed_once_every_message_
     resources = Resources(settings)
     folder, completion = Folder(pipeline_redis), Completion(pipeline_redis, resources)
     try:
-        await pipeline_redis.set(m.status_key(cid), "active")
-        await pipeline_redis.set(m.expected_key(cid), 3)
+        await pipeline_redis.set(metrics.status_key(cid), "active")
+        await pipeline_redis.set(metrics.expected_key(cid), 3)
         await folder.fold([_event(cid, 1, "sent"), _event(cid, 2, "queued"), _event(cid, 3, "held")])
         assert await completion.check({cid}) == []
         await folder.fold([_event(cid, 2, "sent"), _event(cid, 3, "cancelled"), _event(cid, 1, "delivered")])
@@ -142,8 +142,8 @@ async def test_completion_marks_an_active_campaign_completed_once_every_message_
         row, audit = await _campaign(settings.postgres_dsn, cid)
         assert row["status"] == "completed" and row["completed_at"] is not None
         assert [(a["actor"], a["action"]) for a in audit] == [("herald", "campaign.completed")]
-        assert await pipeline_redis.get(m.status_key(cid)) == b"completed"
-        assert not await pipeline_redis.sismember(m.OPEN_CAMPAIGNS, cid)
+        assert await pipeline_redis.get(metrics.status_key(cid)) == b"completed"
+        assert not await pipeline_redis.sismember(metrics.OPEN_CAMPAIGNS, cid)
     finally:
         await resources.close()
         await _forget(pipeline_redis, cid)
@@ -156,13 +156,13 @@ async def test_a_paused_campaign_is_not_completed_even_when_every_message_is_acc
     resources = Resources(settings)
     folder, completion = Folder(pipeline_redis), Completion(pipeline_redis, resources)
     try:
-        await pipeline_redis.set(m.status_key(cid), "paused")
-        await pipeline_redis.set(m.expected_key(cid), 1)
+        await pipeline_redis.set(metrics.status_key(cid), "paused")
+        await pipeline_redis.set(metrics.expected_key(cid), 1)
         await folder.fold([_event(cid, 1, "sent")])
         assert cid not in await completion.sweep()
         row, _ = await _campaign(settings.postgres_dsn, cid)
         assert row["status"] == "paused"
-        assert await pipeline_redis.sismember(m.OPEN_CAMPAIGNS, cid)  # decided later, on resume
+        assert await pipeline_redis.sismember(metrics.OPEN_CAMPAIGNS, cid)  # decided later, on resume
     finally:
         await resources.close()
         await _forget(pipeline_redis, cid)
@@ -175,11 +175,11 @@ async def test_a_campaign_gone_from_postgres_is_forgotten_once_its_messages_are_
     resources = Resources(settings)
     folder, completion = Folder(pipeline_redis), Completion(pipeline_redis, resources)
     try:
-        await pipeline_redis.set(m.expected_key(cid), 1)
+        await pipeline_redis.set(metrics.expected_key(cid), 1)
         await folder.fold([_event(cid, 1, "sent")])
-        assert await pipeline_redis.sismember(m.OPEN_CAMPAIGNS, cid)
+        assert await pipeline_redis.sismember(metrics.OPEN_CAMPAIGNS, cid)
         assert cid not in await completion.sweep()
-        assert not await pipeline_redis.sismember(m.OPEN_CAMPAIGNS, cid)
+        assert not await pipeline_redis.sismember(metrics.OPEN_CAMPAIGNS, cid)
     finally:
         await resources.close()
         await _forget(pipeline_redis, cid)
@@ -211,8 +211,8 @@ async def test_events_on_kafka_reach_counters_message_log_and_completion_through
     batches = [DeliveryEventBatch(events=events[i:i + 7]) for i in range(0, len(events), 7)]
     records = [(str(cid).encode(), encode(b)) for b in batches]
     try:
-        await pipeline_redis.set(m.status_key(cid), "active")
-        await pipeline_redis.set(m.expected_key(cid), len(users))
+        await pipeline_redis.set(metrics.status_key(cid), "active")
+        await pipeline_redis.set(metrics.expected_key(cid), len(users))
         await produce(settings.kafka_brokers, "delivery-events", records + records + [(b"x", b"{not json")])
 
         async def completed():
@@ -220,12 +220,12 @@ async def test_events_on_kafka_reach_counters_message_log_and_completion_through
             return row["status"] == "completed"
 
         await eventually(completed, timeout_s=60)
-        totals = await _hash(pipeline_redis, m.metrics_key(cid))
+        totals = await _hash(pipeline_redis, metrics.metrics_key(cid))
         assert totals["sent"] == 20 and totals["queued"] == 20
         assert totals["suppressed"] == 5 and totals["suppressed:frequency_cap"] == 5
-        assert totals["failed"] == 5 and totals[m.ACCOUNTED] == 30
+        assert totals["failed"] == 5 and totals[metrics.ACCOUNTED] == 30
         assert totals["budget_spent"] == pytest.approx(0.02)
-        assert await pipeline_redis.get(m.status_key(cid)) == b"completed"
+        assert await pipeline_redis.get(metrics.status_key(cid)) == b"completed"
 
         _, session = connect(settings)
         try:

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas.topics import DELIVERY_EVENTS, MESSAGE_REQUESTS, OUTBOX
 from pipeline.explode import assign_variants
 from pipeline.partitioning import user_partitions
-from pipeline.runtime import held_key, status_key
+from pipeline.campaign_state import held_key, status_key
 from schemas.campaigns import CampaignControl, campaign_key, encode
 from schemas.topics import CAMPAIGN_CONTROL
 from tests.conftest import REPO

@@ -190,7 +190,7 @@ def _row(**over):
 
 
 def test_a_campaign_runtime_carries_variants_budget_costs_category_and_webhook_url():
-    from pipeline.runtime import runtime_from
+    from pipeline.campaign_state import runtime_from
 
     rt = runtime_from(_row(), {"email": {"category": "transactional"}}, {"email": 0.001, "webhook": 0.0})
     assert rt.variants == (("A", 60.0), ("B", 40.0))
@@ -201,21 +201,21 @@ def test_a_campaign_runtime_carries_variants_budget_costs_category_and_webhook_u
 
 
 def test_a_disabled_ab_test_and_an_empty_budget_mean_none():
-    from pipeline.runtime import runtime_from
+    from pipeline.campaign_state import runtime_from
 
     rt = runtime_from(_row(ab_test_config="{}", budget="{}"), {}, {})
     assert rt.variants == () and rt.budget is None and rt.category == "promotional" and not rt.transactional
 
 
 def test_held_batches_go_back_to_their_outbox_or_to_message_requests_on_their_partition():
-    from pipeline.runtime import held_destination
+    from pipeline.campaign_state import held_destination
 
     assert held_destination({"channel": "sms", "partition": 4}) == ("outbox.sms", 4)
     assert held_destination({"channel": None, "partition": 2}) == ("message-requests", 2)
 
 
 def test_a_cancelled_held_batch_counts_every_recipient_on_every_channel_it_was_for():
-    from pipeline.runtime import cancelled_events
+    from pipeline.campaign_state import cancelled_events
 
     batch = {"campaign_id": 5, "channel": None, "partition": 1, "step": "send",
              "recipients": [{"user_id": 1, "variant": "A"}, {"user_id": 2}]}

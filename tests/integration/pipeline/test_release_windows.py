@@ -1,4 +1,4 @@
-"""Release windows (pipeline/flow.py) on the real Redis: places taken by the gate, given back by senders."""
+"""Release windows (pipeline/release_windows.py) on the real Redis: places taken by the gate, given back by senders."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from pipeline import flow
-from pipeline.flow import ReleaseWindow, SenderSlots
+from pipeline import release_windows
+from pipeline.release_windows import ReleaseWindow, SenderSlots
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ async def _settled(slots: SenderSlots) -> None:
 async def test_a_channel_nobody_reports_for_is_open(pipeline_redis, channel):
     window = ReleaseWindow(pipeline_redis)
     assert all([await window.try_take(channel, f"b{i}") for i in range(50)])
-    await pipeline_redis.delete(flow.out_key(channel))
+    await pipeline_redis.delete(release_windows.out_key(channel))
 
 
 async def test_the_window_holds_one_and_a_half_places_per_sender_slot(pipeline_redis, channel):
@@ -44,7 +44,7 @@ async def test_the_window_holds_one_and_a_half_places_per_sender_slot(pipeline_r
         await window.give_back(channel, "b6")  # the gate released nothing after all
         assert await window.try_take(channel, "b7")
     finally:
-        await pipeline_redis.delete(flow.out_key(channel), flow.senders_key(channel))
+        await pipeline_redis.delete(release_windows.out_key(channel), release_windows.senders_key(channel))
 
 
 async def test_a_gone_sender_and_a_lost_place_do_not_close_the_window_for_good(pipeline_redis, channel, monkeypatch):
@@ -69,9 +69,9 @@ async def test_a_gone_sender_and_a_lost_place_do_not_close_the_window_for_good(p
         assert all([await window.try_take(channel, f"c{i}") for i in range(10)])
         slots.withdraw()
         await _settled(slots)
-        assert not await pipeline_redis.hexists(flow.senders_key(channel), "only")
+        assert not await pipeline_redis.hexists(release_windows.senders_key(channel), "only")
     finally:
-        await pipeline_redis.delete(flow.out_key(channel), flow.senders_key(channel))
+        await pipeline_redis.delete(release_windows.out_key(channel), release_windows.senders_key(channel))
 
 
 async def test_take_waits_for_a_place(pipeline_redis, channel):
@@ -89,7 +89,7 @@ async def test_take_waits_for_a_place(pipeline_redis, channel):
         waited = await asyncio.wait_for(waiting, 2.0)
         assert 0.25 < waited < 1.5
     finally:
-        await pipeline_redis.delete(flow.out_key(channel), flow.senders_key(channel))
+        await pipeline_redis.delete(release_windows.out_key(channel), release_windows.senders_key(channel))
 
 
 async def test_a_sender_tells_its_slots_at_most_once_a_second(pipeline_redis, channel):
@@ -97,11 +97,11 @@ async def test_a_sender_tells_its_slots_at_most_once_a_second(pipeline_redis, ch
     try:
         slots.report()
         await _settled(slots)
-        first = await pipeline_redis.hget(flow.senders_key(channel), "s")
+        first = await pipeline_redis.hget(release_windows.senders_key(channel), "s")
         await asyncio.sleep(0.05)
         slots.report()  # the next lag tick: nothing written
         await _settled(slots)
-        assert await pipeline_redis.hget(flow.senders_key(channel), "s") == first
+        assert await pipeline_redis.hget(release_windows.senders_key(channel), "s") == first
         assert first.startswith(b"3:")
     finally:
-        await pipeline_redis.delete(flow.senders_key(channel))
+        await pipeline_redis.delete(release_windows.senders_key(channel))
