@@ -1,8 +1,11 @@
-"""What every agent does at its edge: send what it could not process to the dead letters."""
+"""What every agent does at its edge: emit delivery events, and send what it could not process to the
+dead letters."""
 
 from __future__ import annotations
 
-from pipeline.app import dead_letters_topic
+import orjson
+
+from pipeline.app import dead_letters_topic, delivery_events_topic
 from pipeline.codecs import encode
 from schemas.records import DeadLetter
 
@@ -13,3 +16,9 @@ async def send_dead_letters(dead: list[DeadLetter]) -> None:
             key=f"{letter.source_topic}:{letter.partition}:{letter.offset}".encode(),
             value=encode(letter),
         )
+
+
+async def emit_events(partition: int, events: list[dict]) -> None:
+    """One ``delivery-events`` record of ``events`` (DeliveryEvent dicts) on ``partition``."""
+    if events:
+        await delivery_events_topic.send(key=b"gate", value=orjson.dumps({"events": events}), partition=partition)

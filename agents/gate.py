@@ -40,9 +40,9 @@ import structlog
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from agents._io import send_dead_letters
+from agents._io import emit_events, send_dead_letters
 from pipeline import gate as gate_rules
-from pipeline.app import app, delivery_events_topic, message_requests_topic, outbox_topics, settings
+from pipeline.app import app, clients, message_requests_topic, outbox_topics, settings
 from pipeline.codecs import RawRecord, dead_letter, explain
 from pipeline.gate_io import GateIO
 from pipeline.lanes import InOrderAcks, Lanes
@@ -50,7 +50,7 @@ from schemas.messages import MessageBatch
 from tables.gate_state import gate_history, gate_preferences, gate_suppressions
 
 log = structlog.get_logger()
-stores = GateIO(settings)
+stores = GateIO(settings, clients)
 # A store that is down: the batch is tried again whole, after a pause. Anything else dead-letters it,
 # asyncpg's DataError too (bad input, an InterfaceError though it is no connection trouble).
 RETRIED = (RedisError, OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
@@ -206,11 +206,6 @@ def _record(buckets, asks, verdicts, view) -> None:
 
 
 _sweeps = gate_rules.Sweeps(gate_history, gate_preferences, stores.policy)
-
-
-async def emit_events(partition: int, events: list[dict]) -> None:
-    if events:
-        await delivery_events_topic.send(key=b"gate", value=orjson.dumps({"events": events}), partition=partition)
 
 
 _turn = asyncio.Lock()  # the gate's state is read, decided on and written by one batch at a time

@@ -20,32 +20,34 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
-from agents.gate import emit_events, io
+from agents._io import emit_events
 from pipeline import gate as gate_rules
-from pipeline.app import app, outbox_topics
+from pipeline.app import app, clients, outbox_topics, settings
+from pipeline.gate_io import GateIO
 
 log = structlog.get_logger()
+stores = GateIO(settings, clients)
 
 
 @app.timer(interval=1.0)
 async def release_deferred() -> None:
     try:
-        due = await io.claim_due(time.time())
+        due = await stores.claim_due(time.time())
     except (RedisError, OSError) as exc:
         log.warning("release_deferred: Redis unavailable", error=repr(exc))
         return
     for member in due:
         batch = orjson.loads(member)
         cid, channel, partition = batch["campaign_id"], batch["channel"], batch["partition"]
-        status = await io.status(cid)
+        status = await stores.status(cid)
         at = datetime.now(timezone.utc).isoformat()
         outcome = {"paused": "held", "cancelled": "cancelled"}.get(status, "queued")
         if outcome == "held":
-            await io.hold(cid, f"deferred:{batch['batch_id']}", member)
+            await stores.hold(cid, f"deferred:{batch['batch_id']}", member)
         elif outcome == "queued":
             await outbox_topics[channel].send(key=batch["batch_id"].encode(), value=member, partition=partition)
         await emit_events(partition, [
             gate_rules.delivery_event(cid, r["user_id"], channel, batch.get("step", "send"), r.get("variant"), outcome,
                                  "cancelled" if outcome == "cancelled" else None, at)
             for r in batch["recipients"]])
-        await io.released([member])
+        await stores.released([member])

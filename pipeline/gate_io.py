@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import time as clock
 
 import asyncpg
@@ -32,6 +32,7 @@ from config import Settings
 from pipeline import gate as gate_rules
 from pipeline.release_windows import ReleaseWindow
 from pipeline.campaign_state import campaign_status, load_campaign
+from pipeline.worker_clients import WorkerClients
 
 DEFERRED_KEY = "gate:deferred"
 RESERVATION_TTL_S = 7 * 86400
@@ -91,41 +92,35 @@ class GateCampaign:
     quiet_hours: tuple[clock, clock] | None
 
 
-@dataclass
 class GateIO:
-    settings: Settings
-    _pool: asyncpg.Pool | None = None
-    _redis: aioredis.Redis | None = None
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _campaigns: dict[int, tuple[float, tuple[clock, clock] | None]] = field(default_factory=dict)
-    _scripts: dict = field(default_factory=dict)
-    _lags: dict[str, tuple[float, float]] = field(default_factory=dict)
-    _window: ReleaseWindow | None = None
-    policy: gate_rules.GatePolicy = field(init=False)
+    """Every store call of the gate, over the worker's shared clients (``pipeline.worker_clients``);
+    a GateIO built without them opens its own, and ``aclose`` closes only those."""
 
-    def __post_init__(self) -> None:
-        self.policy = gate_rules.GatePolicy.from_settings(self.settings)
+    def __init__(self, settings: Settings, clients: WorkerClients | None = None) -> None:
+        self.settings = settings
+        self._owned = clients is None
+        self.clients = clients if clients is not None else WorkerClients(settings)
+        self._campaigns: dict[int, tuple[float, tuple[clock, clock] | None]] = {}
+        self._scripts: dict = {}
+        self._lags: dict[str, tuple[float, float]] = {}
+        self._window: ReleaseWindow | None = None
+        self.policy = gate_rules.GatePolicy.from_settings(settings)
 
     async def postgres(self) -> asyncpg.Pool:
-        async with self._lock:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(self.settings.postgres_dsn, min_size=1, max_size=4)
-        return self._pool
+        return await self.clients.postgres()
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-        if self._redis is not None:
-            await self._redis.aclose()
-        self._pool, self._redis, self._window = None, None, None
+        if self._owned:
+            await self.clients.close()
+        self._scripts, self._window = {}, None
 
     @property
     def redis(self) -> aioredis.Redis:
-        if self._redis is None:
-            self._redis = aioredis.Redis.from_url(self.settings.redis_url)
-            self._scripts = {name: self._redis.register_script(src)
+        redis = self.clients.redis()
+        if not self._scripts:
+            self._scripts = {name: redis.register_script(src)
                              for name, src in (("reserve", _RESERVE), ("hold", _HOLD), ("claim", _CLAIM))}
-        return self._redis
+        return redis
 
     async def campaign(self, campaign_id: int) -> GateCampaign | None:
         """What the gate needs of a campaign: ``pipeline.campaign_state.load_campaign`` (cached there),

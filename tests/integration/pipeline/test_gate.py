@@ -306,7 +306,7 @@ async def test_a_batch_that_fails_after_taking_its_window_place_gives_the_place_
         raise RuntimeError("a bug in the gate")
 
     monkeypatch.setattr(gate, "_release", broken)
-    monkeypatch.setattr(gate, "io", GateIO(settings))
+    monkeypatch.setattr(gate, "stores", GateIO(settings))
     try:
         with pytest.raises(RuntimeError, match="a bug"):
             await gate.gate_batch(p, 0, encode(batch))
@@ -314,4 +314,4 @@ async def test_a_batch_that_fails_after_taking_its_window_place_gives_the_place_
         assert await pipeline_redis.zscore(release_windows.out_key("sms"), place) is None
     finally:
         await pipeline_redis.zrem(release_windows.out_key("sms"), place)
-        await gate.io.aclose()
+        await gate.stores.aclose()
