@@ -27,7 +27,8 @@ from starlette.routing import Route
 from api.auth import ROLES, require_role
 from api.errors import ApiError, FieldProblem
 from api.openapi import operation
-from pipeline.channels.in_app import INBOX_CAP, inbox_key
+from pipeline.channels.in_app import INBOX_CAP
+from schemas.keys import inbox_key
 
 KEEPALIVE_S = 15.0
 _BIGINT_MAX = 2**63 - 1

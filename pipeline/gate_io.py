@@ -33,8 +33,8 @@ from pipeline import gate as gate_rules
 from pipeline.release_windows import ReleaseWindow
 from pipeline.campaign_state import campaign_status, load_campaign
 from pipeline.worker_clients import WorkerClients
+from schemas.keys import DEFERRED, held_key, held_sources_key, lag_key, reservations_key, spend_key
 
-DEFERRED_KEY = "gate:deferred"
 RESERVATION_TTL_S = 7 * 86400
 CLAIM_LEASE_S = 60.0
 CAMPAIGN_CACHE_S = 5.0
@@ -152,7 +152,7 @@ class GateIO:
         now = time.monotonic()
         cached = self._lags.get(channel)
         if cached is None or now - cached[0] >= LAG_CHECK_S:
-            raw = await self.redis.get(f"lag:{channel}")
+            raw = await self.redis.get(lag_key(channel))
             cached = (now, float(raw) if raw else 0.0)
             self._lags[channel] = cached
         return cached[1]
@@ -214,21 +214,21 @@ class GateIO:
             args += [repr(costs.get(ch, 0.0)), wanted[ch]]
         _ = self.redis
         allowed = await self._scripts["reserve"](
-            keys=[f"campaign:{campaign_id}:spend", f"campaign:{campaign_id}:reservations"], args=args)
+            keys=[spend_key(campaign_id), reservations_key(campaign_id)], args=args)
         return {ch: int(n) for ch, n in zip(channels, allowed)}
 
     async def hold(self, campaign_id: int, source: str, raw: bytes) -> None:
         _ = self.redis
         await self._scripts["hold"](
-            keys=[f"campaign:{campaign_id}:held", f"campaign:{campaign_id}:held_sources"], args=[source, raw])
+            keys=[held_key(campaign_id), held_sources_key(campaign_id)], args=[source, raw])
 
     async def defer(self, batches: list[tuple[float, dict]]) -> None:
-        await self.redis.zadd(DEFERRED_KEY, {orjson.dumps(b): t for t, b in batches})
+        await self.redis.zadd(DEFERRED, {orjson.dumps(b): t for t, b in batches})
 
     async def claim_due(self, now: float, limit: int = 100) -> list[bytes]:
         _ = self.redis
-        return await self._scripts["claim"](keys=[DEFERRED_KEY], args=[repr(now), repr(CLAIM_LEASE_S), limit])
+        return await self._scripts["claim"](keys=[DEFERRED], args=[repr(now), repr(CLAIM_LEASE_S), limit])
 
     async def released(self, members: list[bytes]) -> None:
         if members:
-            await self.redis.zrem(DEFERRED_KEY, *members)
+            await self.redis.zrem(DEFERRED, *members)

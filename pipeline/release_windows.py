@@ -27,6 +27,7 @@ import time
 
 import structlog
 from redis.asyncio import Redis
+from schemas.keys import window_out_key, window_senders_key
 
 log = structlog.get_logger()
 
@@ -74,14 +75,6 @@ return 1
 """
 
 
-def out_key(channel: str) -> str:
-    return f"flow:{channel}:out"
-
-
-def senders_key(channel: str) -> str:
-    return f"flow:{channel}:senders"
-
-
 class ReleaseWindow:
     """The gate's side: a place for each batch before it is released (``take``), given back at once
     when the gate released nothing after all (``give_back``)."""
@@ -91,7 +84,7 @@ class ReleaseWindow:
         self._take = redis.register_script(_TAKE)
 
     async def try_take(self, channel: str, batch_id: str) -> bool:
-        got = await self._take(keys=[out_key(channel), senders_key(channel)],
+        got = await self._take(keys=[window_out_key(channel), window_senders_key(channel)],
                                args=[batch_id, LEASE_S, FRESH_S, WINDOW_FACTOR])
         return bool(int(got))
 
@@ -104,7 +97,7 @@ class ReleaseWindow:
         return loop.time() - started
 
     async def give_back(self, channel: str, batch_id: str) -> None:
-        await self.redis.zrem(out_key(channel), batch_id)
+        await self.redis.zrem(window_out_key(channel), batch_id)
 
 
 class SenderSlots:
@@ -136,13 +129,13 @@ class SenderSlots:
         if self._report is None or (self._reported_at is not None and now - self._reported_at < REPORT_EVERY_S):
             return
         self._reported_at = now
-        self._spawn(self._report(keys=[senders_key(self.channel)], args=[self.token, self.slots, FRESH_S]))
+        self._spawn(self._report(keys=[window_senders_key(self.channel)], args=[self.token, self.slots, FRESH_S]))
 
     def finished(self, batch_id: str | bytes | None) -> None:
         if self.redis is not None and batch_id:
-            self._spawn(self.redis.zrem(out_key(self.channel), batch_id))
+            self._spawn(self.redis.zrem(window_out_key(self.channel), batch_id))
 
     def withdraw(self) -> None:
         """This sender stops: its slots no longer count."""
         if self.redis is not None:
-            self._spawn(self.redis.hdel(senders_key(self.channel), self.token))
+            self._spawn(self.redis.hdel(window_senders_key(self.channel), self.token))

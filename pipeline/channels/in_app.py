@@ -19,12 +19,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from pipeline.channels.base import ConcurrentSends, Message, OnResult, SendResult
+from schemas.keys import inbox_key
 
 INBOX_CAP = 200
-
-
-def inbox_key(user_id: int | str) -> str:
-    return f"inbox:{user_id}"
 
 
 def inbox_entry(message: Message) -> bytes:

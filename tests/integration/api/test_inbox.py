@@ -23,8 +23,9 @@ from redis.asyncio import Redis
 from api.app import create_app
 from config import Settings
 from pipeline.channels import Message
-from pipeline.channels.in_app import RedisInbox, inbox_entry, inbox_key
+from pipeline.channels.in_app import RedisInbox, inbox_entry
 from tests.integration.api.helpers import assert_error, bearer
+from schemas.keys import inbox_key
 
 
 def _user_id() -> int:

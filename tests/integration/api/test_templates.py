@@ -13,9 +13,9 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from config import Settings
-from pipeline.channels.in_app import inbox_key
 from tests.integration.api.helpers import assert_error, bearer, unique_name
 from tests.peers import peer_settings
+from schemas.keys import inbox_key
 
 BASE_USER = 10**12 + secrets.randbelow(10**9) * 1000  # this run's own users, far above the demo ids
 

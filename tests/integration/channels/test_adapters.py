@@ -12,8 +12,9 @@ import orjson
 from redis.asyncio import Redis
 
 from pipeline.channels import PERMANENT, SENT, TRANSIENT, Message, open_channel
-from pipeline.channels.in_app import INBOX_CAP, inbox_key
+from pipeline.channels.in_app import INBOX_CAP
 from pipeline.channels.webhook import WebhookChannel
+from schemas.keys import inbox_key
 
 EMAIL = {"subject": "Summer sale, Zoé", "text": "Hello Zoé", "html": "<p>Hello <b>Zoé</b></p>"}
 

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from schemas import keys
 from schemas.topics import DELIVERY_EVENTS, MESSAGE_REQUESTS, OUTBOX, PREFERENCE_UPDATES
 from pipeline.partitioning import user_partition
 from schemas.messages import DeliveryEvent, DeliveryEventBatch, MessageBatch, Recipient, encode, message_id
@@ -291,7 +292,6 @@ async def test_a_batch_that_fails_after_taking_its_window_place_gives_the_place_
     then fails (and is dead-lettered) must not keep it until its lease ends, or a run of such batches
     would close the channel's window for everybody. Real Redis and PostgreSQL; the failure is a bug's."""
     import agents.gate as gate
-    from pipeline import release_windows
     from pipeline.gate import outbox_batch_id
     from pipeline.gate_io import GateIO
 
@@ -302,7 +302,7 @@ async def test_a_batch_that_fails_after_taking_its_window_place_gives_the_place_
     taken = []
 
     async def broken(*args, **kwargs):
-        taken.append(await pipeline_redis.zscore(release_windows.out_key("sms"), place))
+        taken.append(await pipeline_redis.zscore(keys.window_out_key("sms"), place))
         raise RuntimeError("a bug in the gate")
 
     monkeypatch.setattr(gate, "_release", broken)
@@ -311,7 +311,7 @@ async def test_a_batch_that_fails_after_taking_its_window_place_gives_the_place_
         with pytest.raises(RuntimeError, match="a bug"):
             await gate.gate_batch(p, 0, encode(batch))
         assert taken and taken[0] is not None  # the place was taken before the failure
-        assert await pipeline_redis.zscore(release_windows.out_key("sms"), place) is None
+        assert await pipeline_redis.zscore(keys.window_out_key("sms"), place) is None
     finally:
-        await pipeline_redis.zrem(release_windows.out_key("sms"), place)
+        await pipeline_redis.zrem(keys.window_out_key("sms"), place)
         await gate.stores.aclose()

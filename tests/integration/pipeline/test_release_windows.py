@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from pipeline import release_windows
+from schemas import keys
 from pipeline.release_windows import ReleaseWindow, SenderSlots
 
 
@@ -23,7 +24,7 @@ async def _settled(slots: SenderSlots) -> None:
 async def test_a_channel_nobody_reports_for_is_open(pipeline_redis, channel):
     window = ReleaseWindow(pipeline_redis)
     assert all([await window.try_take(channel, f"b{i}") for i in range(50)])
-    await pipeline_redis.delete(release_windows.out_key(channel))
+    await pipeline_redis.delete(keys.window_out_key(channel))
 
 
 async def test_the_window_holds_one_and_a_half_places_per_sender_slot(pipeline_redis, channel):
@@ -44,13 +45,13 @@ async def test_the_window_holds_one_and_a_half_places_per_sender_slot(pipeline_r
         await window.give_back(channel, "b6")  # the gate released nothing after all
         assert await window.try_take(channel, "b7")
     finally:
-        await pipeline_redis.delete(release_windows.out_key(channel), release_windows.senders_key(channel))
+        await pipeline_redis.delete(keys.window_out_key(channel), keys.window_senders_key(channel))
 
 
 async def test_a_gone_sender_and_a_lost_place_do_not_close_the_window_for_good(pipeline_redis, channel, monkeypatch):
-    monkeypatch.setattr(flow, "FRESH_S", 0.5)
-    monkeypatch.setattr(flow, "LEASE_S", 0.6)
-    monkeypatch.setattr(flow, "REPORT_EVERY_S", 0.0)
+    monkeypatch.setattr(release_windows, "FRESH_S", 0.5)
+    monkeypatch.setattr(release_windows, "LEASE_S", 0.6)
+    monkeypatch.setattr(release_windows, "REPORT_EVERY_S", 0.0)
     window = ReleaseWindow(pipeline_redis)
     slots = SenderSlots(pipeline_redis, channel, 1, "only")
     slots.report()
@@ -69,9 +70,9 @@ async def test_a_gone_sender_and_a_lost_place_do_not_close_the_window_for_good(p
         assert all([await window.try_take(channel, f"c{i}") for i in range(10)])
         slots.withdraw()
         await _settled(slots)
-        assert not await pipeline_redis.hexists(release_windows.senders_key(channel), "only")
+        assert not await pipeline_redis.hexists(keys.window_senders_key(channel), "only")
     finally:
-        await pipeline_redis.delete(release_windows.out_key(channel), release_windows.senders_key(channel))
+        await pipeline_redis.delete(keys.window_out_key(channel), keys.window_senders_key(channel))
 
 
 async def test_take_waits_for_a_place(pipeline_redis, channel):
@@ -89,7 +90,7 @@ async def test_take_waits_for_a_place(pipeline_redis, channel):
         waited = await asyncio.wait_for(waiting, 2.0)
         assert 0.25 < waited < 1.5
     finally:
-        await pipeline_redis.delete(release_windows.out_key(channel), release_windows.senders_key(channel))
+        await pipeline_redis.delete(keys.window_out_key(channel), keys.window_senders_key(channel))
 
 
 async def test_a_sender_tells_its_slots_at_most_once_a_second(pipeline_redis, channel):
@@ -97,11 +98,11 @@ async def test_a_sender_tells_its_slots_at_most_once_a_second(pipeline_redis, ch
     try:
         slots.report()
         await _settled(slots)
-        first = await pipeline_redis.hget(release_windows.senders_key(channel), "s")
+        first = await pipeline_redis.hget(keys.window_senders_key(channel), "s")
         await asyncio.sleep(0.05)
         slots.report()  # the next lag tick: nothing written
         await _settled(slots)
-        assert await pipeline_redis.hget(release_windows.senders_key(channel), "s") == first
+        assert await pipeline_redis.hget(keys.window_senders_key(channel), "s") == first
         assert first.startswith(b"3:")
     finally:
-        await pipeline_redis.delete(release_windows.senders_key(channel))
+        await pipeline_redis.delete(keys.window_senders_key(channel))
