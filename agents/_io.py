@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from pipeline.app import dead_letters_topic, delivery_events_topic
-from pipeline.codecs import encode
+from schemas.encoding import encode
 from schemas.records import DeadLetter
 
 

@@ -33,17 +33,17 @@ from cassandra.query import BatchStatement, BatchType
 
 from agents._io import send_dead_letters
 from pipeline import metrics
-from pipeline.app import app, settings
+from pipeline.app import app, clients, settings
 from schemas.topics import DELIVERY_EVENTS
 from pipeline.batch_consumer import run_forever
 from pipeline.codecs import RawRecord, decode_batch
-from pipeline.worker_clients import Resources
+from pipeline.worker_clients import WorkerClients
 from pipeline.sinks import until_stored
 from pipeline.stores.cassandra import run_async
 from schemas.messages import DeliveryEvent, DeliveryEventBatch
 
 log = structlog.get_logger()
-resources = Resources(settings)
+resources = clients
 _redis: aioredis.Redis | None = None
 
 # ARGV: ttl, G, G × (main key, channel key, variant key, reason field, campaign id),
@@ -154,7 +154,7 @@ class Folder:
 class Completion:
     """Marks campaigns completed: PostgreSQL first (the source of truth, only from active), then Redis."""
 
-    def __init__(self, redis: aioredis.Redis, resources: Resources) -> None:
+    def __init__(self, redis: aioredis.Redis, resources: WorkerClients) -> None:
         self.redis = redis
         self.resources = resources
 

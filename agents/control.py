@@ -35,16 +35,16 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from agents._io import send_dead_letters
-from pipeline.app import app, settings
+from pipeline.app import app, clients, settings
 from schemas.topics import CAMPAIGN_CONTROL, DELIVERY_EVENTS
 from pipeline.batch_consumer import run_forever
 from pipeline.codecs import RawRecord, decode_batch
-from pipeline.worker_clients import Resources, StartedOnce
+from pipeline.worker_clients import StartedOnce
 from pipeline.campaign_state import (
     STATUS_CACHE_S, cancelled_events, held_destination, held_key, load_campaign, set_campaign_status,
 )
 from schemas.campaigns import CampaignControl
-from schemas.messages import encode
+from schemas.encoding import encode
 
 log = structlog.get_logger("herald.control")
 
@@ -55,7 +55,7 @@ STATUS_OF = {"pause": "paused", "resume": "active", "cancel": "cancelled", "comp
 
 class Controller:
     def __init__(self) -> None:
-        self.resources = Resources(settings)
+        self.resources = clients
         self.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0)
         self.producer: AIOKafkaProducer | None = None
 
@@ -69,7 +69,6 @@ class Controller:
         if self.producer is not None:
             await self.producer.stop()
         await self.redis.aclose()
-        await self.resources.close()
 
     async def apply(self, control: CampaignControl) -> int:
         """Apply one control record; returns how many held batches it moved or dropped."""

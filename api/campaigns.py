@@ -43,12 +43,8 @@ from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
 from pipeline import campaigns as campaign_rules
 from pipeline import templates  # unresolved_variables and template_syntax_problems (campaign_rules.TemplateChecks)
-from schemas.campaigns import (
-    CampaignControl,
-    CampaignLaunch,
-    campaign_key,
-    encode,
-)
+from schemas.campaigns import CampaignControl, CampaignLaunch, campaign_key
+from schemas.encoding import encode
 from schemas.topics import CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES
 
 AUTHORS = ("admin", "marketer")

@@ -29,9 +29,9 @@ from api.errors import ApiError, FieldProblem
 from api.openapi import operation
 from pipeline.channels.in_app import INBOX_CAP
 from schemas.keys import inbox_key
+from schemas.encoding import BIGINT_MAX
 
 KEEPALIVE_S = 15.0
-_BIGINT_MAX = 2**63 - 1
 
 
 class InboxMessage(BaseModel):
@@ -52,9 +52,9 @@ class Inbox(BaseModel):
 
 def _user_id(request: Request) -> int:
     user_id = request.path_params["user_id"]
-    if not 0 < user_id <= _BIGINT_MAX:
+    if not 0 < user_id <= BIGINT_MAX:
         raise ApiError(422, "validation_error", "the user id is out of range",
-                       fields=[FieldProblem(field="user_id", reason=f"between 1 and {_BIGINT_MAX}")])
+                       fields=[FieldProblem(field="user_id", reason=f"between 1 and {BIGINT_MAX}")])
     return user_id
 
 

@@ -26,10 +26,10 @@ from api.auth import ROLES, Caller, Role, digest_matches, generate_key, key_dige
 from api.errors import ApiError, parse_body
 from api.openapi import operation
 from config import Settings, get_settings
+from schemas.encoding import BIGINT_MAX
 
 BOOTSTRAP_KEY_NAME = "bootstrap admin"
 _COLUMNS = "key_id, name, role, prefix, created_by, created_at, last_used_at, revoked_at"
-_BIGINT_MAX = 2**63 - 1
 
 
 class NewApiKey(BaseModel):
@@ -117,7 +117,7 @@ async def list_api_keys(request: Request) -> Response:
 async def revoke_api_key(request: Request) -> Response:
     """Ends a key's access (within the key cache window in other API processes); revoking twice is harmless."""
     key_id = request.path_params["key_id"]
-    if key_id > _BIGINT_MAX:
+    if key_id > BIGINT_MAX:
         raise ApiError(404, "not_found", f"no API key {key_id}")
     async with request.app.state.postgres.acquire() as conn, conn.transaction():
         before = await conn.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = $1 FOR UPDATE", key_id)

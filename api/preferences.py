@@ -55,8 +55,8 @@ from schemas.preferences import (
     switched_off,
 )
 from schemas.topics import PREFERENCE_UPDATES
+from schemas.encoding import BIGINT_MAX
 
-_BIGINT_MAX = 2**63 - 1
 _PUBLISH_TIMEOUT_S = 10.0
 _LOCK_SPACE = 0x70726566  # "pref": the two-int advisory lock space, apart from the one-bigint locks
 _COLUMNS = (
@@ -168,7 +168,7 @@ async def change_preferences(
     ``check_user`` sees the ``users`` row (email) before anything changes and
     may raise. Raises ``UserNotFound`` for an unknown user.
     """
-    if user_id > _BIGINT_MAX:
+    if user_id > BIGINT_MAX:
         raise UserNotFound
     async with request.app.state.postgres.acquire() as conn, conn.transaction():
         # One change per user at a time, even before the user has a row to lock: the
@@ -231,7 +231,7 @@ async def get_preferences(request: Request) -> Response:
     source "default". Caps count messages per channel over a rolling 7 days.
     """
     user_id = request.path_params["user_id"]
-    if user_id > _BIGINT_MAX:
+    if user_id > BIGINT_MAX:
         raise _not_found(user_id)
     row = await request.app.state.postgres.fetchrow(
         f"SELECT u.user_id AS known, p.user_id AS stored, {', '.join('p.' + c.strip() for c in _COLUMNS.split(','))}"

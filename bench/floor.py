@@ -106,10 +106,10 @@ def per_message(m: Meter, n: int) -> dict[str, float]:
 
 async def cassandra(n: int) -> dict[str, float]:
     from agents.aggregate import MessageLog
-    from pipeline.worker_clients import Resources
+    from pipeline.worker_clients import WorkerClients
 
     settings = get_settings()
-    resources = Resources(settings)
+    resources = WorkerClients(settings)
     log = MessageLog(await resources.cassandra(), settings.cassandra_keyspace)
     sent = events(n, "sent", random.randrange(10**12, 10**13))
     await log.write(sent[:2000])  # warm: prepared statement, connections

@@ -10,7 +10,6 @@ import base64
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import orjson
 from pydantic import BaseModel, ValidationError
 
 from schemas.records import DeadLetter
@@ -76,6 +75,3 @@ def decode_batch(raws: list[RawRecord], model: type[M], stage: str) -> Decoded[M
             sources.append(raw)
     return Decoded(records, sources, dead)
 
-
-def encode(record: BaseModel) -> bytes:
-    return orjson.dumps(record.model_dump(mode="json"))

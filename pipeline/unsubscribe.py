@@ -32,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 from config import Settings
 from pipeline.signing import purpose_key
 from schemas.preferences import CHANNELS
+from schemas.encoding import is_bigint_id
 
 VERSION = 1
 PURPOSE = "unsubscribe"
@@ -83,7 +84,7 @@ def make_unsubscribe_token(
     """A token for ``user_id`` to leave ``channel``, as sent in campaign ``campaign_id`` (None: no campaign)."""
     if channel not in _CHANNEL_CODES:
         raise ValueError(f"unknown channel {channel!r}; expected one of {', '.join(CHANNELS)}")
-    if not 0 < user_id < 2**63:
+    if not is_bigint_id(user_id):
         raise ValueError(f"user_id {user_id} is outside 1..2**63-1")
     if campaign_id is not None and not 0 < campaign_id < 2**63:
         raise ValueError(f"campaign_id {campaign_id} is outside 1..2**63-1")

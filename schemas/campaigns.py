@@ -22,7 +22,6 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -89,7 +88,4 @@ class CampaignControl(BaseModel):
 def campaign_key(campaign_id: int) -> bytes:
     return str(campaign_id).encode("ascii")
 
-
-def encode(record: BaseModel) -> bytes:
-    return orjson.dumps(record.model_dump(mode="json"))
 

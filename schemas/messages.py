@@ -20,7 +20,6 @@ import uuid
 from datetime import datetime, timezone
 from typing import Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 MESSAGE_NAMESPACE = uuid.UUID("2b0c6c1e-5d1a-4b8e-8f7e-3c9a1d5e7f20")
@@ -95,6 +94,3 @@ class DeliveryEvent(BaseModel):
 class DeliveryEventBatch(BaseModel):
     events: list[DeliveryEvent]
 
-
-def encode(record: BaseModel) -> bytes:
-    return orjson.dumps(record.model_dump(mode="json"))

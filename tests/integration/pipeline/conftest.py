@@ -33,7 +33,8 @@ from aiokafka.structs import RecordMetadata
 
 from config import Settings
 from schemas.topics import MESSAGE_REQUESTS
-from schemas.campaigns import CampaignLaunch, LaunchVariant, campaign_key, encode
+from schemas.campaigns import CampaignLaunch, LaunchVariant, campaign_key
+from schemas.encoding import encode
 from schemas.topics import CAMPAIGN_LAUNCHES
 from tests.integration.kafka_io import end_offsets
 

@@ -17,7 +17,8 @@ from agents.aggregate import Completion, Folder
 from pipeline import metrics
 from pipeline.worker_clients import Resources
 from pipeline.stores.cassandra import connect, run_async
-from schemas.messages import DeliveryEvent, DeliveryEventBatch, encode, message_id
+from schemas.messages import DeliveryEvent, DeliveryEventBatch, message_id
+from schemas.encoding import encode
 from tests.integration.kafka_io import eventually, produce
 
 

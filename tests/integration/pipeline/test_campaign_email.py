@@ -344,7 +344,8 @@ async def _replay_launch(settings: Settings, campaign_id: int, launch_id: str) -
     finally:
         await conn.close()
     from api.campaigns import launch_record
-    from schemas.campaigns import campaign_key, encode
+    from schemas.campaigns import campaign_key
+from schemas.encoding import encode
 
     record = launch_record(row, row["launch_id"], row["audience_size"], row["launched_at"])
     assert str(record.launch_id) == launch_id

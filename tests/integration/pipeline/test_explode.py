@@ -20,7 +20,8 @@ from schemas.topics import DELIVERY_EVENTS, MESSAGE_REQUESTS, OUTBOX
 from pipeline.explode import assign_variants
 from pipeline.partitioning import user_partitions
 from pipeline.campaign_state import held_key, status_key
-from schemas.campaigns import CampaignControl, campaign_key, encode
+from schemas.campaigns import CampaignControl, campaign_key
+from schemas.encoding import encode
 from schemas.topics import CAMPAIGN_CONTROL
 from tests.conftest import REPO
 from tests.integration.kafka_io import end_offsets, eventually, produce

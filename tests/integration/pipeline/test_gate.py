@@ -21,7 +21,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from schemas import keys
 from schemas.topics import DELIVERY_EVENTS, MESSAGE_REQUESTS, OUTBOX, PREFERENCE_UPDATES
 from pipeline.partitioning import user_partition
-from schemas.messages import DeliveryEvent, DeliveryEventBatch, MessageBatch, Recipient, encode, message_id
+from schemas.messages import DeliveryEvent, DeliveryEventBatch, MessageBatch, Recipient, message_id
+from schemas.encoding import encode
 from schemas.preferences import Preferences, preference_key
 from tests.integration.kafka_io import end_offsets
 from tests.integration.pipeline.conftest import read_campaign_records

@@ -9,12 +9,8 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from schemas.campaigns import (
-    CampaignControl,
-    CampaignLaunch,
-    campaign_key,
-    encode,
-)
+from schemas.campaigns import CampaignControl, CampaignLaunch, campaign_key
+from schemas.encoding import encode
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=timezone.utc)
 
