@@ -13,7 +13,7 @@ Redis keys:
     campaign:{id}:held_sources   r/w    set of records already pushed (a replay pushes once)
     gate:deferred                r/w    zset: encoded outbox batch → release time (epoch s)
     lag:{channel}                read   seconds a batch released now would wait for the channel's
-                                        senders (pipeline/sending.py's QueueLag; 1 s TTL)
+                                        senders (pipeline/send/pacing.py's QueueLag; 1 s TTL)
     flow:{channel}:out|senders   r/w    the channel's release window (pipeline/release_windows.py)
 """
 

@@ -1,6 +1,6 @@
 """Release windows: how many outbox batches of a channel may be released and not yet finished.
 
-The gate's pacing on ``lag:{channel}`` (pipeline/sending.py's QueueLag) reads an estimate
+The gate's pacing on ``lag:{channel}`` (pipeline/send/pacing.py's QueueLag) reads an estimate
 that arrives a few hundred milliseconds after the batches it should have counted, so a
 burst released meanwhile overshoots and waits in the outbox. A window bounds that burst
 outright: the gate takes a place for each batch before it releases it, the sender gives

@@ -1,4 +1,4 @@
-"""Templates: the public face of ``pipeline.content`` (the interface CONTRACTS.md fixes).
+"""Templates: the public face of ``pipeline.content``, the one module the API and the senders import.
 
     compiled = CompiledTemplate(TemplateContent.from_record(await get_template(conn, 42)))
     rendered = compiled.render(message_variables(profile, campaign_variables), language="fr", variant="B")

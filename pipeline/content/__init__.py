@@ -1,6 +1,6 @@
 """Message content: templates as data, sandboxed rendering, variable analysis, channel limits.
 
-``pipeline.templates`` is the public face of this package (see CONTRACTS.md); the
+``pipeline.templates`` is the public face of this package (what the API and senders import); the
 modules are split by concern:
 
     model      channels and their parts, language and variant resolution, rendering

@@ -71,7 +71,7 @@ async def test_kafka_reports_its_version_and_has_the_topics(settings):
 
 
 async def test_a_topic_whose_configuration_drifted_is_brought_back_to_its_spec(settings):
-    """schemas/migrate.py: a topic made before its spec changed (e.g. a changelog made compact-only,
+    """scripts/migrate.py: a topic made before its spec changed (e.g. a changelog made compact-only,
     before its deletion after the longest window) gets the spec's configuration on the next migrate."""
     from aiokafka.admin import NewTopic
 
