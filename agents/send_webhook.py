@@ -5,18 +5,22 @@ Output, per batch: ONE ``DeliveryEventBatch`` (sent / bounced / failed, or held 
 cancelled) to ``delivery-events`` on the batch's partition; one dead letter per
 message that could not be sent (narrowed batch + reason).
 Side effects: sends through a POST of the rendered JSON payload to the campaign's content.webhook.url.
-Redis: the channel's token bucket, the idempotency ledger, ``campaign:{id}:held``.
+Redis: the channel's token bucket and queue lag, the batch claims and idempotency ledger,
+``campaign:{id}:held``.
 
-The loop is pipeline/sending.py's (shared by every channel); this file only wires it.
+The loop is pipeline/send/'s (shared by every channel: consumer.py runs sender.py's ``Sender``);
+this file only wires it to the worker's shared clients and to Faust's producer (agents/_io.py).
+At least once: a batch's offset is committed after its events and dead letters are acknowledged,
+and a replay skips what the idempotency ledger says the provider already accepted.
 """
 
+from agents._io import publish_dead_letters, publish_event_batch
 from pipeline.app import app, clients, settings
+from pipeline.send.consumer import run_sender
 from schemas.topics import OUTBOX
-from pipeline.sending import faust_emitters, run_sender
-
 
 
 @app.task
 async def send_webhook() -> None:
-    events, dead = faust_emitters()
-    await run_sender(settings, "webhook", OUTBOX["webhook"].name, events, dead, await clients.postgres())
+    await run_sender(settings, "webhook", OUTBOX["webhook"].name, publish_event_batch, publish_dead_letters,
+                     await clients.postgres(), clients.redis())

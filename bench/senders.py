@@ -4,7 +4,7 @@
 
 Each provider peer runs in its OWN process (aiosmtpd SMTP; the SendGrid-shaped
 HTTP peer), on uvloop, so the figures are the client's, as in production. What is timed is
-``pipeline.sending.Sender.handle`` over encoded MessageBatch records: status
+``pipeline.send.sender.Sender.handle`` over encoded MessageBatch records: status
 check, idempotency ledger (Redis), per-recipient render (subject, HTML with a
 tracked link and the unsubscribe link, text), unsubscribe token, link rewriting
 and open pixel, MIME bytes (SMTP) or mail/send JSON (batch), the token bucket
@@ -33,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from config import get_settings  # noqa: E402
 from pipeline.channels import make_channel  # noqa: E402
 from pipeline.codecs import RawRecord  # noqa: E402
-from pipeline.sending import SendPlan, Sender, TokenBucket, plan_content, send_chunk  # noqa: E402
+from pipeline.send.decisions import SendPlan, plan_content  # noqa: E402
+from pipeline.send.pacing import TokenBucket  # noqa: E402
+from pipeline.send.sender import Sender, send_chunk  # noqa: E402
 from pipeline.templates import CompiledTemplate  # noqa: E402
 from schemas.messages import MessageBatch, Recipient  # noqa: E402
 

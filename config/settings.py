@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     provider_timeout_s: float = 10.0
     email_provider: str = Field(default="smtp", pattern="^(smtp|batch)$")  # batch: the SendGrid-shaped HTTP API
 
-    # Sending (pipeline/sending.py): per-channel rates shared by every worker (a token
+    # Sending (pipeline/send/): per-channel rates shared by every worker (a token
     # bucket in Redis, messages per second, a second's worth of burst), retries, pools.
     rate_email: float = Field(default=5000.0, gt=0)
     rate_sms: float = Field(default=100.0, gt=0)
@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     gate_cap_window_days: int = Field(default=7, ge=1)
     gate_dedup_window_s: int = Field(default=24 * 3600, ge=1)
     # Pacing: the gate holds a channel's releases while its senders say that a batch released
-    # now would wait longer than this for them (seconds; pipeline/sending.py's QueueLag: the
+    # now would wait longer than this for them (seconds; pipeline/send/pacing.py's QueueLag: the
     # backlog over their finishing rate, the waits at pickup, the oldest batch in flight
     # while every slot is busy); 0 turns it off.
     # The audience then waits in message-requests (durable, replayable) instead of in

@@ -1,4 +1,4 @@
-"""One sender at a time per outbox record (pipeline.sending.BatchClaims), on the real Redis and
+"""One sender at a time per outbox record (pipeline.send.ledger.BatchClaims), on the real Redis and
 PostgreSQL with a Twilio-shaped peer: what two workers do when a rebalance hands both the same batch."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from redis.asyncio import Redis
 
 from pipeline.channels import make_channel
 from pipeline.codecs import RawRecord
-from pipeline.sending import BatchClaims, CampaignPlans, PostgresProfiles, Sender, TokenBucket
+from pipeline.send.ledger import BatchClaims
+from pipeline.send.pacing import TokenBucket
+from pipeline.send.sender import CampaignPlans, PostgresProfiles, Sender
 from schemas.messages import DeliveryEventBatch, MessageBatch, Recipient
 from tests.peers import TwilioPeer, peer_settings
 

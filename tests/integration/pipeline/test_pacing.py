@@ -11,7 +11,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.gate_io import LAG_CHECK_S, GateIO
-from pipeline.sending import QueueLag, consume_concurrently
+from pipeline.send.consumer import consume_concurrently
+from pipeline.send.pacing import QueueLag
 from tests.integration.kafka_io import produce
 
 

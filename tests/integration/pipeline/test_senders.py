@@ -442,7 +442,7 @@ async def test_the_redis_token_bucket_is_shared_and_never_grants_more_than_its_r
     import asyncio
     import secrets
 
-    from pipeline.sending import TokenBucket
+    from pipeline.send.pacing import TokenBucket
 
     channel = f"test-{secrets.token_hex(4)}"
     workers = [TokenBucket(pipeline_redis, channel, rate=200.0) for _ in range(4)]  # four "processes", one bucket

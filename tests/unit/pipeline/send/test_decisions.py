@@ -1,26 +1,14 @@
-"""Pure decisions of the senders: retry policy, backoff bounds, token bucket math, tracked links,
-addresses and outcome events."""
+"""The send stage's decisions (pipeline/send/decisions.py): retry policy, backoff bounds, token bucket
+math, addresses, outcome events and content."""
 
 from __future__ import annotations
-
-import uuid
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.channels import SendResult
-from pipeline.channels.email_batch import MAX_PERSONALIZATIONS, mail_send_body
-from pipeline.channels.base import Message
-from pipeline.channels.tracking import (
-    CLICK_PATH,
-    OPEN_PATH,
-    InvalidTrackingToken,
-    make_token,
-    read_token,
-    rewrite_links,
-)
-from pipeline.sending import (
+from pipeline.send.decisions import (
     RetryPolicy,
     bucket_take,
     combine,
@@ -30,9 +18,6 @@ from pipeline.sending import (
     plan_content,
 )
 from schemas.messages import MessageBatch, Recipient, message_id
-
-KEY = b"k" * 32
-MID = uuid.UUID("12345678-1234-5678-1234-567812345678")
 
 
 # ---------------------------------------------------------------- retry policy
@@ -115,66 +100,6 @@ def test_over_a_long_run_the_bucket_grants_its_rate():
     assert 50 * 10 <= total <= 50 * 10 + 50 + 30  # rate × time, plus the initial burst
 
 
-# ---------------------------------------------------------------- tracked links
-
-
-def test_a_click_token_round_trips_what_it_signs():
-    token = make_token(KEY, MID, 42, 10**12 + 5, "B", "https://shop.example/sale?x=1&y=2")
-    link = read_token(KEY, token)
-    assert (link.message_id, link.campaign_id, link.user_id, link.variant, link.url) == (
-        MID, 42, 10**12 + 5, "B", "https://shop.example/sale?x=1&y=2")
-
-
-def test_an_open_token_has_no_url_and_no_variant_when_none():
-    link = read_token(KEY, make_token(KEY, MID, 1, 2, None))
-    assert (link.url, link.variant) == ("", None)
-
-
-def test_a_token_with_another_url_does_not_verify():
-    token = make_token(KEY, MID, 42, 7, None, "https://shop.example/")
-    other = make_token(KEY, MID, 42, 7, None, "https://evil.example/")
-    # Splice the evil URL into the honest token's signature: the MAC no longer matches.
-    import base64
-
-    def raw(t):
-        return base64.urlsafe_b64decode(t + "=" * (-len(t) % 4))
-
-    forged = base64.urlsafe_b64encode(raw(other)[:-16] + raw(token)[-16:]).rstrip(b"=").decode()
-    with pytest.raises(InvalidTrackingToken):
-        read_token(KEY, forged)
-
-
-def test_a_token_signed_with_another_key_does_not_verify():
-    with pytest.raises(InvalidTrackingToken):
-        read_token(b"x" * 32, make_token(KEY, MID, 1, 2, None, "https://a.example/"))
-
-
-@pytest.mark.parametrize("garbage", ["", "abc", "!!!!", "A" * 80])
-def test_garbage_tokens_are_refused(garbage):
-    with pytest.raises(InvalidTrackingToken):
-        read_token(KEY, garbage)
-
-
-def test_rewriting_wraps_http_links_and_adds_a_pixel_before_the_body_end():
-    html = ('<html><body><p><a class="b" href="https://shop.example/a?x=1&amp;y=2">Shop</a> '
-            "<a href='http://blog.example/'>Blog</a> <a href=\"mailto:help@example.com\">Mail</a> "
-            '<a href="#top">Top</a> <a href="https://h.example/u/TOKEN">Unsubscribe</a></p></body></html>')
-    out = rewrite_links(html, "https://h.example/", KEY, MID, 9, 10, "A", skip_prefixes=("https://h.example/u/",))
-    assert "https://shop.example" not in out and "http://blog.example" not in out
-    assert 'href="mailto:help@example.com"' in out and 'href="#top"' in out
-    assert 'href="https://h.example/u/TOKEN"' in out
-    tokens = [part.split('"')[0].split("'")[0] for part in out.split(f"https://h.example{CLICK_PATH}")[1:]]
-    assert [read_token(KEY, t).url for t in tokens] == ["https://shop.example/a?x=1&y=2", "http://blog.example/"]
-    pixel_at = out.index(f"https://h.example{OPEN_PATH}")
-    assert pixel_at < out.index("</body>")
-    assert read_token(KEY, out[pixel_at:].split(OPEN_PATH)[1].split('"')[0]).user_id == 10
-
-
-def test_rewriting_html_without_a_body_appends_the_pixel():
-    out = rewrite_links("<p>Hello</p>", "http://h", KEY, MID, 1, 2, None)
-    assert out.startswith("<p>Hello</p><img src=\"http://h/t/o/")
-
-
 # ---------------------------------------------------------------- addresses, outcomes, content
 
 
@@ -235,75 +160,3 @@ def test_inline_parts_override_the_template_and_a_webhook_payload_object_becomes
     assert content.translations == {"fr": {"subject": "F"}}
     hook = plan_content("webhook", {"url": "https://x", "payload": {"name": "{{ first_name }}"}}, None)
     assert hook.parts == {"payload": '{"name":"{{ first_name }}"}'}
-
-
-def test_a_batch_request_carries_each_recipient_s_own_content():
-    messages = [Message(channel="email", to=f"u{i}@example.com", message_id=f"m{i}",
-                        parts={"subject": f"S{i}", "html": f"<p>{i}</p>", "text": f"{i}"},
-                        headers={"List-Unsubscribe": f"<https://h/u/{i}>"}) for i in range(3)]
-    import orjson
-
-    body = orjson.loads(mail_send_body("Herald <c@herald.local>", messages))
-    assert body["from"] == {"email": "c@herald.local", "name": "Herald"}
-    assert [p["to"][0]["email"] for p in body["personalizations"]] == ["u0@example.com", "u1@example.com",
-                                                                       "u2@example.com"]
-    assert body["personalizations"][2]["subject"] == "S2"
-    assert body["personalizations"][1]["headers"]["List-Unsubscribe"] == "<https://h/u/1>"
-    html_placeholder = body["content"][1]["value"]
-    assert body["personalizations"][1]["substitutions"][html_placeholder] == "<p>1</p>"
-    assert MAX_PERSONALIZATIONS == 1000
-
-
-def test_offsets_are_committed_behind_the_oldest_batch_still_in_flight():
-    from pipeline.sending import _Offsets
-
-    offsets = _Offsets()
-    for offset in (10, 11, 12):
-        offsets.start("p0", offset)
-    offsets.start("p1", 5)
-    offsets.finish("p0", 11)  # a later batch finishing first does not move the commit past 10
-    offsets.finish("p1", 5)
-    assert offsets.committable() == {"p0": 10, "p1": 6}
-    offsets.committed.update(offsets.committable())
-    offsets.finish("p0", 10)
-    assert offsets.committable() == {"p0": 12}
-    offsets.finish("p0", 12)
-    assert offsets.committable() == {"p0": 13}
-
-
-class _SlowLedger:
-    """Records each write and how many were on their way at once."""
-
-    def __init__(self) -> None:
-        self.writes: list[dict] = []
-        self.busy = 0
-        self.most_busy = 0
-
-    async def acked(self, acks) -> None:
-        import asyncio
-
-        self.busy += 1
-        self.most_busy = max(self.most_busy, self.busy)
-        await asyncio.sleep(0.01)
-        self.writes.append({k: dict(v) for k, v in acks.items()})
-        self.busy -= 1
-
-
-async def test_ack_writer_writes_answers_as_they_come_one_write_at_a_time():
-    import asyncio
-
-    from pipeline.sending import AckWriter
-
-    ledger = _SlowLedger()
-    acks = AckWriter(ledger)
-    acks.add("k", 1, "p1")
-    acks.add("k", 2, None)  # same tick: same write
-    await asyncio.sleep(0.002)  # the first write is on its way
-    acks.add("k", 3, "p3")
-    acks.add("other", 4, "p4")
-    assert ledger.writes == []  # nothing stored yet: flush must wait
-    await acks.flush()
-    assert ledger.writes == [{"k": {1: "p1", 2: "-"}}, {"k": {3: "p3"}, "other": {4: "p4"}}]
-    assert ledger.most_busy == 1
-    await acks.flush()  # nothing pending: returns at once
-    assert len(ledger.writes) == 2
