@@ -1,51 +1,11 @@
-"""The audit trail: who changed what, with the entity before and after.
+"""The audit trail, as the API writes it: ``record(conn, caller, action, entity_type, entity_id, before, after)``.
 
-Every mutation calls ``record`` on the connection of its own transaction, so
-the change and its audit row commit together or not at all.
+One writer for the whole of Herald, ``pipeline.audit.record`` (the stages write through it too);
+every API mutation calls it on the connection of its own transaction.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pipeline.audit import record
 
-import asyncpg
-import orjson
-
-from api.auth import Caller
-
-
-def _jsonb(value: dict[str, Any] | None) -> str | None:
-    # orjson writes datetimes as ISO 8601, which is what a reader of the trail wants.
-    return None if value is None else orjson.dumps(value).decode()
-
-
-async def record(
-    conn: asyncpg.Connection,
-    actor: Caller | str | None,
-    action: str,
-    entity_type: str,
-    entity_id: object,
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-) -> None:
-    """Append one audit row.
-
-    ``actor`` is the API key behind the request, a name for an actor without a key
-    (``"unsubscribe-link"``: the signed token was the authority), or None for
-    Herald itself (the admin key bootstrap, say).
-    """
-    if isinstance(actor, str):
-        key_id, name = None, actor
-    else:
-        key_id, name = (actor.key_id, actor.name) if actor else (None, "herald")
-    await conn.execute(
-        "INSERT INTO audit_log (actor_key_id, actor, action, entity_type, entity_id, before, after)"
-        " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)",
-        key_id,
-        name,
-        action,
-        entity_type,
-        None if entity_id is None else str(entity_id),
-        _jsonb(before),
-        _jsonb(after),
-    )
+__all__ = ["record"]

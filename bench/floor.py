@@ -7,7 +7,7 @@ Redis and PostgreSQL on it too. This measures what no work of ours inside the wo
 remove, each part alone on the running stack (``make up``; stop any worker and bench first):
 
 - **cassandra**: one ``message_log`` row per delivered message (the "sent" row), written as
-  the aggregate writes it (``agents.aggregate.MessageLog``: unlogged batches of up to 100
+  the aggregate writes it (``pipeline.aggregate_io.MessageLog``: unlogged batches of up to 100
   rows per (campaign, day, shard) partition, 64 in flight). Server CPU from ``/proc`` of the
   Cassandra JVM over the writes and the 5 s after them (memtable flushes; later compactions
   are not counted, so this is a lower bound), and the driver's CPU in this process.
@@ -16,7 +16,7 @@ remove, each part alone on the running stack (``make up``; stop any worker and b
   (gate, sender, and the aggregate's and message_log's two groups each reading both events),
   as JSON records of 100 events of ~230 bytes, the way the stages batch them. Broker CPU
   and aiokafka's CPU in this process.
-- **redis**: the aggregate's counter fold (``agents.aggregate.Folder``) of the message's two
+- **redis**: the aggregate's counter fold (``pipeline.aggregate_io.Folder``) of the message's two
   events, in calls of 2,000 events. Redis server CPU.
 - **provider**: one FCM-shaped POST per push or SMS message (38 % of the spec's mix; email
   goes 1,000 to a batch request, in-app to Redis) with the adapters' HTTP client
@@ -105,7 +105,7 @@ def per_message(m: Meter, n: int) -> dict[str, float]:
 
 
 async def cassandra(n: int) -> dict[str, float]:
-    from agents.aggregate import MessageLog
+    from pipeline.aggregate_io import MessageLog
     from pipeline.worker_clients import WorkerClients
 
     settings = get_settings()
@@ -173,8 +173,8 @@ async def kafka(n: int) -> dict[str, float]:
 async def redis(n: int) -> dict[str, float]:
     import redis.asyncio as aioredis
 
-    from agents.aggregate import Folder
-    from pipeline.metrics import OPEN_CAMPAIGNS
+    from pipeline.aggregate_io import Folder
+    from schemas.keys import OPEN_CAMPAIGNS
 
     settings = get_settings()
     client = aioredis.from_url(settings.redis_url)

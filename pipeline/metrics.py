@@ -13,7 +13,7 @@ already counted: a bit mask per ``message_id``.
 A (message, status) pair is counted the first time it is seen and never again.
 The masks live in 65,536 small hashes per campaign (the first two bytes of the
 message id), so each stays in Redis' compact listpack encoding (~25 bytes per
-message) and expires with a TTL. The Lua script in ``agents/aggregate.py``
+message) and expires with a TTL. The Lua script in ``pipeline/aggregate_io.py``
 applies ``outcome`` below, atomically, for a whole batch; this module is the
 same rule in Python, which the unit tests pin and the integration test
 compares the script against.
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Iterable
 
+from schemas.keys import channel_metrics_key, metrics_key, variant_metrics_key
 from schemas.messages import DeliveryEvent
 
 # Bit i of a message's mask is STATUSES[i]. Append only: masks are stored.
@@ -56,39 +57,16 @@ FIRST_ONLY_MASK = sum(BIT[s] for s in FIRST_OUTCOME_ONLY)
 DUPLICATE = "duplicate"
 
 ACCOUNTED = "accounted"  # field of the totals hash: messages with an outcome
-NO_VARIANT = "-"
 SEEN_TTL_S = 14 * 24 * 3600
 SHARDS = 64  # message_log partitions per campaign and day
 
 
-# ---------------------------------------------------------------- keys
+# ---------------------------------------------------------------- keys (built by schemas.keys)
 
 
-def metrics_key(campaign_id: int) -> str:
-    return f"campaign:{campaign_id}:metrics"
-
-
-def channel_key(campaign_id: int, channel: str) -> str:
-    return f"campaign:{campaign_id}:metrics:{channel}"
-
-
-def variant_key(campaign_id: int, channel: str, variant: str | None) -> str:
-    return f"campaign:{campaign_id}:metrics:{channel}:{variant or NO_VARIANT}"
-
-
-def seen_key(campaign_id: int, message_id: uuid.UUID) -> str:
-    return f"campaign:{campaign_id}:seen:{message_id.bytes[:2].hex()}"
-
-
-def expected_key(campaign_id: int) -> str:
-    return f"campaign:{campaign_id}:expected"
-
-
-def status_key(campaign_id: int) -> str:
-    return f"campaign:{campaign_id}:status"
-
-
-OPEN_CAMPAIGNS = "aggregate:open"  # set of campaign ids whose completion is still to be decided
+def seen_shard(message_id: uuid.UUID) -> str:
+    """The ``seen`` bucket a message's mask lives in: the first two bytes of its id (65,536 per campaign)."""
+    return message_id.bytes[:2].hex()
 
 
 def reason_field(reason: str | None) -> str:
@@ -109,8 +87,8 @@ class Group:
 
     @property
     def keys(self) -> tuple[str, str, str]:
-        return (metrics_key(self.campaign_id), channel_key(self.campaign_id, self.channel),
-                variant_key(self.campaign_id, self.channel, self.variant))
+        return (metrics_key(self.campaign_id), channel_metrics_key(self.campaign_id, self.channel),
+                variant_metrics_key(self.campaign_id, self.channel, self.variant))
 
 
 @dataclass(slots=True)
@@ -166,7 +144,7 @@ class Outcome:
 def outcome(old: int, new: int) -> Outcome:
     """What folding the statuses ``new`` into a message already at ``old`` counts.
 
-    The Lua script in agents/aggregate.py implements exactly this.
+    The Lua script in pipeline/aggregate_io.py implements exactly this.
     """
     fresh = new & ~old
     first_outcome = old & OUTCOME_MASK == 0 and fresh & OUTCOME_MASK != 0

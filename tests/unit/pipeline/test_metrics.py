@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline import metrics
+from schemas import keys
 from schemas.messages import DeliveryEvent, DeliveryStatus, message_id
 
 CID = 7
@@ -23,7 +24,7 @@ def ev(user: int, status: str, *, channel: str = "email", variant: str | None = 
 
 
 def totals(increments: metrics.Increments, campaign: int = CID) -> dict[str, float]:
-    return increments.get(metrics.metrics_key(campaign), {})
+    return increments.get(keys.metrics_key(campaign), {})
 
 
 def test_each_status_of_a_message_is_counted_once_across_batches():
@@ -46,9 +47,9 @@ def test_suppressions_are_counted_per_reason_in_totals_and_breakdowns():
     inc = metrics.fold(metrics.collapse(events), {})
     assert totals(inc) == {"suppressed": 3, "suppressed:unsubscribed": 1, "suppressed:frequency_cap": 2,
                            "sent": 1, metrics.ACCOUNTED: 4}
-    assert inc[metrics.variant_key(CID, "email", "B")] == {"suppressed": 1, "suppressed:frequency_cap": 1, "sent": 1,
+    assert inc[keys.variant_metrics_key(CID, "email", "B")] == {"suppressed": 1, "suppressed:frequency_cap": 1, "sent": 1,
                                                      metrics.ACCOUNTED: 2}
-    assert inc[metrics.channel_key(CID, "email")]["suppressed"] == 3
+    assert inc[keys.channel_metrics_key(CID, "email")]["suppressed"] == 3
 
 
 def test_a_message_already_sent_is_not_also_counted_suppressed_when_a_replay_rejudges_it():
@@ -98,8 +99,8 @@ def test_queued_deferred_and_held_do_not_account_a_message():
 
 def test_events_without_a_variant_go_to_the_no_variant_breakdown():
     inc = metrics.fold(metrics.collapse([ev(1, "sent", variant=None, channel="sms")]), {})
-    assert metrics.variant_key(CID, "sms", None) == f"campaign:{CID}:metrics:sms:-"
-    assert inc[metrics.variant_key(CID, "sms", None)]["sent"] == 1
+    assert keys.variant_metrics_key(CID, "sms", None) == f"campaign:{CID}:metrics:sms:-"
+    assert inc[keys.variant_metrics_key(CID, "sms", None)]["sent"] == 1
 
 
 def test_campaigns_in_one_batch_are_counted_apart():
@@ -135,7 +136,7 @@ def test_two_statuses_of_a_message_in_one_millisecond_get_two_log_rows():
 
 def test_seen_buckets_spread_messages_over_small_hashes():
     ids = [message_id(CID, u, "email") for u in range(20_000)]
-    buckets = {metrics.seen_key(CID, i) for i in ids}
+    buckets = {keys.seen_key(CID, metrics.seen_shard(i)) for i in ids}
     assert len(buckets) > 10_000  # ~0.3 messages per bucket here; < 128 per bucket up to ~8M messages
 
 
@@ -160,7 +161,7 @@ def test_replaying_any_prefix_of_the_batches_changes_no_counter(batches):
     once = run(batches)
     assert run(batches + batches[: len(batches) // 2 + 1]) == once
     # every message is accounted at most once, and suppressed + cancelled never exceed the accounted ones
-    t = once.get(metrics.metrics_key(CID), {})
+    t = once.get(keys.metrics_key(CID), {})
     assert t.get(metrics.ACCOUNTED, 0) <= 6
     firsts = t.get("suppressed", 0) - t.get("suppressed:duplicate", 0) + t.get("cancelled", 0)
     assert firsts <= t.get(metrics.ACCOUNTED, 0)

@@ -1,0 +1,89 @@
+"""The aggregate stage's decisions: what a batch folds, which campaigns are done, what gets logged. Pure.
+
+The counting rule itself is ``pipeline.metrics`` (``collapse``, ``outcome``); this module turns
+its deltas into the fold script's arguments (``pipeline/aggregate_io.py`` runs the script), reads
+the completion check's answers, picks the events that get a ``message_log`` row, and cuts them
+into Cassandra batches of one partition each.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from pipeline import metrics
+from schemas.keys import seen_key
+from schemas.messages import DeliveryEvent, DeliveryEventBatch
+
+ROWS_PER_LOG_BATCH = 100  # ~20 KB: above Cassandra's 5 KiB warning, well under its 50 KiB limit (raised in stack.py)
+ENDED = frozenset({"completed", "cancelled"})
+
+
+def fold_args(deltas: Sequence[metrics.MessageDelta], ttl: int = metrics.SEEN_TTL_S) -> list:
+    """The fold script's ARGV for a batch of per-message deltas (the layout is documented with the script)."""
+    groups: dict[metrics.Group, int] = {}
+    for d in deltas:
+        groups.setdefault(d.group, len(groups) + 1)
+    args: list = [ttl, len(groups)]
+    for g in groups:
+        args += [*g.keys, metrics.reason_field(g.reason), g.campaign_id]
+    args.append(len(deltas))
+    for d in deltas:
+        args += [seen_key(d.group.campaign_id, metrics.seen_shard(d.message_id)), d.message_id.bytes, d.mask,
+                 groups[d.group], repr(d.cost), repr(d.revenue)]
+    return args
+
+
+def completion(expected: int | None, accounted: int, status: str | None) -> str | None:
+    """What the completion check does with a campaign: "ended" (forget it: completed or cancelled already),
+    "complete" (every message accounted while running: complete it), or None (not yet: ask again later)."""
+    if status in ENDED:
+        return "ended"
+    if metrics.is_complete(expected, accounted, status):
+        return "complete"
+    return None
+
+
+def forgotten_after_completing(final_status: str | None) -> bool:
+    """Whether a campaign leaves the open set once completing it answered ``final_status`` (PostgreSQL's
+    status afterwards; None: PostgreSQL has no such campaign, a deleted draft's or a bench's)."""
+    return final_status in ENDED or final_status is None
+
+
+def completed_audit(campaign_id: int, version: int, completed_at: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(before, after) of the audit row of a campaign Herald completed."""
+    return ({"campaign_id": campaign_id, "status": "active"},
+            {"campaign_id": campaign_id, "status": "completed", "version": version,
+             "completed_at": completed_at.isoformat()})
+
+
+def batch_events(batches: Iterable[DeliveryEventBatch]) -> list[DeliveryEvent]:
+    return [e for batch in batches for e in batch.events]
+
+
+def logged_events(values: Iterable[bytes | None]) -> list[DeliveryEvent]:
+    """The events of raw ``delivery-events`` values that get a message_log row, validated; the rest
+    (queued, held, deferred: half of all events) are skipped after a plain JSON parse. A value that is
+    not a DeliveryEventBatch is skipped: the aggregate's own consumer dead-letters it."""
+    out: list[DeliveryEvent] = []
+    for value in values:
+        try:
+            events = orjson.loads(value or b"")["events"]
+            out += [DeliveryEvent.model_validate(e) for e in events if metrics.logged(e.get("status"))]
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValidationError):
+            continue
+    return out
+
+
+def log_batches(events: Iterable[DeliveryEvent], size: int = ROWS_PER_LOG_BATCH) -> list[list[tuple]]:
+    """``message_log`` rows cut into unlogged batches: each of one (campaign, day, shard) partition, at
+    most ``size`` rows."""
+    partitions: dict[tuple, list[tuple]] = defaultdict(list)
+    for event in events:
+        partitions[metrics.log_partition(event)].append(metrics.log_row(event))
+    return [rows[i:i + size] for rows in partitions.values() for i in range(0, len(rows), size)]

@@ -1,0 +1,248 @@
+"""The aggregate stage's store calls: the Redis fold, campaign completion, the Cassandra ``message_log``.
+
+Redis keys (``schemas.keys``):
+    campaign:{id}:seen:{bucket}        r/w   message id → mask of the statuses counted (``pipeline.metrics``)
+    campaign:{id}:metrics[:ch[:var]]   incr  live counters
+    campaign:{id}:expected | :status   read  what completes a campaign; status set to completed
+    aggregate:open                     r/w   campaigns whose completion is still to be decided
+
+PostgreSQL: ``campaigns.status`` becomes completed (from active only), with its audit row
+(``pipeline.audit``). Cassandra: ``message_log`` rows, one unlogged batch per partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+import redis.asyncio as aioredis
+import structlog
+from cassandra.query import BatchStatement, BatchType
+
+from pipeline import aggregate as decide
+from pipeline import audit, metrics
+from pipeline.sinks import until_stored
+from pipeline.stores.cassandra import run_async
+from pipeline.worker_clients import WorkerClients
+from schemas.keys import OPEN_CAMPAIGNS, expected_key, metrics_key, status_key
+from schemas.messages import DeliveryEvent
+
+log = structlog.get_logger()
+
+# ARGV: ttl, G, G × (main key, channel key, variant key, reason field, campaign id),
+#       M, M × (seen key, message id bytes, mask, group index, cost, revenue).
+# The rule is pipeline.metrics.outcome; keep the two in step. ARGV is built by pipeline.aggregate.fold_args.
+FOLD_LUA = """
+local band, bor, bnot, lshift = bit.band, bit.bor, bit.bnot, bit.lshift
+local OUTCOME, FIRSTONLY, NS = %(outcome)d, %(first_only)d, %(n_statuses)d
+local SENT, SUPPRESSED, CONVERTED, DUPLICATE = %(sent)d, %(suppressed)d, %(converted)d, %(duplicate)d
+local ttl = tonumber(ARGV[1])
+local ng = tonumber(ARGV[2])
+local i = 3
+local groups = {}
+for g = 1, ng do
+  groups[g] = {keys = {ARGV[i], ARGV[i + 1], ARGV[i + 2]}, reason = ARGV[i + 3], campaign = ARGV[i + 4],
+               counts = {}, spend = 0, revenue = 0, accounted = 0}
+  i = i + 5
+end
+local nm = tonumber(ARGV[i])
+i = i + 1
+local touched = {}
+for _ = 1, nm do
+  local key, field, new, g = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), groups[tonumber(ARGV[i + 3])]
+  local cost, rev = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+  i = i + 6
+  local v = redis.call('HGET', key, field)
+  local old = v and tonumber(v) or 0
+  local fresh = band(new, bnot(old))
+  if fresh ~= 0 then
+    redis.call('HSET', key, field, bor(old, new))
+    touched[key] = true
+    if band(old, OUTCOME) == 0 and band(fresh, OUTCOME) ~= 0 then g.accounted = g.accounted + 1 end
+    local taken = band(old, OUTCOME) ~= 0 or band(band(bor(old, new), OUTCOME), bnot(FIRSTONLY)) ~= 0
+    for s = 0, NS - 1 do
+      local b = lshift(1, s)
+      if band(fresh, b) ~= 0 then
+        local count = true
+        if band(FIRSTONLY, b) ~= 0 then
+          if taken then count = false else taken = true end
+        end
+        if count then
+          g.counts[s] = (g.counts[s] or 0) + 1
+          if b == SENT then g.spend = g.spend + cost end
+          if b == CONVERTED then g.revenue = g.revenue + rev end
+        end
+      end
+    end
+  end
+end
+local names = {%(names)s}
+for _, g in ipairs(groups) do
+  for _, k in ipairs(g.keys) do
+    for s, c in pairs(g.counts) do
+      local b = lshift(1, s)
+      if b == DUPLICATE then
+        redis.call('HINCRBY', k, 'suppressed', c)
+        redis.call('HINCRBY', k, 'suppressed:duplicate', c)
+      else
+        redis.call('HINCRBY', k, names[s + 1], c)
+        if b == SUPPRESSED then redis.call('HINCRBY', k, g.reason, c) end
+      end
+    end
+    if g.spend ~= 0 then redis.call('HINCRBYFLOAT', k, 'budget_spent', string.format('%%.17g', g.spend)) end
+    if g.revenue ~= 0 then redis.call('HINCRBYFLOAT', k, 'revenue', string.format('%%.17g', g.revenue)) end
+    if g.accounted ~= 0 then redis.call('HINCRBY', k, '%(accounted)s', g.accounted) end
+  end
+  redis.call('SADD', '%(open)s', g.campaign)
+end
+for key in pairs(touched) do redis.call('EXPIRE', key, ttl) end
+return nm
+""" % {
+    "outcome": metrics.OUTCOME_MASK, "first_only": metrics.FIRST_ONLY_MASK, "n_statuses": len(metrics.STATUSES),
+    "sent": metrics.BIT["sent"], "suppressed": metrics.BIT["suppressed"], "converted": metrics.BIT["converted"],
+    "duplicate": metrics.BIT[metrics.DUPLICATE],
+    "names": ", ".join(f"'{s}'" for s in metrics.STATUSES), "accounted": metrics.ACCOUNTED, "open": OPEN_CAMPAIGNS,
+}
+
+
+class Folder:
+    """Applies ``pipeline.metrics`` to Redis: one script call per batch of events."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self.script = redis.register_script(FOLD_LUA)
+
+    async def fold(self, events: Iterable[DeliveryEvent]) -> set[int]:
+        """Fold the events; returns the campaigns they touched."""
+        deltas = metrics.collapse(events)
+        if deltas:
+            await until_stored(lambda: self.script(args=decide.fold_args(deltas)), "aggregate.fold")
+        return {d.group.campaign_id for d in deltas}
+
+
+# Only an active (or unknown) Redis status becomes completed: a cancel that raced us wins.
+_COMPLETE = ("local s = redis.call('GET', KEYS[1]) if s == false or s == 'active' then"
+             " redis.call('SET', KEYS[1], 'completed') end return 1")
+
+
+class Completion:
+    """Marks campaigns completed: PostgreSQL first (the source of truth, only from active), then Redis."""
+
+    def __init__(self, redis: aioredis.Redis, clients: WorkerClients) -> None:
+        self.redis = redis
+        self.clients = clients
+
+    async def check(self, campaign_ids: set[int] | list[int]) -> list[int]:
+        """Complete those of ``campaign_ids`` that are due; forget the ones that ended. Returns the completed."""
+        ids = sorted(campaign_ids)
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in ids:
+                pipe.get(expected_key(cid))
+                pipe.hget(metrics_key(cid), metrics.ACCOUNTED)
+                pipe.get(status_key(cid))
+            answers = await pipe.execute()
+        done, ended = [], []
+        for n, cid in enumerate(ids):
+            expected, accounted, status = answers[3 * n: 3 * n + 3]
+            verdict = decide.completion(int(expected) if expected else None, int(accounted or 0),
+                                        status.decode() if status else None)
+            if verdict == "ended":
+                ended.append(cid)
+            elif verdict == "complete":
+                final = await self._complete(cid)
+                if decide.forgotten_after_completing(final):
+                    ended.append(cid)
+                if final == "completed":
+                    done.append(cid)
+        if ended:
+            await self.redis.srem(OPEN_CAMPAIGNS, *ended)
+        return done
+
+    async def _complete(self, campaign_id: int) -> str | None:
+        """Complete the campaign in PostgreSQL if it is active; returns its status there afterwards
+        (None if PostgreSQL has no such campaign: a draft's are deleted, and so are benches')."""
+        pool = await self.clients.postgres()
+        now = datetime.now(timezone.utc)
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE campaigns SET status = 'completed', completed_at = $2, updated_at = $2,"
+                " version = version + 1 WHERE campaign_id = $1 AND status = 'active'"
+                " RETURNING status, version, completed_at", campaign_id, now)
+            if row is None:
+                status = await conn.fetchval("SELECT status FROM campaigns WHERE campaign_id = $1", campaign_id)
+            else:
+                status = "completed"
+                before, after = decide.completed_audit(campaign_id, row["version"], row["completed_at"])
+                await audit.record(conn, None, "campaign.completed", "campaign", campaign_id, before, after)
+        if status == "completed":
+            await self.redis.eval(_COMPLETE, 1, status_key(campaign_id))
+            if row is not None:
+                log.info("campaign completed", campaign_id=campaign_id)
+        return status
+
+    async def sweep(self) -> list[int]:
+        members = await self.redis.smembers(OPEN_CAMPAIGNS)
+        return await self.check({int(x) for x in members})
+
+
+class MessageLog:
+    """Writes ``message_log``: one unlogged batch per (campaign, day, shard) partition, many in flight."""
+
+    _INSERT = (
+        "INSERT INTO {ks}.message_log (campaign_id, day, shard, sent_at, message_id, user_id, channel, variant,"
+        " status, delivered_at, error_message, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    ROWS_PER_BATCH = decide.ROWS_PER_LOG_BATCH
+
+    def __init__(self, session, keyspace: str, in_flight: int = 64) -> None:
+        self.session = session
+        self.insert = session.prepare(self._INSERT.format(ks=keyspace))
+        self.in_flight = asyncio.Semaphore(in_flight)
+
+    async def write(self, events: list[DeliveryEvent]) -> int:
+        async def one(rows: list[tuple]) -> None:
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for row in rows:
+                batch.add(self.insert, row)
+            async with self.in_flight:
+                await run_async(self.session, batch)
+
+        await asyncio.gather(*(one(rows) for rows in decide.log_batches(events, self.ROWS_PER_BATCH)))
+        return len(events)
+
+
+class AggregateIO:
+    """The aggregate's stores over the worker's shared clients, each part built on first use."""
+
+    def __init__(self, clients: WorkerClients, keyspace: str) -> None:
+        self.clients = clients
+        self.keyspace = keyspace
+        self._folder: Folder | None = None
+        self._completion: Completion | None = None
+        self._log: MessageLog | None = None
+
+    @property
+    def folder(self) -> Folder:
+        if self._folder is None:
+            self._folder = Folder(self.clients.redis())
+        return self._folder
+
+    @property
+    def completion(self) -> Completion:
+        if self._completion is None:
+            self._completion = Completion(self.clients.redis(), self.clients)
+        return self._completion
+
+    async def message_log(self) -> MessageLog:
+        if self._log is None:
+            self._log = MessageLog(await self.clients.cassandra(), self.keyspace)
+        return self._log
+
+    async def write_log(self, events: list[DeliveryEvent]) -> None:
+        """Write the events' message_log rows, waiting out a Cassandra that is down (``until_stored``)."""
+        if events:
+            message_log = await self.message_log()
+            await until_stored(lambda: message_log.write(events), "message_log")
