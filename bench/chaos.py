@@ -29,7 +29,7 @@ be suppressed) never accepted by a peer; ``duplicates`` = acceptances beyond the
 Both are also given per round and channel. Times are seconds since round A's launch.
 ``duplicate_attribution`` places each duplicated message by its "sent" events on
 delivery-events: one event means the first sending died before reporting (a SIGKILL
-between the provider's acknowledgement and the send ledger's record, pipeline/sending.py's
+between the provider's acknowledgement and the send ledger's record, pipeline/send/ledger.py's
 crash window 1); two events date the second processing within the run's phases.
 Needs the stack up and no other Herald worker or peers on the same settings. Run it
 on a private stack (HERALD_LOCAL_DIR, ports: see config/settings.py): it kills the

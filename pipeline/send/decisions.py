@@ -36,7 +36,9 @@ from schemas.messages import DeliveryEvent, MessageBatch, Recipient, message_id
 
 def channel_rate(settings: Settings, channel: str) -> float:
     """Messages per second for ``channel`` across all workers (HERALD_RATE_EMAIL, HERALD_RATE_SMS, ...)."""
-    return float(getattr(settings, f"rate_{channel}"))
+    rates = {"email": settings.rate_email, "sms": settings.rate_sms, "push": settings.rate_push,
+             "in_app": settings.rate_in_app, "webhook": settings.rate_webhook}
+    return float(rates[channel])
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,6 @@ class PostgresProfiles:
         return profiles
 
 
-
 # ---------------------------------------------------------------- the sender
 
 EmitEvents = Callable[[int, DeliveryEventBatch], Awaitable[None]]
@@ -408,7 +407,6 @@ class Sender:
                 results[k] = answer
             await acks.flush()
         return pending, None
-
 
 
 # ---------------------------------------------------------------- provider options

@@ -7,10 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from config import get_settings
 from pipeline.channels import SendResult
 from pipeline.send.decisions import (
     RetryPolicy,
     bucket_take,
+    channel_rate,
     combine,
     message_address,
     narrowed,
@@ -160,3 +162,9 @@ def test_inline_parts_override_the_template_and_a_webhook_payload_object_becomes
     assert content.translations == {"fr": {"subject": "F"}}
     hook = plan_content("webhook", {"url": "https://x", "payload": {"name": "{{ first_name }}"}}, None)
     assert hook.parts == {"payload": '{"name":"{{ first_name }}"}'}
+
+
+def test_each_channel_sends_at_the_rate_its_setting_names():
+    settings = get_settings().model_copy(update={"rate_email": 11.0, "rate_sms": 12.0, "rate_push": 13.0,
+                                                 "rate_in_app": 14.0, "rate_webhook": 15.0})
+    assert [channel_rate(settings, c) for c in ("email", "sms", "push", "in_app", "webhook")] == [11, 12, 13, 14, 15]
