@@ -21,6 +21,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from agents._io import emit_events
+from pipeline import control
 from pipeline import gate as gate_rules
 from pipeline.app import app, clients, outbox_topics, settings
 from pipeline.gate_io import GateIO
@@ -40,14 +41,14 @@ async def release_deferred() -> None:
         batch = orjson.loads(member)
         cid, channel, partition = batch["campaign_id"], batch["channel"], batch["partition"]
         status = await stores.status(cid)
-        at = datetime.now(timezone.utc).isoformat()
-        outcome = {"paused": "held", "cancelled": "cancelled"}.get(status, "queued")
-        if outcome == "held":
-            await stores.hold(cid, f"deferred:{batch['batch_id']}", member)
-        elif outcome == "queued":
+        if control.halts(status):  # held (paused) or dropped (cancelled), as everywhere
+            await stores.halt(cid, status, f"deferred:{batch['batch_id']}", member)
+            events = control.halted_events(cid, batch.get("step", "send"), control.batch_recipients(batch),
+                                           [channel], status)
+        else:
             await outbox_topics[channel].send(key=batch["batch_id"].encode(), value=member, partition=partition)
-        await emit_events(partition, [
-            gate_rules.delivery_event(cid, r["user_id"], channel, batch.get("step", "send"), r.get("variant"), outcome,
-                                 "cancelled" if outcome == "cancelled" else None, at)
-            for r in batch["recipients"]])
+            at = datetime.now(timezone.utc).isoformat()
+            events = [gate_rules.delivery_event(cid, user_id, channel, batch.get("step", "send"), variant, "queued",
+                                                None, at) for user_id, variant in control.batch_recipients(batch)]
+        await emit_events(partition, events)
         await stores.released([member])

@@ -10,11 +10,10 @@ Two sources, each for what it is good at:
   cached per process for at most ``STATUS_CACHE_S`` so that a pause reaches every
   worker within that time (the issue asks for 1 s) at one Redis read per 200 ms.
 
-Redis keys of a campaign run (PIPELINE.md):
+Redis keys of a campaign run (built by ``schemas.keys``):
 
     campaign:{id}:status    active | paused | cancelled | completed
     campaign:{id}:launch    the launch_id the status belongs to (explode and control set it)
-    campaign:{id}:held      list of encoded MessageBatch held while paused
     campaign:{id}:expected  recipients × channels, written when the whole audience is emitted
     campaign:{id}:audience  recipients of the launch
 """
@@ -24,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,35 +33,11 @@ import orjson
 from config import Settings, get_settings
 from pipeline.content.store import get_template
 from pipeline.explode import TRANSACTIONAL, campaign_category
-from schemas.messages import CHANNELS, DeliveryEvent, DeliveryEventBatch, message_id
+from schemas.keys import audience_key, expected_key, launch_key, status_key
 
 RECHECK_S = 1.0
 STATUS_CACHE_S = 0.2
 STATUSES = ("active", "paused", "cancelled", "completed")
-
-
-def status_key(campaign_id: int) -> str:
-    return f"campaign:{campaign_id}:status"
-
-
-def launch_key(campaign_id: int) -> str:
-    return f"campaign:{campaign_id}:launch"
-
-
-def held_key(campaign_id: int) -> str:
-    return f"campaign:{campaign_id}:held"
-
-
-def expected_key(campaign_id: int) -> str:
-    return f"campaign:{campaign_id}:expected"
-
-
-def audience_key(campaign_id: int) -> str:
-    return f"campaign:{campaign_id}:audience"
-
-
-def metrics_key(campaign_id: int) -> str:
-    return f"campaign:{campaign_id}:metrics"
 
 
 @dataclass(frozen=True)
@@ -249,25 +224,3 @@ async def finish_launch(redis: Any, campaign_id: int, recipients: int, expected:
         pipe.set(audience_key(campaign_id), recipients)
         pipe.set(expected_key(campaign_id), expected)
         await pipe.execute()
-
-
-# ---------------------------------------------------------------- held batches (control agent)
-
-
-def held_destination(batch: Mapping[str, Any]) -> tuple[str, int]:
-    """Where a held batch goes back to on resume: its channel's outbox, else message-requests; its own partition."""
-    channel = batch.get("channel")
-    topic = f"outbox.{channel}" if channel in CHANNELS else "message-requests"
-    return topic, int(batch["partition"])
-
-
-def cancelled_events(batch: Mapping[str, Any], channels: Sequence[str]) -> DeliveryEventBatch:
-    """One "cancelled" event per message of a held batch: each recipient on the batch's channel, or on every one."""
-    campaign_id, step = int(batch["campaign_id"]), batch.get("step") or "send"
-    targets = [batch["channel"]] if batch.get("channel") else list(channels)
-    return DeliveryEventBatch(events=[
-        DeliveryEvent(message_id=message_id(campaign_id, r["user_id"], ch, step), campaign_id=campaign_id,
-                      user_id=r["user_id"], channel=ch, step=step, variant=r.get("variant"),
-                      status="cancelled", reason="cancelled")
-        for r in batch["recipients"] for ch in targets
-    ])

@@ -9,8 +9,8 @@ Redis keys:
     campaign:{id}:spend          r/w    budget reserved so far (float, currency units)
     campaign:{id}:reservations   r/w    hash "<partition>:<offset>" → counts it reserved,
                                         so a replayed record reserves nothing twice
-    campaign:{id}:held           push   raw message-requests batches of a paused campaign
-    campaign:{id}:held_sources   r/w    set of records already pushed (a replay pushes once)
+    campaign:{id}:held           push   raw message-requests batches of a paused campaign, once per
+    campaign:{id}:held_sources   r/w    record (pipeline/control_io.py's HeldBatches)
     gate:deferred                r/w    zset: encoded outbox batch → release time (epoch s)
     lag:{channel}                read   seconds a batch released now would wait for the channel's
                                         senders (pipeline/send/pacing.py's QueueLag; 1 s TTL)
@@ -32,8 +32,9 @@ from config import Settings
 from pipeline import gate as gate_rules
 from pipeline.release_windows import ReleaseWindow
 from pipeline.campaign_state import campaign_status, load_campaign
+from pipeline.control_io import HeldBatches
 from pipeline.worker_clients import WorkerClients
-from schemas.keys import DEFERRED, held_key, held_sources_key, lag_key, reservations_key, spend_key
+from schemas.keys import DEFERRED, lag_key, reservations_key, spend_key
 
 RESERVATION_TTL_S = 7 * 86400
 CLAIM_LEASE_S = 60.0
@@ -64,16 +65,6 @@ redis.call('EXPIRE', KEYS[2], 604800)
 return out
 """
 
-# KEYS: held list, held sources set   ARGV: source, raw batch
-_HOLD = """
-if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
-  redis.call('RPUSH', KEYS[1], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], 604800)
-  return 1
-end
-return 0
-"""
-
 # KEYS: deferred zset   ARGV: now, lease seconds, limit
 # Claims due members by pushing their score a lease ahead, so only one worker takes each and a
 # worker that dies before sending (and removing) them leaves them due again after the lease.
@@ -102,6 +93,7 @@ class GateIO:
         self.clients = clients if clients is not None else WorkerClients(settings)
         self._campaigns: dict[int, tuple[float, tuple[clock, clock] | None]] = {}
         self._scripts: dict = {}
+        self._held: HeldBatches | None = None
         self._lags: dict[str, tuple[float, float]] = {}
         self._window: ReleaseWindow | None = None
         self.policy = gate_rules.GatePolicy.from_settings(settings)
@@ -119,7 +111,8 @@ class GateIO:
         redis = self.clients.redis()
         if not self._scripts:
             self._scripts = {name: redis.register_script(src)
-                             for name, src in (("reserve", _RESERVE), ("hold", _HOLD), ("claim", _CLAIM))}
+                             for name, src in (("reserve", _RESERVE), ("claim", _CLAIM))}
+            self._held = HeldBatches(redis)
         return redis
 
     async def campaign(self, campaign_id: int) -> GateCampaign | None:
@@ -218,9 +211,15 @@ class GateIO:
         return {ch: int(n) for ch, n in zip(channels, allowed)}
 
     async def hold(self, campaign_id: int, source: str, raw: bytes) -> None:
+        """Hold a paused campaign's batch, once per source (``pipeline.control_io.HeldBatches``)."""
         _ = self.redis
-        await self._scripts["hold"](
-            keys=[held_key(campaign_id), held_sources_key(campaign_id)], args=[source, raw])
+        await self._held.hold(campaign_id, source, raw)
+
+    async def halt(self, campaign_id: int, status: str, source: str, raw: bytes) -> None:
+        """What a paused (held) or cancelled (dropped) campaign does to a batch; events are
+        ``pipeline.control.halted_events``."""
+        _ = self.redis
+        await self._held.halt(campaign_id, status, source, raw)
 
     async def defer(self, batches: list[tuple[float, dict]]) -> None:
         await self.redis.zadd(DEFERRED, {orjson.dumps(b): t for t, b in batches})

@@ -208,14 +208,14 @@ def test_a_disabled_ab_test_and_an_empty_budget_mean_none():
 
 
 def test_held_batches_go_back_to_their_outbox_or_to_message_requests_on_their_partition():
-    from pipeline.campaign_state import held_destination
+    from pipeline.control import held_destination
 
     assert held_destination({"channel": "sms", "partition": 4}) == ("outbox.sms", 4)
     assert held_destination({"channel": None, "partition": 2}) == ("message-requests", 2)
 
 
 def test_a_cancelled_held_batch_counts_every_recipient_on_every_channel_it_was_for():
-    from pipeline.campaign_state import cancelled_events
+    from pipeline.control import cancelled_events
 
     batch = {"campaign_id": 5, "channel": None, "partition": 1, "step": "send",
              "recipients": [{"user_id": 1, "variant": "A"}, {"user_id": 2}]}
