@@ -33,6 +33,22 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 
 
+# What each criteria field reads: built-in user fields, attributes and event aggregates by column name.
+BUILTIN_COLUMNS = {
+    "country": "country", "language": "language", "timezone": "timezone",
+    "email": "has_email", "phone": "has_phone", "push": "has_push", "created_at": "created_at",
+}
+
+
+def attribute_column(name: str) -> str:
+    return f"attr.{name}"
+
+
+def event_columns(name: str) -> tuple[str, str, str]:
+    """The count, first and last time columns of event ``name``."""
+    return f"event.{name}.count", f"event.{name}.first", f"event.{name}.last"
+
+
 def to_micros(value: datetime) -> int:
     """Microseconds since the epoch, UTC (naive datetimes are taken as UTC)."""
     if value.tzinfo is None:

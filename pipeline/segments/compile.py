@@ -7,6 +7,9 @@ Conditions known to be always true or false (an unknown event, a value no
 user has) fold into Python booleans, so the predicate never carries a literal
 that polars would fail to broadcast.
 
+Imports run one way, dsl/columns → compile → store → live/snapshot: the store
+hands itself in as ``Columns``, the little the compiler reads of it.
+
 Semantics, in the product's words:
 - a user without a value never *has* it: equals, in, contains, greater_than,
   before... are false; not_equals / not_in are their exact complements (so a
@@ -19,21 +22,35 @@ Semantics, in the product's words:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Union
+from typing import Protocol, Union
 
 import numpy as np
 import polars as pl
 
-from pipeline.segments.columns import NULL_TIME, to_micros
+from pipeline.segments.columns import BUILTIN_COLUMNS, NULL_TIME, Column, attribute_column, event_columns, to_micros
 from pipeline.segments.dsl import Condition, Criteria, CriteriaError, Group, Instant, parse_instant
-from pipeline.segments.store import BUILTIN_COLUMNS, AudienceStore, Exclusions, attribute_column, event_columns
 
 Predicate = Union[pl.Expr, bool]
+# Excluded segments, resolved: a dynamic one as its criteria, a static one as its member ids.
+Exclusions = Mapping[int, Union[Criteria, np.ndarray]]
+
+
+class Columns(Protocol):
+    """What the compiler reads of an audience store (``store.AudienceStore`` is one)."""
+
+    def column(self, name: str) -> Column | None: ...
+
+    def has_event(self, name: str) -> bool: ...
+
+    def raw_frame(self) -> pl.DataFrame: ...
+
+    def mask_of(self, user_ids: np.ndarray) -> np.ndarray: ...
 
 
 def compile_criteria(
-    store: AudienceStore, criteria: Criteria, exclusions: Exclusions, now: datetime
+    store: Columns, criteria: Criteria, exclusions: Exclusions, now: datetime
 ) -> tuple[pl.DataFrame, Predicate]:
     """The frame to evaluate on and the predicate selecting the segment's members."""
     compiler = _Compiler(store, exclusions, now)
@@ -71,7 +88,7 @@ def _not(a: Predicate) -> Predicate:
 
 
 class _Compiler:
-    def __init__(self, store: AudienceStore, exclusions: Exclusions, now: datetime) -> None:
+    def __init__(self, store: Columns, exclusions: Exclusions, now: datetime) -> None:
         self.store = store
         self.exclusions = exclusions
         self.now = now

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from pipeline.segments.store import AudienceStore, export_state, restore_state
+from pipeline.segments.store import AudienceStore
 
 log = structlog.get_logger("herald.segments")
 
@@ -40,7 +40,7 @@ _PREFIX = "snapshot-"
 def write_snapshot(store: AudienceStore, directory: Path) -> Path:
     """Write ``store`` under ``directory`` atomically; returns the snapshot's path."""
     directory.mkdir(parents=True, exist_ok=True)
-    meta, arrays = export_state(store)
+    meta, arrays = store.export_state()
     temp = directory / f".tmp-{uuid.uuid4().hex}"
     temp.mkdir()
     try:
@@ -96,7 +96,7 @@ def read_snapshot(path: Path) -> AudienceStore:
     with open(path / "meta.json") as fh:
         meta = json.load(fh)
     arrays = {name: np.load(path / file, allow_pickle=False) for name, file in meta["files"].items()}
-    return restore_state(meta, arrays)
+    return AudienceStore.from_state(meta, arrays)
 
 
 def _snapshots(directory: Path) -> list[Path]:

@@ -34,15 +34,17 @@ import numpy as np
 import polars as pl
 
 from pipeline.segments.columns import (
-    NULL_TIME, Column, CountColumn, PresenceColumn, TextColumn, TimeColumn, KINDS, from_micros,
-    infer_kind, to_micros,
+    BUILTIN_COLUMNS, KINDS, NULL_TIME, Column, CountColumn, PresenceColumn, TextColumn, TimeColumn,
+    attribute_column, column_from, event_columns, from_micros, infer_kind, to_micros,
 )
+from pipeline.segments.compile import Exclusions, compile_criteria
 from pipeline.segments.dsl import Criteria, Kind
 
 if TYPE_CHECKING:
     from schemas.records import UserEvent, UserProfile
 
-Exclusions = Mapping[int, "Criteria | np.ndarray"]
+__all__ = ["BUILTIN_COLUMNS", "AudienceStore", "Exclusions", "attribute_column", "event_columns",
+           "export_state", "restore_state"]
 
 _MIN_CAPACITY = 1024
 _GROWTH = 1.25
@@ -50,20 +52,6 @@ _TAIL_MIN = 65_536
 _BLOCK = 256
 _TWO_LEVEL_NEEDLES = 4096
 _TWO_LEVEL_KEYS = 1 << 20
-
-BUILTIN_COLUMNS = {
-    "country": "country", "language": "language", "timezone": "timezone",
-    "email": "has_email", "phone": "has_phone", "push": "has_push", "created_at": "created_at",
-}
-
-
-def attribute_column(name: str) -> str:
-    return f"attr.{name}"
-
-
-def event_columns(name: str) -> tuple[str, str, str]:
-    return f"event.{name}.count", f"event.{name}.first", f"event.{name}.last"
-
 
 class AudienceStore:
     """Users, their attributes and event aggregates, as columns; evaluates ``Criteria``."""
@@ -358,8 +346,6 @@ class AudienceStore:
 
     def estimate(self, criteria: Criteria, exclusions: Exclusions = {}, now: datetime | None = None) -> int:
         """How many users match ``criteria`` minus the excluded segments, at ``now``."""
-        from pipeline.segments.compile import compile_criteria
-
         frame, predicate = compile_criteria(self, criteria, exclusions, _utc(now))
         if isinstance(predicate, bool):
             return frame.height if predicate else 0
@@ -367,8 +353,6 @@ class AudienceStore:
 
     def members(self, criteria: Criteria, exclusions: Exclusions = {}, now: datetime | None = None) -> np.ndarray:
         """Sorted int64 user ids of the users ``estimate`` counts."""
-        from pipeline.segments.compile import compile_criteria
-
         frame, predicate = compile_criteria(self, criteria, exclusions, _utc(now))
         if predicate is False:
             return np.empty(0, dtype=np.int64)
@@ -388,6 +372,46 @@ class AudienceStore:
         return mask
 
 
+    # ── State for snapshots (pipeline/segments/snapshot.py) ───────────────────
+
+    def export_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The store as JSON-able metadata plus named arrays (views; do not mutate while saving)."""
+        n = self._n
+        arrays = {"user_id": self._ids[:n], "_profile_time": self._profile_time[:n],
+                  "_tail_keys": self._tail_keys, "_tail_rows": self._tail_rows}
+        columns = {}
+        for name, column in self._columns.items():
+            arrays[name] = column.data[:n]
+            columns[name] = column.meta()
+        meta = {
+            "format": 1, "users": n, "sorted": self._sorted, "newest": self._newest,
+            "attributes": self._attributes, "events": sorted(self._events), "columns": columns,
+            "offsets": {topic: {str(p): o for p, o in parts.items()} for topic, parts in self.offsets.items()},
+        }
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: Mapping[str, np.ndarray]) -> AudienceStore:
+        """Inverse of ``export_state``; arrays are taken over (not copied) when writable."""
+        store = cls()
+        n = int(meta["users"])
+        store._n = store._capacity = n
+        store._sorted = int(meta["sorted"])
+        store._newest = int(meta["newest"])
+        store._ids = np.ascontiguousarray(arrays["user_id"], dtype=np.int64)
+        store._profile_time = np.ascontiguousarray(arrays["_profile_time"], dtype=np.int64)
+        store._tail_keys = np.asarray(arrays["_tail_keys"], dtype=np.int64)
+        store._tail_rows = np.asarray(arrays["_tail_rows"], dtype=np.int64)
+        store._columns = {name: column_from(info, np.ascontiguousarray(arrays[name]))
+                          for name, info in meta["columns"].items()}
+        store._attributes = dict(meta["attributes"])
+        store._events = set(meta["events"])
+        store.offsets = {topic: {int(p): int(o) for p, o in parts.items()}
+                         for topic, parts in meta.get("offsets", {}).items()}
+        store._changed()
+        return store
+
+
 def _utc(now: datetime | None) -> datetime:
     if now is None:
         return datetime.now(timezone.utc)
@@ -395,43 +419,12 @@ def _utc(now: datetime | None) -> datetime:
 
 
 # ── State for snapshots (pipeline/segments/snapshot.py) ───────────────────────
+# Kept as functions too, for callers that predate the methods (bench/segments.py).
 
 
 def export_state(store: AudienceStore) -> tuple[dict, dict[str, np.ndarray]]:
-    """The store as JSON-able metadata plus named arrays (views; do not mutate while saving)."""
-    n = store._n
-    arrays = {"user_id": store._ids[:n], "_profile_time": store._profile_time[:n],
-              "_tail_keys": store._tail_keys, "_tail_rows": store._tail_rows}
-    columns = {}
-    for name, column in store._columns.items():
-        arrays[name] = column.data[:n]
-        columns[name] = column.meta()
-    meta = {
-        "format": 1, "users": n, "sorted": store._sorted, "newest": store._newest,
-        "attributes": store._attributes, "events": sorted(store._events), "columns": columns,
-        "offsets": {topic: {str(p): o for p, o in parts.items()} for topic, parts in store.offsets.items()},
-    }
-    return meta, arrays
+    return store.export_state()
 
 
 def restore_state(meta: dict, arrays: Mapping[str, np.ndarray]) -> AudienceStore:
-    """Inverse of ``export_state``; arrays are taken over (not copied) when writable."""
-    from pipeline.segments.columns import column_from
-
-    store = AudienceStore()
-    n = int(meta["users"])
-    store._n = store._capacity = n
-    store._sorted = int(meta["sorted"])
-    store._newest = int(meta["newest"])
-    store._ids = np.ascontiguousarray(arrays["user_id"], dtype=np.int64)
-    store._profile_time = np.ascontiguousarray(arrays["_profile_time"], dtype=np.int64)
-    store._tail_keys = np.asarray(arrays["_tail_keys"], dtype=np.int64)
-    store._tail_rows = np.asarray(arrays["_tail_rows"], dtype=np.int64)
-    store._columns = {name: column_from(info, np.ascontiguousarray(arrays[name]))
-                      for name, info in meta["columns"].items()}
-    store._attributes = dict(meta["attributes"])
-    store._events = set(meta["events"])
-    store.offsets = {topic: {int(p): int(o) for p, o in parts.items()}
-                     for topic, parts in meta.get("offsets", {}).items()}
-    store._changed()
-    return store
+    return AudienceStore.from_state(meta, arrays)
