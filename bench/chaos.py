@@ -145,7 +145,7 @@ def phase_of(t: float, figures: dict) -> str:
 
 
 async def dead_letter_count(settings) -> int:
-    from tests.integration.kafka_io import end_offsets
+    from tests.helpers.kafka import end_offsets
 
     return sum((await end_offsets(settings.kafka_brokers, "dead-letters")).values())
 
@@ -222,7 +222,7 @@ def start_broker() -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from tests.integration.kafka_io import end_offsets
+    from tests.helpers.kafka import end_offsets
     from tests.integration.pipeline.test_campaign_email import Api
 
     settings = get_settings()

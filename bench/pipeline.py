@@ -235,7 +235,7 @@ async def delivery_events(settings, campaign_ids: set[int], before: dict, status
     (the peers' key for the message, epoch seconds, partition), up to the topic's end now."""
     from aiokafka import AIOKafkaConsumer
 
-    from tests.integration.kafka_io import end_offsets
+    from tests.helpers.kafka import end_offsets
 
     after = await end_offsets(settings.kafka_brokers, "delivery-events")
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, group_id=None, enable_auto_commit=False,
@@ -277,7 +277,7 @@ def _epoch(iso: str) -> float:
 
 def run(recipients: int, workers: int, shares: dict[str, float], email_provider: str,
         latencies_csv: Path | None = None) -> dict:
-    from tests.integration.kafka_io import end_offsets
+    from tests.helpers.kafka import end_offsets
     from tests.integration.pipeline.test_campaign_email import Api
 
     settings = get_settings()

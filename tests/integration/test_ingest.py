@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 
 from pipeline.stores.cassandra import connect, run_async
-from tests.integration.kafka_io import end_offsets, eventually, produce, read_from
+from tests.helpers.kafka import end_offsets, eventually, produce, read_from
 
 
 def _user_id() -> int:

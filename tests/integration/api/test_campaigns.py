@@ -1,4 +1,3 @@
-from schemas.topics import CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES
 """Campaigns over HTTP against the real stack: create, read, list, update, delete, launch, control.
 
 Segments are created directly in PostgreSQL as static segments over fresh
@@ -14,11 +13,11 @@ from datetime import datetime, timedelta, timezone
 import asyncpg
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from api.campaigns import Campaign
 from tests.integration.api.helpers import assert_error, bearer, unique_name
-from tests.integration.kafka_io import end_offsets
+from schemas.topics import CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES
+from tests.helpers.kafka import end_offsets, records_between
 
 FUTURE = datetime.now(timezone.utc) + timedelta(days=30)
 
@@ -87,32 +86,6 @@ def create(client, key, body) -> dict:
     response = client.post("/api/v1/campaigns", headers=bearer(key), json=body)
     assert response.status_code == 201, response.text
     return response.json()
-
-
-async def records_between(brokers: str, topic: str, before: dict, after: dict) -> list[tuple[bytes, dict]]:
-    """Every record written to ``topic`` between two end-offset snapshots, as (key, decoded value)."""
-    wanted = {tp: (before.get(tp, 0), end) for tp, end in after.items() if end > before.get(tp, 0)}
-    found: list[tuple[bytes, dict]] = []
-    if not wanted:
-        return found
-    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(list(wanted))
-        for tp, (start, _) in wanted.items():
-            consumer.seek(tp, start)
-        while wanted:
-            batch = await consumer.getmany(timeout_ms=2000)
-            assert batch, f"no records arrived; still waiting for {wanted}"
-            for tp, messages in batch.items():
-                start, end = wanted[tp]
-                found += [(m.key, orjson.loads(m.value)) for m in messages if m.offset < end]
-                if messages[-1].offset + 1 >= end:
-                    del wanted[tp]
-                    consumer.pause(tp)
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def audit_actions(pg, campaign_id: int) -> list[asyncpg.Record]:

@@ -10,7 +10,7 @@ import orjson
 from schemas.messages import MessageBatch, Recipient
 from schemas.records import DeadLetter
 from tests.integration.api.helpers import assert_error, bearer
-from tests.integration.kafka_io import end_offsets, produce, read_from
+from tests.helpers.kafka import end_offsets, produce, read_from
 
 PARTITION = 3
 

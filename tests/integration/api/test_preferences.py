@@ -5,14 +5,13 @@ from __future__ import annotations
 import base64
 import random
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 
 from pipeline.signing import signing_key
@@ -20,7 +19,7 @@ from pipeline.unsubscribe import make_unsubscribe_token
 from schemas.preferences import CATEGORIES, PreferenceUpdate, preference_key
 from schemas.topics import PREFERENCE_UPDATES
 from tests.integration.api.helpers import assert_error, bearer
-from tests.integration.kafka_io import end_offsets
+from tests.helpers.kafka import end_offsets, read
 
 _BASE = random.randrange(3 * 10**12, 4 * 10**12, 10**6)
 _next_id = iter(range(_BASE, _BASE + 10**6))
@@ -59,24 +58,10 @@ async def fetch(settings, query: str, *args) -> list[asyncpg.Record]:
 async def published_after(settings, offsets: dict[TopicPartition, int], user_id: int, count: int = 1,
                           timeout_s: float = 20.0) -> list[tuple[int, bytes, dict]]:
     """(partition, key, value) of the first ``count`` records for ``user_id`` after ``offsets``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    found: list[tuple[int, bytes, dict]] = []
-    try:
-        consumer.assign(list(offsets))
-        for tp, offset in offsets.items():
-            consumer.seek(tp, offset)
-        key = preference_key(user_id)
-        deadline = time.monotonic() + timeout_s
-        while len(found) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {count} record(s) for user {user_id} on {PREFERENCE_UPDATES.name}: {found!r}")
-            batch = await consumer.getmany(timeout_ms=300)
-            for tp, messages in batch.items():
-                found += [(tp.partition, m.key, orjson.loads(m.value)) for m in messages if m.key == key]
-        return found
-    finally:
-        await consumer.stop()
+    key = preference_key(user_id)
+    records = await read(settings.kafka_brokers, offsets, keep=lambda r: r.key == key,
+                         until=lambda kept: len(kept) >= count, timeout_s=timeout_s)
+    return [(r.partition, r.key, r.value) for r in records]
 
 
 async def topic_end(settings) -> dict[TopicPartition, int]:

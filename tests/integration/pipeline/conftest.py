@@ -17,7 +17,6 @@ removed when the test ends.
 from __future__ import annotations
 
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import asyncpg
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import RecordMetadata
 
 from config import Settings
@@ -36,7 +35,7 @@ from schemas.topics import MESSAGE_REQUESTS
 from schemas.campaigns import CampaignLaunch, LaunchVariant, campaign_key
 from schemas.encoding import encode
 from schemas.topics import CAMPAIGN_LAUNCHES
-from tests.integration.kafka_io import end_offsets
+from tests.helpers.kafka import end_offsets
 
 DEFAULT_CONTENT: dict[str, dict[str, Any]] = {
     "email": {"subject": "Hello {{ first_name }}", "html": "<p>Hi {{ first_name }}</p>", "text": "Hi"},
@@ -175,75 +174,3 @@ async def make_campaign(settings: Settings, pipeline_pool: asyncpg.Pool, pipelin
         keys = [k async for k in pipeline_redis.scan_iter(f"campaign:{c.campaign_id}:*", count=10_000)]
         if keys:
             await pipeline_redis.delete(*keys)
-
-
-async def read_campaign_records(settings: Settings, offsets: dict[TopicPartition, int], campaign_id: int,
-                                until: Callable[[list[tuple[int, dict]]], bool], timeout_s: float = 60.0,
-                                ) -> list[tuple[int, dict]]:
-    """``(partition, record)`` of one campaign's JSON records from ``offsets`` on (any topic), until ``until`` holds."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, group_id=None, enable_auto_commit=False,
-                                max_partition_fetch_bytes=8 * 1024 * 1024)
-    await consumer.start()
-    found: list[tuple[int, dict]] = []
-    try:
-        consumer.assign(list(offsets))
-        for tp, offset in offsets.items():
-            consumer.seek(tp, offset)
-        deadline = time.monotonic() + timeout_s
-        while not until(found):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout_s}s with {len(found)} records of campaign {campaign_id}")
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp, messages in batch.items():
-                for m in messages:
-                    try:
-                        value = orjson.loads(m.value)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(value, dict) and value.get("campaign_id") == campaign_id:
-                        found.append((tp.partition, value))
-                    elif isinstance(value, dict) and "events" in value:  # DeliveryEventBatch
-                        if any(e.get("campaign_id") == campaign_id for e in value["events"] if isinstance(e, dict)):
-                            found.append((tp.partition, value))
-        return found
-    finally:
-        await consumer.stop()
-
-
-async def read_campaign_range(settings: Settings, start: dict[TopicPartition, int], campaign_id: int,
-                              timeout_s: float = 60.0) -> list[tuple[int, dict]]:
-    """Every record of one campaign between ``start`` and the topic's end offsets now."""
-    topic = next(iter(start)).topic
-    end = await end_offsets(settings.kafka_brokers, topic)
-    todo = {tp: o for tp, o in start.items() if end.get(tp, 0) > o}
-    if not todo:
-        return []
-    last = {tp.partition: end[tp] - 1 for tp in todo}
-    seen: dict[int, int] = {}
-    found: list[tuple[int, dict]] = []
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, group_id=None, enable_auto_commit=False,
-                                max_partition_fetch_bytes=8 * 1024 * 1024)
-    await consumer.start()
-    try:
-        consumer.assign(list(todo))
-        for tp, offset in todo.items():
-            consumer.seek(tp, offset)
-        deadline = time.monotonic() + timeout_s
-        while any(seen.get(p, -1) < o for p, o in last.items()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out reading {topic} up to {last}")
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp, messages in batch.items():
-                for m in messages:
-                    if m.offset > last[tp.partition]:
-                        continue
-                    seen[tp.partition] = m.offset
-                    try:
-                        value = orjson.loads(m.value)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(value, dict) and value.get("campaign_id") == campaign_id:
-                        found.append((tp.partition, value))
-        return found
-    finally:
-        await consumer.stop()

@@ -13,13 +13,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from agents.aggregate import Completion, Folder
 from pipeline import metrics
-from pipeline.worker_clients import Resources
+from pipeline.aggregate_io import Completion, Folder
+from pipeline.worker_clients import WorkerClients
+from schemas import keys
 from pipeline.stores.cassandra import connect, run_async
 from schemas.messages import DeliveryEvent, DeliveryEventBatch, message_id
 from schemas.encoding import encode
-from tests.integration.kafka_io import eventually, produce
+from tests.helpers.kafka import eventually, produce
 
 
 def _campaign_id() -> int:
@@ -42,10 +43,10 @@ async def _hash(pipeline_redis, key: str) -> dict[str, float]:
 
 
 async def _forget(pipeline_redis, cid: int) -> None:
-    keys = [k async for k in pipeline_redis.scan_iter(f"campaign:{cid}:*", count=10_000)]
-    if keys:
-        await pipeline_redis.delete(*keys)
-    await pipeline_redis.srem(metrics.OPEN_CAMPAIGNS, cid)
+    found = [k async for k in pipeline_redis.scan_iter(keys.campaign_pattern(cid), count=10_000)]
+    if found:
+        await pipeline_redis.delete(*found)
+    await pipeline_redis.srem(keys.OPEN_CAMPAIGNS, cid)
 
 
 async def test_the_redis_fold_counts_exactly_what_the_pure_fold_counts(pipeline_redis):
@@ -80,8 +81,8 @@ async def test_the_redis_fold_counts_exactly_what_the_pure_fold_counts(pipeline_
             assert set(got) == set(fields), key
             for f, v in fields.items():
                 assert got[f] == pytest.approx(v), (key, f)
-        assert await pipeline_redis.sismember(metrics.OPEN_CAMPAIGNS, cid)
-        ttl = await pipeline_redis.ttl(metrics.seen_key(cid, batches[0][0].message_id))
+        assert await pipeline_redis.sismember(keys.OPEN_CAMPAIGNS, cid)
+        ttl = await pipeline_redis.ttl(keys.seen_key(cid, metrics.seen_shard(batches[0][0].message_id)))
         assert 0 < ttl <= metrics.SEEN_TTL_S
     finally:
         await _forget(pipeline_redis, cid)
@@ -92,7 +93,7 @@ async def test_a_seen_bucket_stays_in_the_compact_encoding(pipeline_redis):
     folder = Folder(pipeline_redis)
     try:
         await folder.fold([_event(cid, u, "sent") for u in range(2000)])
-        key = metrics.seen_key(cid, message_id(cid, 0, "email"))
+        key = keys.seen_key(cid, metrics.seen_shard(message_id(cid, 0, "email")))
         assert await pipeline_redis.object("encoding", key) in (b"listpack", b"ziplist")
     finally:
         await _forget(pipeline_redis, cid)
@@ -130,11 +131,11 @@ async def _delete_campaign(dsn: str, cid: int) -> None:
 async def test_completion_marks_an_active_campaign_completed_once_every_message_has_an_outcome(settings, pipeline_redis):
     cid = _campaign_id()
     await _insert_campaign(settings.postgres_dsn, cid)
-    resources = Resources(settings)
+    resources = WorkerClients(settings)
     folder, completion = Folder(pipeline_redis), Completion(pipeline_redis, resources)
     try:
-        await pipeline_redis.set(metrics.status_key(cid), "active")
-        await pipeline_redis.set(metrics.expected_key(cid), 3)
+        await pipeline_redis.set(keys.status_key(cid), "active")
+        await pipeline_redis.set(keys.expected_key(cid), 3)
         await folder.fold([_event(cid, 1, "sent"), _event(cid, 2, "queued"), _event(cid, 3, "held")])
         assert await completion.check({cid}) == []
         await folder.fold([_event(cid, 2, "sent"), _event(cid, 3, "cancelled"), _event(cid, 1, "delivered")])
@@ -143,8 +144,8 @@ async def test_completion_marks_an_active_campaign_completed_once_every_message_
         row, audit = await _campaign(settings.postgres_dsn, cid)
         assert row["status"] == "completed" and row["completed_at"] is not None
         assert [(a["actor"], a["action"]) for a in audit] == [("herald", "campaign.completed")]
-        assert await pipeline_redis.get(metrics.status_key(cid)) == b"completed"
-        assert not await pipeline_redis.sismember(metrics.OPEN_CAMPAIGNS, cid)
+        assert await pipeline_redis.get(keys.status_key(cid)) == b"completed"
+        assert not await pipeline_redis.sismember(keys.OPEN_CAMPAIGNS, cid)
     finally:
         await resources.close()
         await _forget(pipeline_redis, cid)
@@ -154,16 +155,16 @@ async def test_completion_marks_an_active_campaign_completed_once_every_message_
 async def test_a_paused_campaign_is_not_completed_even_when_every_message_is_accounted(settings, pipeline_redis):
     cid = _campaign_id()
     await _insert_campaign(settings.postgres_dsn, cid, status="paused")
-    resources = Resources(settings)
+    resources = WorkerClients(settings)
     folder, completion = Folder(pipeline_redis), Completion(pipeline_redis, resources)
     try:
-        await pipeline_redis.set(metrics.status_key(cid), "paused")
-        await pipeline_redis.set(metrics.expected_key(cid), 1)
+        await pipeline_redis.set(keys.status_key(cid), "paused")
+        await pipeline_redis.set(keys.expected_key(cid), 1)
         await folder.fold([_event(cid, 1, "sent")])
         assert cid not in await completion.sweep()
         row, _ = await _campaign(settings.postgres_dsn, cid)
         assert row["status"] == "paused"
-        assert await pipeline_redis.sismember(metrics.OPEN_CAMPAIGNS, cid)  # decided later, on resume
+        assert await pipeline_redis.sismember(keys.OPEN_CAMPAIGNS, cid)  # decided later, on resume
     finally:
         await resources.close()
         await _forget(pipeline_redis, cid)
@@ -173,14 +174,14 @@ async def test_a_paused_campaign_is_not_completed_even_when_every_message_is_acc
 async def test_a_campaign_gone_from_postgres_is_forgotten_once_its_messages_are_accounted(settings, pipeline_redis):
     """Its id would otherwise stay in the open set, and every sweep would try to complete it again."""
     cid = _campaign_id()
-    resources = Resources(settings)
+    resources = WorkerClients(settings)
     folder, completion = Folder(pipeline_redis), Completion(pipeline_redis, resources)
     try:
-        await pipeline_redis.set(metrics.expected_key(cid), 1)
+        await pipeline_redis.set(keys.expected_key(cid), 1)
         await folder.fold([_event(cid, 1, "sent")])
-        assert await pipeline_redis.sismember(metrics.OPEN_CAMPAIGNS, cid)
+        assert await pipeline_redis.sismember(keys.OPEN_CAMPAIGNS, cid)
         assert cid not in await completion.sweep()
-        assert not await pipeline_redis.sismember(metrics.OPEN_CAMPAIGNS, cid)
+        assert not await pipeline_redis.sismember(keys.OPEN_CAMPAIGNS, cid)
     finally:
         await resources.close()
         await _forget(pipeline_redis, cid)
@@ -212,8 +213,8 @@ async def test_events_on_kafka_reach_counters_message_log_and_completion_through
     batches = [DeliveryEventBatch(events=events[i:i + 7]) for i in range(0, len(events), 7)]
     records = [(str(cid).encode(), encode(b)) for b in batches]
     try:
-        await pipeline_redis.set(metrics.status_key(cid), "active")
-        await pipeline_redis.set(metrics.expected_key(cid), len(users))
+        await pipeline_redis.set(keys.status_key(cid), "active")
+        await pipeline_redis.set(keys.expected_key(cid), len(users))
         await produce(settings.kafka_brokers, "delivery-events", records + records + [(b"x", b"{not json")])
 
         async def completed():
@@ -221,12 +222,12 @@ async def test_events_on_kafka_reach_counters_message_log_and_completion_through
             return row["status"] == "completed"
 
         await eventually(completed, timeout_s=60)
-        totals = await _hash(pipeline_redis, metrics.metrics_key(cid))
+        totals = await _hash(pipeline_redis, keys.metrics_key(cid))
         assert totals["sent"] == 20 and totals["queued"] == 20
         assert totals["suppressed"] == 5 and totals["suppressed:frequency_cap"] == 5
         assert totals["failed"] == 5 and totals[metrics.ACCOUNTED] == 30
         assert totals["budget_spent"] == pytest.approx(0.02)
-        assert await pipeline_redis.get(metrics.status_key(cid)) == b"completed"
+        assert await pipeline_redis.get(keys.status_key(cid)) == b"completed"
 
         _, session = connect(settings)
         try:
@@ -254,7 +255,7 @@ async def test_events_on_kafka_reach_counters_message_log_and_completion_through
 
 
 async def test_a_malformed_delivery_event_goes_to_dead_letters_with_its_reason(settings, worker):
-    from tests.integration.kafka_io import end_offsets, read_from
+    from tests.helpers.kafka import end_offsets, read_from
 
     start = await end_offsets(settings.kafka_brokers, "dead-letters")
     marker = f"bad-{uuid.uuid4()}".encode()

@@ -41,7 +41,7 @@ from api.keys import issue_key
 from config import Settings
 from pipeline.explode import variant_of
 from schemas.topics import CAMPAIGN_LAUNCHES
-from tests.integration.kafka_io import end_offsets, eventually, produce
+from tests.helpers.kafka import end_offsets, eventually, produce
 from tests.peers import SmtpPeer
 
 N = 10_000
@@ -345,7 +345,7 @@ async def _replay_launch(settings: Settings, campaign_id: int, launch_id: str) -
         await conn.close()
     from api.campaigns import launch_record
     from schemas.campaigns import campaign_key
-from schemas.encoding import encode
+    from schemas.encoding import encode
 
     record = launch_record(row, row["launch_id"], row["audience_size"], row["launched_at"])
     assert str(record.launch_id) == launch_id

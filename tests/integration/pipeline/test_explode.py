@@ -19,13 +19,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas.topics import DELIVERY_EVENTS, MESSAGE_REQUESTS, OUTBOX
 from pipeline.explode import assign_variants
 from pipeline.partitioning import user_partitions
-from pipeline.campaign_state import held_key, status_key
+from schemas.keys import held_key, status_key
 from schemas.campaigns import CampaignControl, campaign_key
 from schemas.encoding import encode
 from schemas.topics import CAMPAIGN_CONTROL
 from tests.conftest import REPO
-from tests.integration.kafka_io import end_offsets, eventually, produce
-from tests.integration.pipeline.conftest import PipelineCampaign, read_campaign_range
+from tests.helpers.kafka import end_offsets, eventually, produce
+from tests.integration.pipeline.conftest import PipelineCampaign
+from tests.helpers.kafka import read_campaign_range
 
 
 async def _launch_state(campaign: PipelineCampaign, launch_id: uuid.UUID):

@@ -24,8 +24,8 @@ from pipeline.partitioning import user_partition
 from schemas.messages import DeliveryEvent, DeliveryEventBatch, MessageBatch, Recipient, message_id
 from schemas.encoding import encode
 from schemas.preferences import Preferences, preference_key
-from tests.integration.kafka_io import end_offsets
-from tests.integration.pipeline.conftest import read_campaign_records
+from tests.helpers.kafka import end_offsets
+from tests.helpers.kafka import read_campaign_records
 
 
 def _one_partition(campaign, settings, n: int) -> tuple[int, list[int]]:

@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pipeline.gate_io import LAG_CHECK_S, GateIO
 from pipeline.send.consumer import consume_concurrently
 from pipeline.send.pacing import QueueLag
-from tests.integration.kafka_io import produce
+from tests.helpers.kafka import produce
 
 
 async def test_queue_lag_reports_the_largest_figure_of_each_tick_and_expires(pipeline_redis):

@@ -33,8 +33,8 @@ from schemas.topics import DEAD_LETTERS, DELIVERY_EVENTS
 from pipeline.partitioning import user_partitions
 from schemas.messages import MessageBatch, Recipient, message_id
 from pipeline.dlq import replay
-from tests.integration.kafka_io import end_offsets, produce, read_from
-from tests.integration.pipeline.conftest import read_campaign_records
+from tests.helpers.kafka import end_offsets, produce, read_from
+from tests.helpers.kafka import read_campaign_records
 from tests.peers import SmtpPeer, TwilioPeer, WebhookPeer
 
 REPO = Path(__file__).resolve().parents[3]

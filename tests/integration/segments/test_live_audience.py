@@ -18,7 +18,7 @@ import pytest
 
 from config import Settings
 from pipeline.segments import AudienceStore, CriteriaError, open_audience, parse_criteria
-from tests.integration.kafka_io import end_offsets, eventually, produce
+from tests.helpers.kafka import end_offsets, eventually, produce
 
 PROFILES, EVENTS = "user-profiles", "user-events"
 
