@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import orjson
 
-from pipeline.app import dead_letters_topic, delivery_events_topic
+from pipeline.app import clients, dead_letters_topic, delivery_events_topic, settings
+from pipeline.send.consumer import run_sender
 from schemas.encoding import encode
 from schemas.messages import DeliveryEventBatch
 from schemas.records import DeadLetter
+from schemas.topics import OUTBOX
 
 
 async def send_dead_letters(dead: list[DeadLetter]) -> None:
@@ -47,3 +49,20 @@ async def publish_dead_letters(letters: list[DeadLetter]) -> None:
                for d in letters]
     for future in futures:
         await future
+
+
+async def run_channel_sender(channel: str) -> None:
+    """Every sender (agents/send_<channel>.py): ``outbox.<channel>`` → the channel's provider → events.
+
+    Input: ``outbox.<channel>`` (``MessageBatch``, one campaign and partition, many recipients).
+    Output, per batch: ONE ``DeliveryEventBatch`` (sent / bounced / failed, or held / cancelled) to
+    ``delivery-events`` on the batch's partition; one dead letter per message that could not be sent
+    (narrowed batch + reason).
+    Redis: the channel's token bucket and queue lag, the batch claims and idempotency ledger,
+    ``campaign:{id}:held``.
+    At least once: a batch's offset is committed after its events and dead letters are acknowledged,
+    and a replay skips what the idempotency ledger says the provider already accepted. The loop is
+    pipeline/send/'s (consumer.py runs sender.py's ``Sender``) over the worker's shared clients.
+    """
+    await run_sender(settings, channel, OUTBOX[channel].name, publish_event_batch, publish_dead_letters,
+                     await clients.postgres(), clients.redis())

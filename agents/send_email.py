@@ -1,28 +1,16 @@
-"""send_email: outbox.email → provider → delivery-events (+ dead-letters).
+"""send_email: outbox.email → the email provider → delivery-events (+ dead-letters).
 
-Input: ``outbox.email`` (``MessageBatch``, one campaign and partition, many recipients).
-Output, per batch: ONE ``DeliveryEventBatch`` (sent / bounced / failed, or held /
-cancelled) to ``delivery-events`` on the batch's partition; one dead letter per
-message that could not be sent (narrowed batch + reason).
-Side effects: sends through SMTP (aiosmtplib, pooled sessions), or the SendGrid-shaped batch HTTP provider when
-HERALD_EMAIL_PROVIDER=batch; each email carries List-Unsubscribe headers, tracked links
-and an open pixel.
-Redis: the channel's token bucket and queue lag, the batch claims and idempotency ledger,
-``campaign:{id}:held``.
-
-The loop is pipeline/send/'s (shared by every channel: consumer.py runs sender.py's ``Sender``);
-this file only wires it to the worker's shared clients and to Faust's producer (agents/_io.py).
-At least once: a batch's offset is committed after its events and dead letters are acknowledged,
-and a replay skips what the idempotency ledger says the provider already accepted.
+Sends through SMTP (aiosmtplib, pooled sessions), or the SendGrid-shaped batch HTTP provider when
+HERALD_EMAIL_PROVIDER=batch; each email carries List-Unsubscribe headers, tracked links and an
+open pixel.
+Input, output, Redis side effects and the at-least-once contract are every sender's, written
+once in ``agents/_io.py`` (``run_channel_sender``).
 """
 
-from agents._io import publish_dead_letters, publish_event_batch
-from pipeline.app import app, clients, settings
-from pipeline.send.consumer import run_sender
-from schemas.topics import OUTBOX
+from agents._io import run_channel_sender
+from pipeline.app import app
 
 
 @app.task
 async def send_email() -> None:
-    await run_sender(settings, "email", OUTBOX["email"].name, publish_event_batch, publish_dead_letters,
-                     await clients.postgres(), clients.redis())
+    await run_channel_sender("email")
