@@ -29,308 +29,40 @@ How a launch is processed, and why it is exactly-once on the topic:
 Runs as a bulk consumer task (group ``<app_id>.explode``): a launch is one record
 that takes seconds, and its commit must wait for the whole explosion.
 
-``python -m agents.explode --launch-file f.json [--pace-s S --window N]`` explodes
-one launch in this process, outside any consumer group (tests kill it mid-launch).
+The decisions are pipeline/explode.py's; every store call, in the order above,
+pipeline/explode_io.py's. ``python -m agents.explode --launch-file f.json [--pace-s S
+--window N]`` explodes one launch in this process, outside any consumer group (tests kill
+it mid-launch).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import time
-import uuid
-from dataclasses import dataclass
+import sys
 
-import asyncpg
-import numpy as np
-import orjson
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from redis.asyncio import Redis
 
 from agents._io import send_dead_letters
-from config import Settings
-from pipeline.app import app, settings
-from schemas.topics import CAMPAIGN_LAUNCHES, MESSAGE_REQUESTS
+from pipeline import explode_io
+from pipeline.app import app, clients, settings
 from pipeline.batch_consumer import run_forever
 from pipeline.codecs import RawRecord, dead_letter, decode_batch
-from pipeline.explode import (
-    BATCH_SIZE, TRANSACTIONAL, BatchWriter, ExplodePlan, advance_offsets, assign_variants, campaign_category,
-    expected_messages, pack_codes, pack_ids, parse_batch_id, pending_batches, plan, unpack_codes, unpack_ids,
-)
+from pipeline.launch_audience import WorkerAudience
 from pipeline.worker_clients import StartedOnce
-from pipeline.campaign_state import begin_launch, finish_launch
-from pipeline.launch_audience import AudienceError, WorkerAudience, resolve_audience
 from schemas.campaigns import CampaignLaunch
+from schemas.topics import CAMPAIGN_LAUNCHES
 
 log = structlog.get_logger("herald.explode")
-
-WINDOW_RECIPIENTS = 50_000  # recipients acknowledged per checkpoint write
-COMMIT_WAIT_S = 2.0  # how long to wait for the API to commit the launch it published
-_SUPERSEDED = "not the current launch"
-SCAN_TIMEOUT_S = 120.0  # reading back what was sent since the checkpoint (a resume only)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    state: str  # "done" (now), "already" (done before), "skipped"
-    recipients: int = 0
-    emitted: int = 0  # records sent by this call
-    reason: str | None = None
-    letter: bool = False  # skipped now for a reason an operator should see (a dead letter)
-
-
-def _lock_key(launch_id: uuid.UUID) -> int:
-    return int.from_bytes(launch_id.bytes[:8], "big", signed=True)
-
-
-class Exploder:
-    """Explodes launches; owns its PostgreSQL pool, Redis client, producer and a metadata consumer."""
-
-    def __init__(self, settings: Settings, audience: WorkerAudience | None = None, *, pace_s: float = 0.0,
-                 window_recipients: int = WINDOW_RECIPIENTS, batch_size: int = BATCH_SIZE) -> None:
-        self.settings = settings
-        self.audience = audience
-        self.pace_s = pace_s
-        self.window_recipients = window_recipients
-        self.batch_size = batch_size
-        self.topic = MESSAGE_REQUESTS.name
-        self.pool: asyncpg.Pool | None = None
-        self.redis: Redis | None = None
-        self.producer: AIOKafkaProducer | None = None
-        self.reader: AIOKafkaConsumer | None = None
-
-    async def start(self) -> None:
-        s = self.settings
-        self.pool = await asyncpg.create_pool(s.postgres_dsn, min_size=1, max_size=4)
-        self.redis = Redis.from_url(s.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0)
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_brokers, client_id=f"{s.app_id}.explode", acks="all",
-            enable_idempotence=True, linger_ms=5, max_batch_size=1_048_576, max_request_size=4_194_304,
-        )
-        await self.producer.start()
-        self.reader = AIOKafkaConsumer(bootstrap_servers=s.kafka_brokers, group_id=None, enable_auto_commit=False,
-                                       max_partition_fetch_bytes=8 * 1024 * 1024)
-        await self.reader.start()
-
-    async def stop(self) -> None:
-        if self.reader is not None:
-            await self.reader.stop()
-        if self.producer is not None:
-            await self.producer.stop()
-        if self.redis is not None:
-            await self.redis.aclose()
-        if self.pool is not None:
-            await self.pool.close()
-
-    # ── one launch ────────────────────────────────────────────────────────────
-
-    async def explode(self, launch: CampaignLaunch) -> Outcome:
-        assert self.pool is not None
-        async with self.pool.acquire() as conn:
-            key = _lock_key(launch.launch_id)
-            await conn.execute("SELECT pg_advisory_lock($1)", key)
-            try:
-                return await self._explode_locked(conn, launch)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", key)
-
-    async def _explode_locked(self, conn: asyncpg.Connection, launch: CampaignLaunch) -> Outcome:
-        row = await conn.fetchrow("SELECT * FROM launch_audiences WHERE launch_id = $1", launch.launch_id)
-        if row is not None and row["state"] != "exploding":
-            return Outcome("already", row["size"], reason=row["reason"])
-        fresh = row is None
-        if fresh:
-            row = await self._freeze(conn, launch)
-            if row["state"] == "skipped":
-                log.warning("launch skipped", campaign_id=launch.campaign_id, launch_id=str(launch.launch_id),
-                            reason=row["reason"])
-                return Outcome("skipped", reason=row["reason"], letter=not row["reason"].startswith(_SUPERSEDED))
-        assert self.redis is not None
-        status = await begin_launch(self.redis, launch.campaign_id, launch.launch_id)
-
-        started = time.perf_counter()
-        ids = unpack_ids(row["members"])
-        cut = plan(ids, row["partitions"], row["batch_size"])
-        offsets = {int(p): o for p, o in orjson.loads(row["offsets"]).items()}
-        sent = set() if fresh else await self._sent_since(launch.launch_id, offsets)
-        todo = pending_batches(cut, row["next_chunk"], sent)
-        category = await self._category(conn, launch)
-        writer = BatchWriter(
-            launch_id=launch.launch_id, campaign_id=launch.campaign_id, category=category,
-            transactional=category == TRANSACTIONAL, launched_at=launch.launched_at, user_ids=ids,
-            variants=None if not launch.variants else _variants(launch, ids),
-            language_codes=unpack_codes(row["language_codes"]), languages=row["languages"], step=launch.step,
-        )
-        # A resume's first window reaches past every record found after the checkpoint, so the
-        # next checkpoint's offsets never pass a record of ours that a later scan would then miss.
-        first_until = max((c for c, _ in sent), default=-1)
-        emitted = await self._emit(conn, launch.launch_id, cut, writer, todo, offsets, first_until)
-        recipients = len(ids)
-        await finish_launch(self.redis, launch.campaign_id, recipients,
-                            expected_messages(recipients, launch.channels))
-        await conn.execute(
-            "UPDATE launch_audiences SET state = 'done', next_chunk = $2, updated_at = now(), finished_at = now()"
-            " WHERE launch_id = $1", launch.launch_id, cut.chunks,
-        )
-        seconds = time.perf_counter() - started
-        log.info("launch exploded", campaign_id=launch.campaign_id, launch_id=str(launch.launch_id),
-                 recipients=recipients, records=emitted, resumed=not fresh, skipped_on_resume=len(sent),
-                 status=status, seconds=round(seconds, 3))
-        return Outcome("done", recipients, emitted)
-
-    async def _freeze(self, conn: asyncpg.Connection, launch: CampaignLaunch) -> asyncpg.Record:
-        """Resolve and store the audience (or why there is none) the first time a launch is seen."""
-        reason = await self._not_current(conn, launch)
-        ids = np.empty(0, dtype=np.int64)
-        codes, languages = np.empty(0, dtype=np.uint8), ["en"]
-        if reason is None and launch.type == "triggered":
-            reason = "a triggered campaign sends per event (match_triggers), not to a frozen audience"
-        if reason is None and launch.segment_id is None:
-            reason = "the launch names no target segment"
-        if reason is None:
-            try:
-                store = await self._store(conn, launch.segment_id)
-                ids, codes, languages = await resolve_audience(conn, launch.segment_id, store)
-            except AudienceError as exc:
-                reason = str(exc)
-        offsets = await self._end_offsets()
-        return await conn.fetchrow(
-            "INSERT INTO launch_audiences (launch_id, campaign_id, segment_id, state, reason, size, partitions,"
-            " batch_size, chunks, members, language_codes, languages, offsets)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb) RETURNING *",
-            launch.launch_id, launch.campaign_id, launch.segment_id, "skipped" if reason else "exploding", reason,
-            len(ids), MESSAGE_REQUESTS.partitions, self.batch_size,
-            plan(ids, MESSAGE_REQUESTS.partitions, self.batch_size).chunks,
-            pack_ids(ids), pack_codes(codes), languages, orjson.dumps({str(p): o for p, o in offsets.items()}).decode(),
-        )
-
-    async def _store(self, conn: asyncpg.Connection, segment_id: int):
-        """The live audience store, caught up, for a dynamic segment (static ones are read from PostgreSQL)."""
-        dynamic = await conn.fetchval("SELECT kind = 'dynamic' FROM segments WHERE segment_id = $1", segment_id)
-        if not dynamic or self.audience is None:
-            return None
-        return await self.audience.current(timeout_s=60.0)  # a timeout is transient: the record is retried
-
-    async def _not_current(self, conn: asyncpg.Connection, launch: CampaignLaunch) -> str | None:
-        """Why this record is not the campaign's committed launch, or None if it is (or cannot be told).
-
-        The API commits ``campaigns.launch_id`` just after Kafka acknowledged the record,
-        so a short wait covers that gap. A different launch committed in its place means
-        this one failed or was superseded; no committed launch at all (a record written
-        by hand, or an API that failed after publishing) is given the benefit of the doubt.
-        """
-        deadline = time.monotonic() + COMMIT_WAIT_S
-        while True:
-            row = await conn.fetchrow("SELECT launch_id FROM campaigns WHERE campaign_id = $1", launch.campaign_id)
-            if row is None or row["launch_id"] == launch.launch_id:
-                return None
-            if time.monotonic() > deadline:
-                if row["launch_id"] is None:
-                    return None
-                return f"{_SUPERSEDED}: campaign {launch.campaign_id}'s committed launch is {row['launch_id']}, not this one"
-            await asyncio.sleep(0.1)
-
-    async def _category(self, conn: asyncpg.Connection, launch: CampaignLaunch) -> str:
-        wanted = {ch: e.get("template_id") for ch, e in launch.content.items() if isinstance(e, dict)}
-        ids = [t for t in wanted.values() if isinstance(t, int) and not isinstance(t, bool)]
-        found = {}
-        if ids:
-            rows = await conn.fetch("SELECT template_id, category FROM templates WHERE template_id = ANY($1::bigint[])",
-                                    ids)
-            found = {r["template_id"]: r["category"] for r in rows}
-        return campaign_category(launch.channels, {ch: found.get(t) for ch, t in wanted.items()})
-
-    # ── Kafka ─────────────────────────────────────────────────────────────────
-
-    def _partitions(self) -> list[TopicPartition]:
-        return [TopicPartition(self.topic, p) for p in range(MESSAGE_REQUESTS.partitions)]
-
-    async def _end_offsets(self) -> dict[int, int]:
-        assert self.reader is not None
-        ends = await self.reader.end_offsets(self._partitions())
-        return {tp.partition: offset for tp, offset in ends.items()}
-
-    async def _sent_since(self, launch_id: uuid.UUID, offsets: dict[int, int]) -> set[tuple[int, int]]:
-        """``(chunk, partition)`` of this launch's records written after the checkpoint's offsets."""
-        assert self.reader is not None
-        ends = await self._end_offsets()
-        wanted = {TopicPartition(self.topic, p): o for p, o in offsets.items() if o < ends.get(p, 0)}
-        sent: set[tuple[int, int]] = set()
-        if not wanted:
-            return sent
-        self.reader.assign(list(wanted))
-        for tp, offset in wanted.items():
-            self.reader.seek(tp, offset)
-        remaining = set(wanted)
-        prefix = str(launch_id)
-        deadline = time.monotonic() + SCAN_TIMEOUT_S
-        while remaining:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {self.topic} up to {ends} to resume launch {launch_id}")
-            batch = await self.reader.getmany(*remaining, timeout_ms=500)
-            for tp, messages in batch.items():
-                for m in messages:
-                    if m.offset >= ends[tp.partition]:
-                        continue
-                    parsed = parse_batch_id(m.key.decode("ascii", "replace")) if m.key else None
-                    if parsed and parsed[0] == prefix:
-                        sent.add((parsed[1], parsed[2]))
-            # By position, not by the last record seen: the log may end in a control record.
-            remaining = {tp for tp in remaining if await self.reader.position(tp) < ends[tp.partition]}
-        self.reader.assign([])
-        return sent
-
-    async def _emit(self, conn: asyncpg.Connection, launch_id: uuid.UUID, cut: ExplodePlan, writer: BatchWriter,
-                    todo: list[tuple[int, list[int]]], offsets: dict[int, int], first_until: int = -1) -> int:
-        """Send the pending batches window by window, checkpointing after each acknowledged window."""
-        assert self.producer is not None
-        per_window = max(1, self.window_recipients // max(1, cut.partitions * cut.batch_size))
-        emitted = 0
-        start = 0
-        while start < len(todo):
-            end = start + per_window
-            while start == 0 and end < len(todo) and todo[end - 1][0] < first_until:
-                end += 1
-            window = todo[start:end]
-            start = end
-            futures = []
-            for chunk, partitions in window:
-                wanted = set(partitions)
-                for partition, positions in cut.chunk(chunk):
-                    if partition in wanted:
-                        bid, value = writer.record(chunk, partition, positions)
-                        futures.append(await self.producer.send(self.topic, value, key=bid.encode(),
-                                                                partition=partition))
-            acked = await asyncio.gather(*futures)
-            offsets = advance_offsets(offsets, ((m.partition, m.offset) for m in acked))
-            emitted += len(acked)
-            if self.pace_s:  # a throttle; placed before the checkpoint, it also widens what a crash test hits
-                await asyncio.sleep(self.pace_s)
-            await conn.execute(
-                "UPDATE launch_audiences SET next_chunk = $2, offsets = $3::jsonb, updated_at = now()"
-                " WHERE launch_id = $1",
-                launch_id, window[-1][0] + 1, orjson.dumps({str(p): o for p, o in offsets.items()}).decode(),
-            )
-        return emitted
-
-
-def _variants(launch: CampaignLaunch, ids: np.ndarray) -> np.ndarray | None:
-    return assign_variants(launch.campaign_id, ids, [(v.id, v.weight) for v in launch.variants])
-
-
-# ── the worker's tasks ────────────────────────────────────────────────────────
-
 audience = WorkerAudience(settings)
-_exploder = StartedOnce(lambda: Exploder(settings, audience))
+_exploder = StartedOnce(lambda: explode_io.Exploder(settings, clients, audience))
 
 
 async def explode_batch(raws: list[RawRecord]) -> None:
-    ex = await _exploder.get()
+    exploder = await _exploder.get()
     decoded = decode_batch(raws, CampaignLaunch, stage="explode")
     dead = list(decoded.dead)
     for launch, raw in zip(decoded.records, decoded.sources):
-        outcome = await ex.explode(launch)
+        outcome = await exploder.explode(launch)
         if outcome.letter and outcome.reason:
             dead.append(dead_letter(raw, "explode", outcome.reason))
     await send_dead_letters(dead)
@@ -355,27 +87,9 @@ async def follow_audience() -> None:
 async def explode_launches() -> None:
     try:
         await run_forever(settings, CAMPAIGN_LAUNCHES.name, "explode", explode_batch)
-    finally:  # worker shutdown: close what the exploder opened
+    finally:  # worker shutdown: close the exploder's own reader (the shared clients close with the app)
         await _exploder.stop()
 
 
-# ── one launch from the command line (tests: a process to SIGKILL mid-launch) ─
-
-
-async def _main(args: argparse.Namespace) -> None:
-    launch = CampaignLaunch.model_validate_json(open(args.launch_file, "rb").read())
-    ex = Exploder(settings, None, pace_s=args.pace_s, window_recipients=args.window)
-    await ex.start()
-    try:
-        outcome = await ex.explode(launch)
-        print(orjson.dumps(outcome.__dict__).decode(), flush=True)
-    finally:
-        await ex.stop()
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Explode one campaign launch (JSON CampaignLaunch)")
-    parser.add_argument("--launch-file", required=True)
-    parser.add_argument("--pace-s", type=float, default=0.0, help="pause after each window, before its checkpoint")
-    parser.add_argument("--window", type=int, default=WINDOW_RECIPIENTS, help="recipients per checkpoint")
-    asyncio.run(_main(parser.parse_args()))
+    asyncio.run(explode_io.main(sys.argv[1:], settings))

@@ -261,3 +261,65 @@ def advance_offsets(offsets: Mapping[int, int], acked: Iterable[tuple[int, int]]
         if offset + 1 > out.get(partition, -1):
             out[partition] = offset + 1
     return out
+
+
+# ---------------------------------------------------------------- one launch: what becomes of it
+
+SUPERSEDED = "not the current launch"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What exploding one launch record did."""
+
+    state: str  # "done" (now), "already" (done before), "skipped"
+    recipients: int = 0
+    emitted: int = 0  # records sent by this call
+    reason: str | None = None
+    letter: bool = False  # skipped now for a reason an operator should see (a dead letter)
+
+
+def skipped(reason: str) -> Outcome:
+    """A launch skipped for ``reason``: dead-lettered, unless it was merely superseded by a newer launch."""
+    return Outcome("skipped", reason=reason, letter=not reason.startswith(SUPERSEDED))
+
+
+def superseded(campaign_id: int, committed: uuid.UUID) -> str:
+    return f"{SUPERSEDED}: campaign {campaign_id}'s committed launch is {committed}, not this one"
+
+
+def no_audience_reason(launch_type: str, segment_id: int | None) -> str | None:
+    """Why a launch has no audience to freeze, or None if it has one."""
+    if launch_type == "triggered":
+        return "a triggered campaign sends per event (match_triggers), not to a frozen audience"
+    if segment_id is None:
+        return "the launch names no target segment"
+    return None
+
+
+def lock_key(launch_id: uuid.UUID) -> int:
+    """The PostgreSQL advisory lock that fences a second worker exploding the same launch."""
+    return int.from_bytes(launch_id.bytes[:8], "big", signed=True)
+
+
+def launch_variants(campaign_id: int, variants: Sequence[Any], user_ids: np.ndarray) -> np.ndarray | None:
+    """Each user's variant of the launch's A/B test (``variants``: records with ``id`` and ``weight``)."""
+    return assign_variants(campaign_id, user_ids, [(v.id, v.weight) for v in variants]) if variants else None
+
+
+def windows(todo: Sequence[tuple[int, list[int]]], plan: ExplodePlan, window_recipients: int,
+            first_until: int = -1) -> list[Sequence[tuple[int, list[int]]]]:
+    """The pending batches cut into windows of about ``window_recipients`` (one checkpoint each).
+
+    A resume's first window reaches past every chunk found sent after the checkpoint (``first_until``),
+    so the next checkpoint's offsets never pass a record of ours that a later scan would then miss.
+    """
+    per_window = max(1, window_recipients // max(1, plan.partitions * plan.batch_size))
+    out, start = [], 0
+    while start < len(todo):
+        end = start + per_window
+        while start == 0 and end < len(todo) and todo[end - 1][0] < first_until:
+            end += 1
+        out.append(todo[start:end])
+        start = end
+    return out

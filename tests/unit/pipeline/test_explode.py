@@ -223,3 +223,36 @@ def test_a_cancelled_held_batch_counts_every_recipient_on_every_channel_it_was_f
     assert sorted((e.user_id, e.channel) for e in events) == [(1, "email"), (1, "push"), (2, "email"), (2, "push")]
     assert all(e.status == "cancelled" and e.reason == "cancelled" for e in events)
     assert len(cancelled_events(batch | {"channel": "sms"}, ["email", "push"]).events) == 2
+
+
+def test_a_launch_superseded_by_a_newer_one_is_skipped_without_a_dead_letter():
+    from pipeline.explode import skipped, superseded
+
+    launch = uuid.uuid4()
+    assert not skipped(superseded(5, launch)).letter
+    assert skipped("no segment 9").letter and skipped("no segment 9").state == "skipped"
+
+
+def test_a_triggered_launch_or_one_without_a_segment_freezes_no_audience():
+    from pipeline.explode import no_audience_reason
+
+    assert "triggered" in no_audience_reason("triggered", 3)
+    assert "segment" in no_audience_reason("immediate", None)
+    assert no_audience_reason("immediate", 3) is None
+
+
+def test_a_launch_is_locked_by_a_stable_signed_64_bit_key():
+    from pipeline.explode import lock_key
+
+    launch = uuid.UUID("ffffffff-ffff-ffff-0000-000000000000")
+    assert lock_key(launch) == -1 and lock_key(launch) == lock_key(uuid.UUID(str(launch)))
+
+
+def test_windows_hold_about_the_wanted_recipients_and_a_resume_reaches_past_what_was_sent():
+    from pipeline.explode import plan, windows
+
+    cut = plan(np.arange(1, 4001, dtype=np.int64), 4, 100)  # 4 partitions of records of up to 100
+    todo = [(c, [0, 1, 2, 3]) for c in range(10)]
+    assert [len(w) for w in windows(todo, cut, 800)] == [2, 2, 2, 2, 2]  # 2 chunks of 4 × 100
+    assert [len(w) for w in windows(todo, cut, 800, first_until=5)] == [6, 2, 2]
+    assert windows([], cut, 800) == []
