@@ -42,7 +42,7 @@ from api.auth import ROLES, require_role
 from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
 from pipeline.lookalike import LookalikeError, train_and_rank
-from pipeline.segments import AudienceStore, Criteria, CriteriaError, Exclusions, parse_criteria
+from pipeline.segments import AudienceStore, Criteria, CriteriaError, Exclusions, parse_criteria, unseen_fields
 from pipeline.segments.members import member_ids
 
 EDITORS = ("admin", "marketer")
@@ -98,8 +98,15 @@ class Segment(BaseModel):
     quality: dict[str, Any] | None = Field(description="a lookalike model's quality (pipeline.lookalike)")
 
 
+_WARNINGS = Field(
+    default_factory=list,
+    description="conditions on an attribute or event no user has yet: accepted, matched by nobody until it arrives",
+)
+
+
 class CreatedSegment(Segment):
     estimated_size: int
+    warnings: list[FieldProblem] = _WARNINGS
 
 
 class SegmentList(BaseModel):
@@ -110,6 +117,7 @@ class SegmentList(BaseModel):
 class Estimate(BaseModel):
     estimated_size: int
     computation_time_ms: float
+    warnings: list[FieldProblem] = _WARNINGS
 
 
 # ---------------------------------------------------------------- shared with the campaigns API
@@ -141,6 +149,11 @@ def parse_or_422(data: object, store: AudienceStore) -> Criteria:
         fields = [FieldProblem(field=_criteria_field(path), reason=reason) for path, reason in exc.problems]
         names = ", ".join(dict.fromkeys(f.field for f in fields)) or "criteria"
         raise ApiError(422, "validation_error", f"invalid segment criteria: {names}", fields=fields) from None
+
+
+def criteria_warnings(criteria: Criteria, store: AudienceStore) -> list[FieldProblem]:
+    """A warning for each condition on an attribute or event the store has not seen on any user yet."""
+    return [FieldProblem(field=_criteria_field(path), reason=reason) for path, reason in unseen_fields(criteria, store)]
 
 
 def _invalid_param(field: str, reason: str) -> ApiError:
@@ -344,9 +357,12 @@ def _limit(raw: str | None) -> int:
 async def create_segment(request: Request) -> Response:
     """Defines an audience once, for campaigns to target: dynamic (live) or static (members frozen now).
 
-    The criteria are validated (an unknown field or operator is a 422 naming
-    it), excluded segments must exist and must not exclude each other in a
-    cycle. A static segment's members are copied into ``segment_members``.
+    The criteria are validated (an unknown operator or a malformed value is a
+    422 naming it), excluded segments must exist and must not exclude each
+    other in a cycle. A condition on an attribute or event no user has yet is
+    accepted with a ``warnings`` entry naming it: nobody matches it until
+    upstream systems send it. A static segment's members are copied into
+    ``segment_members``.
     """
     new = await parse_body(request, NewSegment)
     store = audience_store(request)
@@ -368,7 +384,8 @@ async def create_segment(request: Request) -> Response:
                 row["segment_id"],
                 estimated,
             )
-        created = CreatedSegment(**_segment(row).model_dump(), estimated_size=estimated)
+        created = CreatedSegment(**_segment(row).model_dump(), estimated_size=estimated,
+                                 warnings=criteria_warnings(criteria, store))
         await _audit_created(conn, request, created)
     return JSONResponse(created.model_dump(mode="json"), status_code=201)
 
@@ -452,7 +469,8 @@ async def delete_segment(request: Request) -> Response:
 async def estimate_segment(request: Request) -> Response:
     """How many users criteria select right now, without saving anything: for building a segment interactively.
 
-    ``computation_time_ms`` covers resolving exclusions and counting.
+    ``computation_time_ms`` covers resolving exclusions and counting; ``warnings``
+    names conditions on attributes or events no user has yet.
     """
     body = await parse_body(request, EstimateRequest)
     store = audience_store(request)
@@ -464,7 +482,9 @@ async def estimate_segment(request: Request) -> Response:
             exclusions = await load_exclusions(conn, criteria)
     size = store.estimate(criteria, exclusions)
     elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
-    return JSONResponse(Estimate(estimated_size=size, computation_time_ms=elapsed_ms).model_dump())
+    warnings = criteria_warnings(criteria, store)
+    estimate = Estimate(estimated_size=size, computation_time_ms=elapsed_ms, warnings=warnings)
+    return JSONResponse(estimate.model_dump())
 
 
 @require_role(*EDITORS)

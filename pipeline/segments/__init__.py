@@ -4,6 +4,7 @@ One module for the API (estimates) and the launch stage (membership), so that
 an estimate and the audience a launch reaches agree:
 
     criteria = parse_criteria(body["criteria"], store)      # CriteriaError -> 422
+    unseen_fields(criteria, store)                           # attributes/events no user has yet: warnings
     store.estimate(criteria, exclusions)                     # int
     store.members(criteria, exclusions)                      # sorted int64 user ids
 
@@ -11,11 +12,13 @@ an estimate and the audience a launch reaches agree:
 plus the tail of ``user-profiles`` and ``user-events``.
 """
 
-from pipeline.segments.dsl import Condition, Criteria, CriteriaError, FieldCatalog, Group, parse_criteria
+from pipeline.segments.dsl import (
+    Condition, Criteria, CriteriaError, FieldCatalog, Group, parse_criteria, unseen_fields,
+)
 from pipeline.segments.live import open_audience
 from pipeline.segments.store import AudienceStore, Exclusions
 
 __all__ = [
     "AudienceStore", "Condition", "Criteria", "CriteriaError", "Exclusions", "FieldCatalog", "Group",
-    "open_audience", "parse_criteria",
+    "open_audience", "parse_criteria", "unseen_fields",
 ]

@@ -15,10 +15,13 @@ the offending key ("criteria.conditions.1.operator") and why. Fields name one of
     an event as "events.<name>"
 
 Whether an attribute or event *exists* is only known to an audience store: pass a
-``FieldCatalog`` (an ``AudienceStore`` is one) and unknown names are refused, and
-operators and values are checked against the attribute's kind. Without one
-(re-reading stored criteria), attribute and event names are only checked for
-shape, and the store checks kinds when it evaluates.
+``FieldCatalog`` (an ``AudienceStore`` is one) and operators and values are
+checked against the kind of each attribute it knows. An attribute or event no
+user has yet is not an error: upstream systems send attributes when they have
+them, and a marketer builds the segment before the data arrives. Such a name is
+checked for shape only (as without a catalog, when stored criteria are read
+back), nobody has it until it arrives, and ``unseen_fields`` names it so the
+API can warn. Unknown operators and malformed values are refused either way.
 
 Times are resolved at evaluation, not here: "30_days_ago" stays relative, so a
 stored dynamic segment keeps meaning "the last 30 days" tomorrow.
@@ -183,6 +186,27 @@ def parse_criteria(data: object, catalog: FieldCatalog | None = None) -> Criteri
     return Criteria(root, excluded)
 
 
+def unseen_fields(criteria: Criteria, catalog: FieldCatalog) -> list[tuple[str, str]]:
+    """(path of the field, reason) for each condition on an attribute or event ``catalog`` has not seen yet.
+
+    Not problems: the criteria are valid, and nobody matches such a condition
+    (``not_exists`` and the other negations: everybody) until the data arrives.
+    """
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[Condition | Group, str]] = [(criteria.root, "criteria")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, Group):
+            stack.extend(reversed([(c, f"{path}.conditions.{i}") for i, c in enumerate(node.conditions)]))
+            continue
+        target = node.target
+        if target.source == "attribute" and catalog.attribute_kind(target.name) is None:
+            found.append((f"{path}.field", f"no user has attribute {target.name!r} yet"))
+        elif target.source == "event" and not catalog.has_event(target.name):
+            found.append((f"{path}.field", f"no user has had event {target.name!r} yet"))
+    return found
+
+
 class _Parser:
     def __init__(self, catalog: FieldCatalog | None) -> None:
         self.catalog = catalog
@@ -278,9 +302,6 @@ class _Parser:
             if not _EVENT_NAME.match(event):
                 self.fail(path, f"unknown field {name!r}: not a valid event name")
                 return None, None
-            if self.catalog is not None and not self.catalog.has_event(event):
-                self.fail(path, f"unknown field {name!r}: no event named {event!r} has been seen")
-                return None, None
             return FieldRef("event", event), "event"
         bare = name.removeprefix("user.")
         if name.startswith("attributes."):
@@ -292,13 +313,8 @@ class _Parser:
         if not _ATTRIBUTE_NAME.match(bare):
             self.fail(path, f"unknown field {name!r}: not a user field, attribute or 'events.<name>'")
             return None, None
-        kind: Kind | None = None
-        if self.catalog is not None:
-            kind = self.catalog.attribute_kind(bare)
-            if kind is None:
-                self.fail(path, f"unknown field {name!r}: not a user field ({', '.join(BUILTINS)}), "
-                                "an attribute any user has, or 'events.<name>'")
-                return None, None
+        # None: an attribute no user has yet, checked for shape only (see unseen_fields).
+        kind = self.catalog.attribute_kind(bare) if self.catalog is not None else None
         return FieldRef("attribute", bare), kind
 
     def value(self, kind: Kind | None, operator: str, raw: Any, path: str) -> Any:

@@ -25,7 +25,7 @@ from config import Settings
 from pipeline.stores.postgres import upsert_users
 from schemas.records import UserProfile
 from tests.integration.api.helpers import assert_error, bearer, unique_name
-from tests.integration.kafka_io import eventually, produce
+from tests.helpers.kafka import eventually, produce
 
 TIERS = {"core": 20, "near": 20, "other": 10}
 POPULATION = sum(TIERS.values())
@@ -153,7 +153,8 @@ async def test_estimate_counts_new_profiles_within_five_seconds(
         return body if response.status_code == 200 and body["estimated_size"] == 7 else None
 
     body = await eventually(counted, timeout_s=5.0, every_s=0.1)
-    assert set(body) == {"estimated_size", "computation_time_ms"}
+    assert set(body) == {"estimated_size", "computation_time_ms", "warnings"}
+    assert body["warnings"] == []
     assert body["computation_time_ms"] >= 0
 
 
@@ -165,13 +166,40 @@ def test_estimate_applies_conditions_and_nested_groups(client: TestClient, keys:
     assert estimate(client, key, of_run(population, nested, condition("country", "equals", "DE"))) == 20
 
 
-def test_unknown_criteria_field_is_422_naming_it(client: TestClient, keys: dict, population: dict) -> None:
-    criteria = of_run(population, condition("no_such_field_anywhere", "equals", 1))
-    response = client.post("/api/v1/segments", headers=bearer(keys["marketer"]),
-                           json={"name": unique_name("bad"), "criteria": criteria})
-    error = assert_error(response, 422, "validation_error")
-    assert [f["field"] for f in error["fields"]] == ["criteria.conditions.1.field"]
-    assert "no_such_field_anywhere" in error["fields"][0]["reason"]
+def test_attribute_no_user_has_yet_is_accepted_with_a_warning_and_size_0(
+    client: TestClient, keys: dict, population: dict
+) -> None:
+    name = f"segtest_not_yet_{population['token']}"
+    criteria = of_run(population, condition(name, "greater_than", 1))
+    expected = [{"field": "criteria.conditions.1.field", "reason": f"no user has attribute '{name}' yet"}]
+    response = client.post("/api/v1/segments/estimate", headers=bearer(keys["analyst"]), json={"criteria": criteria})
+    assert response.status_code == 200, response.text
+    assert response.json()["estimated_size"] == 0 and response.json()["warnings"] == expected
+    for dynamic in (True, False):
+        created = create(client, keys["marketer"], criteria, dynamic=dynamic)
+        assert created["estimated_size"] == created["size"] == 0
+        assert created["warnings"] == expected
+        assert created["criteria"]["conditions"][1]["field"] == name
+
+
+def test_event_no_user_has_had_yet_is_accepted_with_a_warning(client: TestClient, keys: dict, population: dict) -> None:
+    event = f"segtest_not_yet_{population['token']}"
+    criteria = of_run(population, condition(f"events.{event}", "not_exists", "last_7_days"))
+    response = client.post("/api/v1/segments/estimate", headers=bearer(keys["analyst"]), json={"criteria": criteria})
+    assert response.status_code == 200, response.text
+    assert response.json()["estimated_size"] == POPULATION  # nobody has had it, so everybody lacks it
+    assert response.json()["warnings"] == [
+        {"field": "criteria.conditions.1.field", "reason": f"no user has had event '{event}' yet"}]
+
+
+def test_malformed_value_on_an_attribute_no_user_has_yet_is_still_422(
+    client: TestClient, keys: dict, population: dict
+) -> None:
+    criteria = of_run(population, condition("segtest_not_yet", "greater_than", {"amount": 1}))
+    for path, body in (("/api/v1/segments", {"name": unique_name("bad"), "criteria": criteria}),
+                       ("/api/v1/segments/estimate", {"criteria": criteria})):
+        error = assert_error(client.post(path, headers=bearer(keys["admin"]), json=body), 422, "validation_error")
+        assert [f["field"] for f in error["fields"]] == ["criteria.conditions.1.value"]
 
 
 def test_unknown_operator_is_422_naming_it(client: TestClient, keys: dict, population: dict) -> None:

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.segments import AudienceStore, CriteriaError, parse_criteria
+from pipeline.segments import AudienceStore, CriteriaError, parse_criteria, unseen_fields
 from pipeline.segments.dsl import FieldRef, Instant
 from schemas.records import UserEvent, UserProfile
 
@@ -53,20 +53,46 @@ def test_defaults_are_and_logic_and_no_exclusions():
     assert parse_criteria({"conditions": []}).to_json() == {"conditions": [], "logic": "AND", "exclude_segments": []}
 
 
-def test_unknown_field_is_named_with_its_path(store):
-    found = problems({"conditions": [{"field": "country", "operator": "equals", "value": "US"},
-                                     {"conditions": [{"field": "total_spent", "operator": "greater_than", "value": 1}]}]},
-                     store)
-    assert len(found) == 1
-    assert found[0][0] == "criteria.conditions.1.conditions.0.field"
-    assert "unknown field 'total_spent'" in found[0][1]
+def test_attribute_no_user_has_yet_is_accepted_and_named_with_its_path(store):
+    data = {"conditions": [{"field": "country", "operator": "equals", "value": "US"},
+                           {"conditions": [{"field": "total_spent", "operator": "greater_than", "value": 1}]}]}
+    criteria = parse_criteria(data, store)
+    assert criteria.conditions[1].conditions[0].target == FieldRef("attribute", "total_spent")
+    assert criteria.conditions[1].conditions[0].value == 1.0
+    assert unseen_fields(criteria, store) == [
+        ("criteria.conditions.1.conditions.0.field", "no user has attribute 'total_spent' yet")]
 
 
-def test_unknown_event_and_unsupported_attribute_are_unknown_fields(store):
-    assert problems({"conditions": [{"field": "events.signed_up", "operator": "exists"}]}, store)[0][0] \
-        == "criteria.conditions.0.field"
-    # A list-valued attribute is not segmentable, so the store does not know it as a field.
-    assert "unknown field 'tags'" in problems({"conditions": [{"field": "tags", "operator": "exists"}]}, store)[0][1]
+def test_event_no_user_has_had_yet_is_accepted_and_named(store):
+    criteria = parse_criteria({"conditions": [{"field": "events.product_viewed", "operator": "exists"},
+                                              {"field": "events.signed_up", "operator": "not_exists"}]}, store)
+    assert unseen_fields(criteria, store) == [("criteria.conditions.1.field", "no user has had event 'signed_up' yet")]
+
+
+def test_known_fields_give_no_warnings(store):
+    criteria = parse_criteria({"conditions": [{"field": "plan", "operator": "equals", "value": "pro"},
+                                              {"field": "country", "operator": "exists"},
+                                              {"field": "events.product_viewed", "operator": "exists"}]}, store)
+    assert unseen_fields(criteria, store) == []
+
+
+def test_list_valued_attribute_is_not_segmentable_so_no_user_has_it(store):
+    criteria = parse_criteria({"conditions": [{"field": "tags", "operator": "exists"}]}, store)
+    assert unseen_fields(criteria, store) == [("criteria.conditions.0.field", "no user has attribute 'tags' yet")]
+
+
+@pytest.mark.parametrize("condition, path, reason", [
+    ({"field": "total_spent", "operator": "resembles", "value": 1}, "operator", "unknown operator"),
+    ({"field": "total_spent", "operator": "at_least", "value": {"count": 2}}, "operator", "does not apply"),
+    ({"field": "total_spent", "operator": "greater_than", "value": {"amount": 1}}, "value", "must be a number"),
+    ({"field": "total_spent", "operator": "between", "value": [1]}, "value", "two values"),
+    ({"field": "total_spent", "operator": "within_last", "value": "a while"}, "value", "duration"),
+    ({"field": "events.signed_up", "operator": "equals", "value": 1}, "operator", "does not apply"),
+    ({"field": "events.signed_up", "operator": "exists", "value": "recently"}, "value", "window"),
+])
+def test_a_field_no_user_has_yet_still_gets_its_operator_and_value_checked(store, condition, path, reason):
+    found = problems({"conditions": [condition]}, store)
+    assert found[0][0] == f"criteria.conditions.0.{path}" and reason in found[0][1]
 
 
 def test_unknown_operator_is_named():

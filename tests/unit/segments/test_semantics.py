@@ -156,3 +156,19 @@ def test_relative_dates_move_with_now():
     criteria = parse_criteria({"conditions": [cond("last_purchase_date", "within_last", "30_days")]})
     assert store.estimate(criteria, now=datetime(2025, 1, 20, tzinfo=timezone.utc)) == 1
     assert store.estimate(criteria, now=datetime(2025, 3, 1, tzinfo=timezone.utc)) == 0
+
+
+def test_an_attribute_no_user_has_yet_matches_nobody_until_it_arrives():
+    store = store_of(profile(1, attributes={"plan": "pro"}), profile(2))
+    data = {"conditions": [cond("total_purchases", "greater_than", 1)]}
+    criteria = parse_criteria(data, store)
+    assert store.members(criteria, now=NOW).tolist() == []
+    assert who(store, cond("total_purchases", "not_exists")) == [1, 2]
+    store.apply_profiles([profile(2, attributes={"total_purchases": 3}, updated_at=NOW)])
+    assert store.members(criteria, now=NOW).tolist() == [2]
+
+
+def test_an_event_no_user_has_had_yet_matches_nobody_and_its_absence_everybody():
+    store = store_of(profile(1), profile(2))
+    assert who(store, cond("events.product_purchased", "exists", "last_7_days")) == []
+    assert who(store, cond("events.product_purchased", "not_exists", "last_7_days")) == [1, 2]
