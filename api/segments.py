@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -41,12 +40,13 @@ from api import audit
 from api.auth import ROLES, require_role
 from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
+from pipeline.launch_audience import ExclusionError, exclusion_cycle  # noqa: F401 (exclusion_cycle: tests)
+from pipeline.launch_audience import load_exclusions as resolve_exclusions
 from pipeline.lookalike import LookalikeError, train_and_rank
 from pipeline.segments import AudienceStore, Criteria, CriteriaError, Exclusions, parse_criteria, unseen_fields
 from pipeline.segments.members import member_ids
 
 EDITORS = ("admin", "marketer")
-MAX_EXCLUDED_SEGMENTS = 100  # transitively; deeper chains are a modelling mistake, not a need
 MAX_PAGE = 200
 _BIGINT_MAX = 2**63 - 1
 _COLUMNS = (
@@ -164,77 +164,15 @@ def _exclusion_error(reason: str) -> ApiError:
     return _invalid_param("criteria.exclude_segments", reason)
 
 
-def exclusion_cycle(
-    start: list[int], excludes: Mapping[int, list[int]], root: int | None = None
-) -> list[int] | None:
-    """A chain of segment ids that excludes its own beginning (``[a, b, a]``), or None.
-
-    ``excludes`` maps each dynamic segment to the segments it excludes (static
-    ones exclude nothing more: their members are already frozen); ``root``,
-    if given, is the segment whose criteria name ``start``.
-    """
-    path: list[int] = [] if root is None else [root]
-    done: set[int] = set()
-
-    def visit(node: int) -> list[int] | None:
-        if node in path:
-            return path[path.index(node) :] + [node]
-        if node in done:
-            return None
-        path.append(node)
-        for nxt in excludes.get(node, ()):
-            if cycle := visit(nxt):
-                return cycle
-        path.pop()
-        done.add(node)
-        return None
-
-    for node in start:
-        if cycle := visit(node):
-            return cycle
-    return None
-
-
 async def load_exclusions(
     conn: asyncpg.Connection, criteria: Criteria, segment_id: int | None = None
 ) -> Exclusions:
-    """Every segment ``criteria`` excludes, transitively: dynamic ones as Criteria, static as member ids.
-
-    ``segment_id`` is the stored segment the criteria belong to, if any, so that
-    a chain leading back to it counts as a cycle. A missing segment or a cycle
-    is a 422 naming ``criteria.exclude_segments``.
-    """
-    resolved: dict[int, Criteria | np.ndarray] = {}
-    excludes: dict[int, list[int]] = {}
-    start = list(dict.fromkeys(criteria.exclude_segments))
-    pending = start
-    while pending:
-        if len(resolved) + len(pending) > MAX_EXCLUDED_SEGMENTS:
-            raise _exclusion_error(f"more than {MAX_EXCLUDED_SEGMENTS} segments excluded, directly or not")
-        rows = await conn.fetch(
-            "SELECT segment_id, kind, criteria FROM segments WHERE segment_id = ANY($1::bigint[])", pending
-        )
-        found = {row["segment_id"]: row for row in rows}
-        missing = [i for i in pending if i not in found]
-        if missing:
-            raise _exclusion_error(f"no segment {', '.join(map(str, missing))}")
-        following: list[int] = []
-        for sid, row in found.items():
-            if row["kind"] == "dynamic":
-                try:
-                    excluded = parse_criteria(orjson.loads(row["criteria"]))
-                except CriteriaError as exc:
-                    raise _exclusion_error(f"segment {sid}'s stored criteria no longer parse: {exc}") from None
-                resolved[sid] = excluded
-                excludes[sid] = list(excluded.exclude_segments)
-                following += excluded.exclude_segments
-            else:
-                resolved[sid] = await member_ids(conn, sid)
-        pending = [i for i in dict.fromkeys(following) if i not in resolved]
-    cycle = exclusion_cycle(start, excludes, segment_id)
-    if cycle:
-        raise _exclusion_error(f"segments exclude each other in a cycle: {' -> '.join(map(str, cycle))}")
-    return resolved
+    """``pipeline.launch_audience.load_exclusions``; a missing segment or a cycle is a 422 naming
+    ``criteria.exclude_segments``."""
+    try:
+        return await resolve_exclusions(conn, criteria, segment_id)
+    except ExclusionError as exc:
+        raise _exclusion_error(str(exc)) from None
 
 
 async def segment_audience_size(holder: Any, conn: asyncpg.Connection, segment_id: int) -> int:

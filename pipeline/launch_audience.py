@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from collections.abc import Mapping
 
 import asyncpg
 import numpy as np
@@ -26,15 +27,23 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from config import Settings
 from pipeline.explode import DEFAULT_LANGUAGE, choose_languages
-from pipeline.segments import AudienceStore, CriteriaError, open_audience, parse_criteria
+from pipeline.segments import AudienceStore, Criteria, CriteriaError, Exclusions, open_audience, parse_criteria
 from pipeline.segments.members import member_ids
 from schemas.topics import USER_EVENTS, USER_PROFILES
 
 log = structlog.get_logger("herald.explode")
 
 
+MAX_EXCLUDED_SEGMENTS = 100  # transitively; deeper chains are a modelling mistake, not a need
+
+
 class AudienceError(Exception):
     """The launch's audience cannot be resolved (no such segment, criteria that no longer parse...)."""
+
+
+class ExclusionError(AudienceError):
+    """The segments a criteria excludes cannot be resolved: one is missing, they exclude each other in a
+    cycle, there are too many, or one's stored criteria no longer parse. The message says which."""
 
 
 class WorkerAudience:
@@ -143,19 +152,85 @@ async def resolve_members(conn: asyncpg.Connection, segment_id: int, store: Audi
         return await member_ids(conn, segment_id)
     if store is None:
         raise AudienceError("a dynamic segment needs the audience store, which is not open here")
-    # The exclusion resolver lives with the segments API (it answers 422s there); imported only here.
-    from api.segments import load_exclusions
-
     try:
         criteria = parse_criteria(orjson.loads(row["criteria"]), store)
         exclusions = await load_exclusions(conn, criteria, segment_id)
     except CriteriaError as exc:
         raise AudienceError(f"segment {segment_id}'s criteria no longer parse: {exc}") from None
-    except Exception as exc:  # api.errors.ApiError: a missing excluded segment, a cycle
-        if getattr(exc, "status", None) in (404, 422):
-            raise AudienceError(f"segment {segment_id}: {getattr(exc, 'message', exc)}") from None
-        raise
+    except ExclusionError as exc:
+        raise AudienceError(f"segment {segment_id}: invalid criteria.exclude_segments: {exc}") from None
     return np.unique(store.members(criteria, exclusions))
+
+
+def exclusion_cycle(
+    start: list[int], excludes: Mapping[int, list[int]], root: int | None = None
+) -> list[int] | None:
+    """A chain of segment ids that excludes its own beginning (``[a, b, a]``), or None.
+
+    ``excludes`` maps each dynamic segment to the segments it excludes (static
+    ones exclude nothing more: their members are already frozen); ``root``,
+    if given, is the segment whose criteria name ``start``.
+    """
+    path: list[int] = [] if root is None else [root]
+    done: set[int] = set()
+
+    def visit(node: int) -> list[int] | None:
+        if node in path:
+            return path[path.index(node) :] + [node]
+        if node in done:
+            return None
+        path.append(node)
+        for nxt in excludes.get(node, ()):
+            if cycle := visit(nxt):
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    for node in start:
+        if cycle := visit(node):
+            return cycle
+    return None
+
+
+async def load_exclusions(conn: asyncpg.Connection, criteria: Criteria, segment_id: int | None = None) -> Exclusions:
+    """Every segment ``criteria`` excludes, transitively: dynamic ones as Criteria, static as member ids.
+
+    ``segment_id`` is the stored segment the criteria belong to, if any, so that a chain leading
+    back to it counts as a cycle. A missing segment, a cycle, too many segments or stored criteria
+    that no longer parse raise ``ExclusionError`` (the segments API answers it as a 422).
+    """
+    resolved: dict[int, Criteria | np.ndarray] = {}
+    excludes: dict[int, list[int]] = {}
+    start = list(dict.fromkeys(criteria.exclude_segments))
+    pending = start
+    while pending:
+        if len(resolved) + len(pending) > MAX_EXCLUDED_SEGMENTS:
+            raise ExclusionError(f"more than {MAX_EXCLUDED_SEGMENTS} segments excluded, directly or not")
+        rows = await conn.fetch(
+            "SELECT segment_id, kind, criteria FROM segments WHERE segment_id = ANY($1::bigint[])", pending
+        )
+        found = {row["segment_id"]: row for row in rows}
+        missing = [i for i in pending if i not in found]
+        if missing:
+            raise ExclusionError(f"no segment {', '.join(map(str, missing))}")
+        following: list[int] = []
+        for sid, row in found.items():
+            if row["kind"] == "dynamic":
+                try:
+                    excluded = parse_criteria(orjson.loads(row["criteria"]))
+                except CriteriaError as exc:
+                    raise ExclusionError(f"segment {sid}'s stored criteria no longer parse: {exc}") from None
+                resolved[sid] = excluded
+                excludes[sid] = list(excluded.exclude_segments)
+                following += excluded.exclude_segments
+            else:
+                resolved[sid] = await member_ids(conn, sid)
+        pending = [i for i in dict.fromkeys(following) if i not in resolved]
+    cycle = exclusion_cycle(start, excludes, segment_id)
+    if cycle:
+        raise ExclusionError(f"segments exclude each other in a cycle: {' -> '.join(map(str, cycle))}")
+    return resolved
 
 
 async def languages_of(conn: asyncpg.Connection, user_ids: np.ndarray, store: AudienceStore | None,
