@@ -11,6 +11,11 @@
 The content rules (parts per channel, languages, variants, syntax, limits)
 live in ``pipeline.content``; this module is the HTTP and PostgreSQL around
 them. Every mutation and every test send is audited in its transaction.
+
+A template's text may be given as ``parts`` or in the spec's table shape,
+``subject`` and ``body`` (``pipeline.content.model.TABLE_FIELDS`` says which
+part each is per channel: an email's body is its HTML). Answers always carry
+``parts``.
 """
 
 from __future__ import annotations
@@ -33,9 +38,16 @@ from api.errors import ApiError, FieldProblem, invalid, parse_body
 from api.openapi import operation
 from pipeline.channels import Message, open_channel
 from pipeline.content.store import COLUMNS, template_record
-from pipeline.content.validate import all_texts, content_problems, estimated_limits, normalize_parts
+from pipeline.content.validate import (
+    all_texts,
+    content_problems,
+    estimated_limits,
+    normalize_parts,
+    table_shape_parts,
+)
 from pipeline.templates import (
     CHANNELS,
+    TABLE_FIELDS,
     SAMPLE_PROFILE,
     RenderError,
     TemplateContent,
@@ -54,6 +66,7 @@ Channel = Literal["email", "sms", "push", "in_app", "webhook"]
 EDITORS = ("admin", "marketer")
 _BIGINT_MAX = 2**63 - 1
 _EDITABLE = ("name", "description", "category", "parts", "default_language", "translations", "variants")
+_TABLE_SHAPE = ("subject", "body")  # the spec's templates table: mapped onto parts
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _USER_COLUMNS = "user_id, email, phone, first_name, last_name, country, language, timezone, attributes, push_tokens"
 
@@ -67,8 +80,16 @@ class NewTemplate(BaseModel):
     category: str | None = Field(
         default=None, pattern=r"^[a-z0-9_-]{1,50}$", description="e.g. promotional, transactional"
     )
-    parts: dict[str, Any] = Field(description="email: subject, html, text; sms: body; push: title, body, action_url, "
-                                              "image_url; in_app: title, body, action_url, image_url; webhook: payload")
+    parts: dict[str, Any] | None = Field(
+        default=None,
+        description="email: subject, html, text; sms: body; push: title, body, action_url, image_url; "
+                    "in_app: title, body, action_url, image_url; webhook: payload. Or give subject and body instead",
+    )
+    subject: str | None = Field(default=None, description="the spec's table shape: email subject, push/in-app title")
+    body: str | dict[str, Any] | list[Any] | None = Field(
+        default=None, description="the spec's table shape: email html (text made from it), sms/push/in-app body, "
+                                  "webhook payload",
+    )
     default_language: str = Field(default="en", max_length=10)
     translations: dict[str, dict[str, Any]] = Field(default_factory=dict, description="language -> parts")
     variants: dict[str, dict[str, Any]] = Field(
@@ -83,6 +104,8 @@ class TemplatePatch(BaseModel):
     description: str | None = None
     category: str | None = None
     parts: dict[str, Any] | None = None
+    subject: str | None = Field(default=None, description="the spec's table shape, patching the part it maps to")
+    body: str | dict[str, Any] | list[Any] | None = Field(default=None, description="likewise")
     default_language: str | None = None
     translations: dict[str, Any] | None = None
     variants: dict[str, Any] | None = None
@@ -184,8 +207,33 @@ def _content(body: dict[str, Any]) -> TemplateContent:
     )
 
 
-def _checked(body: dict[str, Any]) -> tuple[dict[str, Any], TemplateContent]:
-    """Normalize webhook payload objects, then 422 with every content problem, or the content to store."""
+def _table_shape(channel: str, given: dict[str, Any], parts_given: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """``subject`` / ``body`` as the channel's parts (422 naming a field the channel lacks, or both shapes at once),
+    with the part each came from named back to its field for later problems ("parts.html" -> "body")."""
+    parts, problems = table_shape_parts(channel, given, parts_given)
+    if problems:
+        raise _invalid(problems)
+    return parts, {f"parts.{TABLE_FIELDS[channel][name]}": name for name in given}
+
+
+def _from_table_shape(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A new template's body with its text as ``parts`` whichever shape it came in."""
+    given = {name: body.pop(name) for name in _TABLE_SHAPE if body.get(name) is not None}
+    for name in _TABLE_SHAPE:
+        body.pop(name, None)
+    if not given:
+        if body["parts"] is None:
+            raise _invalid([("parts", "required: the channel's parts, or subject and body as in the spec")])
+        return body, {}
+    body["parts"], aliases = _table_shape(body["channel"], given, body["parts"] is not None)
+    return body, aliases
+
+
+def _checked(body: dict[str, Any], aliases: dict[str, str] | None = None) -> tuple[dict[str, Any], TemplateContent]:
+    """Normalize webhook payload objects, then 422 with every content problem, or the content to store.
+
+    ``aliases`` names a part by the field it was given as (``parts.html`` -> ``body``).
+    """
     channel = body["channel"]
     body["parts"] = normalize_parts(channel, _without_nulls(body["parts"]))
     body["translations"] = {k: normalize_parts(channel, _without_nulls(v)) for k, v in body["translations"].items()}
@@ -193,8 +241,12 @@ def _checked(body: dict[str, Any]) -> tuple[dict[str, Any], TemplateContent]:
     content = _content(body)
     problems = content_problems(content)
     if problems:
-        raise _invalid(problems)
+        raise _invalid([((aliases or {}).get(field, field), reason) for field, reason in problems])
     return body, content
+
+
+def _without_table_shape(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in _TABLE_SHAPE}
 
 
 def _mirror(channel: str, parts: dict[str, str]) -> tuple[str | None, str]:
@@ -227,11 +279,13 @@ async def _store(conn: asyncpg.Connection, sql: str, *args: Any) -> dict[str, An
 async def create_template(request: Request) -> Response:
     """Stores a channel's content (parts, translations, A/B variants) after checking syntax and channel limits.
 
-    The answer lists the campaign variables the text reads and the limit counts
-    of the default version rendered with a sample profile.
+    The text comes as ``parts`` or, as in the spec, as ``subject`` and ``body``
+    (not both). The answer gives it as ``parts``, lists the campaign variables
+    the text reads and the limit counts of the default version rendered with a
+    sample profile.
     """
     new = await parse_body(request, NewTemplate)
-    body, content = _checked(new.model_dump())
+    body, content = _checked(*_from_table_shape(new.model_dump()))
     subject, main = _mirror(body["channel"], body["parts"])
     variables = campaign_variables(all_texts(content))
     async with request.app.state.postgres.acquire() as conn, conn.transaction():
@@ -327,7 +381,7 @@ async def update_template(request: Request) -> Response:
     if not isinstance(patch, dict):
         raise _invalid([("(body)", "a JSON object (a merge patch)")])
     problems = [(k, "cannot be changed; create a new template for another channel") for k in patch if k == "channel"]
-    problems += [(k, "unknown field") for k in patch if k not in _EDITABLE and k != "channel"]
+    problems += [(k, "unknown field") for k in patch if k not in (*_EDITABLE, *_TABLE_SHAPE) and k != "channel"]
     if problems:
         raise _invalid(problems)
     async with request.app.state.postgres.acquire() as conn, conn.transaction():
@@ -335,6 +389,11 @@ async def update_template(request: Request) -> Response:
         if row is None:
             raise ApiError(404, "not_found", f"no template {template_id}")
         before = template_record(row)
+        given = {name: patch.pop(name) for name in _TABLE_SHAPE if name in patch}
+        aliases: dict[str, str] = {}
+        if given:  # the spec's shape patches the parts it maps to (null removes, as in parts)
+            parts, aliases = _table_shape(before["channel"], given, "parts" in patch)
+            patch["parts"] = parts
         merged = merge_patch({k: before[k] for k in (*_EDITABLE, "channel")}, patch)
         for key in ("parts", "translations", "variants"):
             merged.setdefault(key, {})
@@ -343,7 +402,7 @@ async def update_template(request: Request) -> Response:
             new = NewTemplate.model_validate(merged)
         except ValidationError as exc:
             raise invalid(exc) from None
-        body, content = _checked(new.model_dump())
+        body, content = _checked(_without_table_shape(new.model_dump()), aliases)
         subject, main = _mirror(body["channel"], body["parts"])
         after = await _store(
             conn,

@@ -22,6 +22,7 @@ from pipeline.content.model import (
     REQUIRED_PARTS,
     SAMPLE_PROFILE,
     SYSTEM_VARIABLES,
+    TABLE_FIELDS,
     USER_FIELDS,
     CompiledTemplate,
     Rendered,
@@ -56,7 +57,8 @@ def compiled_template(record: Mapping[str, Any]) -> CompiledTemplate:
 
 
 __all__ = [
-    "CHANNELS", "PART_KINDS", "REQUIRED_PARTS", "SAMPLE_PROFILE", "SYSTEM_VARIABLES", "USER_FIELDS",
+    "CHANNELS", "PART_KINDS", "REQUIRED_PARTS", "SAMPLE_PROFILE", "SYSTEM_VARIABLES", "TABLE_FIELDS",
+    "USER_FIELDS",
     "CompiledTemplate", "LimitReport", "Rendered", "RenderError", "SmsCount", "TemplateContent",
     "campaign_variables", "check_limits", "compiled_template", "estimate_parts", "get_template", "html_to_text",
     "language_chain", "message_variables", "missing_parts", "resolve_parts", "sms_count", "sms_encoding",

@@ -59,6 +59,17 @@ REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
     "in_app": ("title", "body"),
     "webhook": ("payload",),
 }
+# The spec's table shape (``templates.subject``, ``templates.body``): which part each field is, per
+# channel. The inverse of the legacy subject/body columns kept beside the parts. An email's body is
+# its HTML; the plain-text alternative is made from it at render time (``html_to_text``), so the two
+# never drift apart.
+TABLE_FIELDS: dict[str, dict[str, str]] = {
+    "email": {"subject": "subject", "body": "html"},
+    "sms": {"body": "body"},
+    "push": {"subject": "title", "body": "body"},
+    "in_app": {"subject": "title", "body": "body"},
+    "webhook": {"body": "payload"},
+}
 
 # Filled from the user's profile. ``user`` is the whole profile (``user.first_name``,
 # ``user.attributes.plan``); the others are shortcuts to its fields.

@@ -28,6 +28,7 @@ from pipeline.content.analysis import template_syntax_problems
 from pipeline.content.limits import check_limits
 from pipeline.content.model import (
     PART_KINDS,
+    TABLE_FIELDS,
     TemplateContent,
     estimate_parts,
     language_key,
@@ -45,6 +46,25 @@ def normalize_parts(channel: str, parts: Any) -> Any:
     if channel == "webhook" and isinstance(parts, Mapping) and isinstance(parts.get("payload"), (dict, list)):
         return {**parts, "payload": orjson.dumps(parts["payload"]).decode()}
     return parts
+
+
+def table_shape_parts(
+    channel: str, fields: Mapping[str, Any], parts_given: bool = False
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The spec's ``subject`` / ``body`` fields as the channel's parts, and every problem naming its field.
+
+    ``fields`` holds only the fields given; ``parts_given`` says the caller gave
+    ``parts`` as well, which is one shape too many.
+    """
+    mapping = TABLE_FIELDS[channel]
+    problems = []
+    for name in fields:
+        if parts_given:
+            problems.append((name, "give the text either as parts or as subject and body, not both"))
+        elif name not in mapping:
+            has = " and ".join(mapping)
+            problems.append((name, f"{channel} templates have no {name}; in this shape they have {has}"))
+    return {mapping[name]: text for name, text in fields.items() if name in mapping}, problems
 
 
 def _part_problems(channel: str, where: str, parts: Any, allow_translations: bool = False) -> list[tuple[str, str]]:

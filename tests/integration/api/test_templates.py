@@ -130,6 +130,65 @@ def test_channel_limits_and_unknown_parts_are_422s(tclient, keys):
     assert assert_error(channel, 422, "validation_error")["fields"][0]["field"] == "channel"
 
 
+# ---------------------------------------------------------------- the spec's table shape (subject, body)
+
+
+def test_spec_shaped_email_is_stored_as_parts_and_renders_html_and_text(tclient, keys):
+    body = {"name": unique_name("spec"), "channel": "email", "subject": "50% Off Summer Sale, {{ first_name }}!",
+            "body": "<p>Hello {{ first_name }}, use <b>{{ discount_code }}</b></p>"}
+    response = tclient.post("/api/v1/templates", headers=bearer(keys["marketer"]), json=body)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["parts"] == {"subject": body["subject"], "html": body["body"]}
+    assert "subject" not in created and "body" not in created
+    assert created["variables"] == ["discount_code"]
+    fetched = tclient.get(f"/api/v1/templates/{created['template_id']}", headers=bearer(keys["analyst"])).json()
+    assert fetched["parts"] == created["parts"]
+    preview = tclient.post(f"/api/v1/templates/{created['template_id']}/preview", headers=bearer(keys["analyst"]),
+                           json={"variables": {"discount_code": "SUMMER50"}})
+    assert preview.status_code == 200, preview.text
+    parts = preview.json()["parts"]
+    assert parts["subject"] == "50% Off Summer Sale, Alex!"
+    assert parts["html"] == "<p>Hello Alex, use <b>SUMMER50</b></p>" and parts["text"] == "Hello Alex, use SUMMER50"
+
+
+def test_spec_shaped_sms_and_push_map_body_and_subject_onto_their_parts(tclient, keys):
+    sms = create(tclient, keys["marketer"], {"channel": "sms", "body": "Get 50% off now!"})
+    assert sms["parts"] == {"body": "Get 50% off now!"}
+    push = create(tclient, keys["marketer"], {"channel": "push", "subject": "Summer Sale", "body": "Get 50% off now!"})
+    assert push["parts"] == {"title": "Summer Sale", "body": "Get 50% off now!"}
+
+
+def test_spec_shape_refuses_a_field_the_channel_lacks_or_both_shapes_at_once(tclient, keys):
+    def refused(body: dict) -> list[dict]:
+        response = tclient.post("/api/v1/templates", headers=bearer(keys["marketer"]),
+                                json={"name": unique_name("bad"), **body})
+        return assert_error(response, 422, "validation_error")["fields"]
+
+    lacks = refused({"channel": "sms", "subject": "Sale", "body": "Get 50% off"})
+    assert [f["field"] for f in lacks] == ["subject"] and "sms templates have no subject" in lacks[0]["reason"]
+    both = refused({"channel": "email", "subject": "Sale", "parts": {"subject": "Sale", "html": "<p>x</p>"}})
+    assert [f["field"] for f in both] == ["subject"] and "not both" in both[0]["reason"]
+    assert [f["field"] for f in refused({"channel": "email"})] == ["parts"]
+    assert refused({"channel": "email", "subject": "Sale"}) == [{"field": "parts.html", "reason": "required"}]
+    syntax = refused({"channel": "sms", "body": "Hi {{ first_name }"})
+    assert syntax == [{"field": "body", "reason": "unexpected '}' at line 1"}]
+
+
+def test_patch_in_the_spec_shape_changes_the_part_it_maps_to(tclient, keys):
+    created = create(tclient, keys["marketer"], EMAIL)
+    path = f"/api/v1/templates/{created['template_id']}"
+    patched = tclient.patch(path, headers=bearer(keys["marketer"]), json={"body": "<p>New {{ code }}</p>"})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["parts"] == {**EMAIL["parts"], "html": "<p>New {{ code }}</p>"}
+    both = tclient.patch(path, headers=bearer(keys["marketer"]), json={"subject": "x", "parts": {"text": "y"}})
+    assert [f["field"] for f in assert_error(both, 422, "validation_error")["fields"]] == ["subject"]
+    sms = create(tclient, keys["marketer"], SMS)
+    lacks = tclient.patch(f"/api/v1/templates/{sms['template_id']}", headers=bearer(keys["marketer"]),
+                          json={"subject": "x"})
+    assert [f["field"] for f in assert_error(lacks, 422, "validation_error")["fields"]] == ["subject"]
+
+
 def test_roles_analysts_read_and_editors_write(tclient, keys):
     body = {"name": unique_name("roles"), **SMS}
     assert_error(tclient.post("/api/v1/templates", json=body), 401, "unauthorized")
