@@ -43,6 +43,7 @@ from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
 from pipeline import campaigns as campaign_rules
 from pipeline import templates  # unresolved_variables and template_syntax_problems (campaign_rules.TemplateChecks)
+from pipeline.money import money_json
 from schemas.campaigns import CampaignControl, CampaignLaunch, campaign_key
 from schemas.encoding import encode
 from schemas.topics import CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES
@@ -233,7 +234,7 @@ def definition(row: asyncpg.Record) -> dict[str, Any]:
 
 
 def _money(value: Decimal | None) -> float | None:
-    return None if value is None else float(value)
+    return money_json(value)
 
 
 def campaign_view(row: asyncpg.Record, live: dict[bytes, bytes] | None = None) -> dict[str, Any]:
@@ -252,10 +253,10 @@ def campaign_view(row: asyncpg.Record, live: dict[bytes, bytes] | None = None) -
         "estimated_cost": _money(row["estimated_cost"]),
         "audience_size": row["audience_size"],
         "metrics": {**{name: int(live.get(name.encode(), 0)) for name in _METRICS},
-                    "revenue": float(live.get(b"revenue", 0)),
+                    "revenue": money_json(live.get(b"revenue", 0)),
                     "suppressed_by_reason": {name[len(_SUPPRESSED_PREFIX):].decode(): int(value)
                                              for name, value in live.items() if name.startswith(_SUPPRESSED_PREFIX)}},
-        "budget_spent": float(spent) if spent is not None else float(row["budget_spent"]),
+        "budget_spent": money_json(spent if spent is not None else row["budget_spent"]),
         "launch_id": None if row["launch_id"] is None else str(row["launch_id"]),
         "created_by": row["created_by"],
         "created_at": row["created_at"],
