@@ -1,4 +1,4 @@
-"""Demo audience: synthetic users and their last 90 days of behaviour, produced to Kafka.
+"""Demo audience: synthetic users, their order history and their last 90 days of browsing, produced to Kafka.
 
     python scripts/demo.py --users 100000 [--seed 7] [--start-id 1] [--dry-run]
 
@@ -16,11 +16,19 @@ The shapes are chosen so that the spec's example segments have members, but not
 everyone: over half of users never bought; purchase_count grows with tenure
 and a heavy-tailed purchase rate; lifetime_value is the sum of lognormal orders;
 a share of users lapse, which spreads last_purchase_date over months and years;
-browsing and buying in the event stream follow the same profile:
+browsing and buying in the event stream follow the same profile.
 
-    created_at ───────────── purchases (count, last date) ──── lapse? ──── now
+The attributes and events are the ones the spec's examples name: purchase_count
+(also as total_purchases), lifetime_value (also as total_spent),
+last_purchase_date, and the events product_viewed and product_purchased. The
+profile and the events agree: every order is one product_purchased event (as
+many as purchase_count, the last on last_purchase_date, their revenue adding up
+to lifetime_value to the cent), while sessions, views and carts cover the last
+90 days only:
+
+    created_at ── product_purchased ... product_purchased ──── lapse? ──── now
                                    window: the last 90 days ├───────────────┤
-                                   in-window purchases end at last_purchase_date
+                   sessions, product_viewed, carts, and the sessions of the orders in it
 """
 
 from __future__ import annotations
@@ -447,7 +455,9 @@ def _profile(user_id: int, seed: int, now_ts: int) -> dict:
             "platform": platform,
             "age": int(rng.triangular(18, 75, 31)),
             "lifetime_value": lifetime_value,
+            "total_spent": lifetime_value,  # the spec's examples use both names
             "purchase_count": purchase_count,
+            "total_purchases": purchase_count,
             "last_purchase_date": _utc_date(last_purchase) if last_purchase is not None else None,
             "marketing_opt_in": rng.random() < 0.62,
             "acquisition_channel": ACQUISITION.pick(rng),
@@ -496,12 +506,12 @@ def _push_tokens(rng: random.Random, platform: str) -> list[str]:
 
 
 def generate_events(profile: dict, seed: int, now: datetime | None = None) -> list[dict]:
-    """The user's last 90 days: sessions, views, carts (some abandoned) and purchases.
+    """The user's orders since signup, and the last 90 days of sessions, views and carts (some abandoned).
 
-    Pass the ``now`` the profile was generated with: in-window purchases number
-    about what ``purchase_count`` implies, the last one falls on
-    ``last_purchase_date``, and their revenue adds up to no more than
-    ``lifetime_value``.
+    Pass the ``now`` the profile was generated with: there is one
+    ``product_purchased`` event per order, ``purchase_count`` of them, the last
+    on ``last_purchase_date``, their revenue adding up to ``lifetime_value``;
+    orders in the window come with the session that led to them.
     """
     now_ts = _epoch(_now(now))
     user_id = profile["user_id"]
@@ -518,10 +528,10 @@ def generate_events(profile: dict, seed: int, now: datetime | None = None) -> li
         timeline.append((created, "signed_up", {
             "platform": platform, "source": attributes.get("acquisition_channel", "organic")}, None))
 
-    purchases = _purchase_times(rng, attributes, created, window_start, now_ts)
-    purchase_count = int(attributes.get("purchase_count") or 0)
-    for n, (ts, revenue) in enumerate(zip(purchases, _order_revenues(rng, attributes, len(purchases)))):
-        order_id = f"{user_id}-{purchase_count - len(purchases) + n + 1:04d}"
+    purchases = _purchase_times(rng, attributes, created, now_ts)
+    purchase_count = len(purchases)
+    for n, (ts, revenue) in enumerate(zip(purchases, _order_revenues(rng, attributes, purchase_count))):
+        order_id = f"{user_id}-{n + 1:04d}"
         timeline.extend(_purchase_session(rng, ts, revenue, order_id, opener, platform, window_start))
 
     # Browsing: active users keep coming back until now, lapsed ones stopped at some point
@@ -556,43 +566,39 @@ def generate_events(profile: dict, seed: int, now: datetime | None = None) -> li
     return events
 
 
-def _purchase_times(
-    rng: random.Random, attributes: dict, created: int, window_start: int, now_ts: int
-) -> list[int]:
-    """In-window purchase times, oldest first, the last on ``last_purchase_date``.
+def _purchase_times(rng: random.Random, attributes: dict, created: int, now_ts: int) -> list[int]:
+    """Every order's time, oldest first: ``purchase_count`` of them, the last on ``last_purchase_date``.
 
-    Given the latest purchase, the others are uniform between signup and it, so
-    each earlier one lies in the window with the window's share of that span.
+    As in the profile, the latest is the last of uniform times between signup
+    and the lapse; given it, the others are uniform between signup and it.
     """
     purchase_count = int(attributes.get("purchase_count") or 0)
     day = _day_start(attributes.get("last_purchase_date"))
     if not purchase_count or day is None:
         return []
-    low, high = max(day, window_start, created), min(day + DAY - 1, now_ts)
-    if high < low:  # the last purchase was before the window
-        return []
-    last = rng.randint(low, high)
-    if last <= window_start:
-        return [last]
-    in_window = (last - window_start) / max(1, last - created)
-    earlier = sum(1 for _ in range(purchase_count - 1) if rng.random() < in_window)
-    return sorted(rng.randint(window_start, last - 1) for _ in range(earlier)) + [last]
+    last = rng.randint(max(day, created), max(min(day + DAY - 1, now_ts), created))
+    return sorted(rng.randint(created, max(created, last - 1)) for _ in range(purchase_count - 1)) + [last]
 
 
 def _order_revenues(rng: random.Random, attributes: dict, orders: int) -> list[Decimal]:
-    """The window's orders take their share of lifetime_value, split unevenly between them."""
+    """lifetime_value split unevenly between the orders, to the cent, each at least a cent."""
     if not orders:
         return []
-    share = float(attributes.get("lifetime_value") or 0) * orders / int(attributes["purchase_count"])
+    cents = max(orders, round(float(attributes.get("lifetime_value") or 0) * 100))
     weights = [rng.lognormvariate(0, 0.4) for _ in range(orders)]
     total = sum(weights)
-    return [Decimal(f"{share * w / total:.2f}") for w in weights]
+    shares = [1 + int((cents - orders) * w / total) for w in weights]
+    shares[max(range(orders), key=weights.__getitem__)] += cents - sum(shares)  # rounding to the largest order
+    return [Decimal(share).scaleb(-2) for share in shares]
 
 
 def _purchase_session(
     rng: random.Random, ts: int, revenue: Decimal, order_id: str, opener: str, platform: str, window_start: int
 ) -> list[tuple[int, str, dict, Decimal | None]]:
-    """View, add to cart, check out, pay: laid out backwards from the purchase time."""
+    """View, add to cart, check out, pay: laid out backwards from the purchase time.
+
+    The order itself is always there; the steps before it only inside the window.
+    """
     items = 1 if rng.random() < 0.6 else rng.choice((2, 3))
     products = [_product_near(rng, float(revenue) / items) for _ in range(items)]
     steps: list[tuple[str, dict, Decimal | None]] = [(opener, {"platform": platform}, None)]
@@ -601,11 +607,13 @@ def _purchase_session(
         steps.append(("added_to_cart", {**_product_properties(product), "quantity": 1}, None))
     cart_value = round(sum(p.price for p in products), 2)
     steps.append(("checkout_started", {"cart_value": cart_value, "item_count": items}, None))
-    steps.append(("purchase", {"order_id": order_id, "item_count": items, "currency": "USD"}, revenue))
+    steps.append(("product_purchased", {
+        "order_id": order_id, "item_count": items, "currency": "USD",
+        "product_id": products[0].product_id, "category": products[0].category}, revenue))
 
     session, at = [], ts
     for name, properties, amount in reversed(steps):
-        if at < window_start:
+        if at < window_start and session:
             break
         session.append((at, name, properties, amount))
         at -= rng.randint(15, 240)

@@ -1,4 +1,8 @@
-"""The demo audience: valid records, deterministic, and shaped so that segments are interesting."""
+"""The demo audience: valid records, deterministic, and shaped so that segments are interesting.
+
+The last section runs the spec's own example segments through the real segment
+engine over the demo's records: each has members, but not everyone.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ import statistics
 import sys
 import zoneinfo
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.segments import AudienceStore, parse_criteria, unseen_fields
 from schemas.records import UserEvent, UserProfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
@@ -58,7 +64,7 @@ def zones_by_country() -> dict[str, set[str]]:
 
 
 def _purchases(events: list[dict]) -> list[dict]:
-    return [e for e in events if e["name"] == "purchase"]
+    return [e for e in events if e["name"] == "product_purchased"]
 
 
 def _share(audience, predicate) -> float:
@@ -208,14 +214,16 @@ def test_lifetime_value_grows_with_purchase_count(audience):
 # ── Events follow the profile ──────────────────────────────────────────────────
 
 
-def test_events_belong_to_their_user_and_lie_in_the_last_90_days(audience):
+def test_events_belong_to_their_user_and_all_but_past_orders_lie_in_the_last_90_days(audience):
     for profile, events in audience:
         for event in events:
             assert event["user_id"] == profile["user_id"]
-            assert NOW - WINDOW <= event["occurred_at"] <= NOW
-            assert event["occurred_at"] >= profile["created_at"]
+            assert profile["created_at"] <= event["occurred_at"] <= NOW
+            if event["name"] != "product_purchased":
+                assert NOW - WINDOW <= event["occurred_at"]
         times = [e["occurred_at"] for e in events]
         assert times == sorted(times)
+    assert any(e["occurred_at"] < NOW - WINDOW for _, events in audience for e in _purchases(events))
 
 
 def test_event_ids_are_unique(audience):
@@ -223,16 +231,19 @@ def test_event_ids_are_unique(audience):
     assert len(set(ids)) == len(ids)
 
 
-def test_about_five_events_per_user(audience):
-    mean = sum(len(events) for _, events in audience) / len(audience)
-    assert 3.5 <= mean <= 7.5
+def test_about_five_events_per_user_in_the_window_and_two_more_past_orders(audience):
+    def in_window(events):
+        return [e for e in events if e["occurred_at"] >= NOW - WINDOW]
+
+    assert 3.5 <= sum(len(in_window(events)) for _, events in audience) / len(audience) <= 7.5
+    assert 5 <= sum(len(events) for _, events in audience) / len(audience) <= 10
 
 
 def test_purchases_carry_revenue_and_an_order_id_and_nothing_else_does(audience):
     orders = set()
     for _, events in audience:
         for event in events:
-            if event["name"] == "purchase":
+            if event["name"] == "product_purchased":
                 assert event["revenue"] > 0
                 assert event["properties"]["order_id"] not in orders
                 orders.add(event["properties"]["order_id"])
@@ -241,22 +252,29 @@ def test_purchases_carry_revenue_and_an_order_id_and_nothing_else_does(audience)
     assert orders
 
 
-def test_purchases_agree_with_the_profile(audience):
-    window_start = (NOW - WINDOW).date().isoformat()
+def test_every_order_is_one_product_purchased_event_agreeing_with_the_profile(audience):
     for profile, events in audience:
         attributes = profile["attributes"]
         purchases = _purchases(events)
-        assert len(purchases) <= attributes["purchase_count"]
-        assert sum(e["revenue"] for e in purchases) <= attributes["lifetime_value"] + 0.01 * len(purchases)
+        assert len(purchases) == attributes["purchase_count"] == attributes["total_purchases"], profile
+        assert sum(e["revenue"] for e in purchases) == Decimal(str(attributes["lifetime_value"])), profile
+        assert attributes["total_spent"] == attributes["lifetime_value"]
         last = attributes["last_purchase_date"]
-        if last is not None and last >= window_start:
-            assert purchases[-1]["occurred_at"].date().isoformat() == last, profile
-        else:
-            assert purchases == [], profile
+        assert (purchases[-1]["occurred_at"].date().isoformat() if purchases else None) == last, profile
+
+
+def test_orders_in_the_window_come_with_the_views_that_led_to_them(audience):
+    for _, events in audience:
+        for order in _purchases(events):
+            if order["occurred_at"] >= NOW - WINDOW + timedelta(hours=1):
+                viewed = {e["properties"]["product_id"] for e in events if e["name"] == "product_viewed"
+                          and order["occurred_at"] - timedelta(hours=1) <= e["occurred_at"] <= order["occurred_at"]}
+                assert order["properties"]["product_id"] in viewed
 
 
 def test_in_window_purchase_counts_follow_purchase_count(audience):
-    in_window = [(p["attributes"]["purchase_count"], len(_purchases(e))) for p, e in audience]
+    in_window = [(p["attributes"]["purchase_count"], sum(1 for x in _purchases(e) if x["occurred_at"] >= NOW - WINDOW))
+                 for p, e in audience]
     heavy = [n for count, n in in_window if count > 5]
     light = [n for count, n in in_window if 0 < count <= 2]
     assert statistics.mean(heavy) > 2 * statistics.mean(light)
@@ -303,7 +321,7 @@ def test_viewed_but_not_purchased_in_last_7_days_segment_is_not_empty(audience):
         return any(e["name"] == name and e["occurred_at"] >= since for e in events)
 
     assert _some_but_not_all(_share(audience, lambda _, ev: did(ev, "product_viewed")))
-    assert _share(audience, lambda _, ev: did(ev, "product_viewed") and not did(ev, "purchase")) > 0.01
+    assert _share(audience, lambda _, ev: did(ev, "product_viewed") and not did(ev, "product_purchased")) > 0.01
 
 
 def test_last_purchase_dates_spread_over_months(audience):
@@ -314,3 +332,77 @@ def test_last_purchase_dates_spread_over_months(audience):
     ]
     days_ago = [(NOW.date() - d).days for d in dates]
     assert min(days_ago) <= 7 and max(days_ago) > 365
+
+
+# ── The spec's own example bodies, through the segment engine ──────────────────
+
+ACTIVE_SHOPPERS = {  # "Create Segment" in the spec's API design
+    "conditions": [
+        {"field": "last_purchase_date", "operator": "greater_than", "value": "30_days_ago"},
+        {"field": "total_purchases", "operator": "greater_than", "value": 1},
+    ],
+    "logic": "AND",
+}
+CRITERIA_DSL = {  # "Segment Criteria DSL" (its exclude_segments names a segment by name, which ids replace)
+    "conditions": [
+        {"field": "user.country", "operator": "equals", "value": "US"},
+        {"field": "user.last_purchase_date", "operator": "within_last", "value": "30_days"},
+        {"field": "user.total_spent", "operator": "greater_than", "value": 100},
+    ],
+    "logic": "AND",
+}
+VIEWED_NOT_PURCHASED = {  # "Behavioral Segmentation"
+    "conditions": [
+        {"field": "events.product_viewed", "operator": "exists", "value": "last_7_days"},
+        {"field": "events.product_purchased", "operator": "not_exists", "value": "last_7_days"},
+    ],
+    "logic": "AND",
+}
+HIGH_VALUE = {  # "RFM Segmentation"
+    "conditions": [
+        {"field": "last_purchase_date", "operator": "within_last", "value": "30_days"},
+        {"field": "purchase_count", "operator": "greater_than", "value": 5},
+        {"field": "lifetime_value", "operator": "greater_than", "value": 1000},
+    ],
+    "logic": "AND",
+}
+
+
+@pytest.fixture(scope="module")
+def store(audience) -> AudienceStore:
+    store = AudienceStore()
+    store.apply_profiles(UserProfile.model_validate(profile) for profile, _ in audience)
+    store.apply_events(UserEvent.model_validate(e) for _, events in audience for e in events)
+    return store
+
+
+def _size(store: AudienceStore, criteria: dict) -> int:
+    parsed = parse_criteria(criteria, store)
+    assert unseen_fields(parsed, store) == []  # every field the example names is in the demo
+    return store.estimate(parsed, now=NOW)
+
+
+@pytest.mark.parametrize("criteria, at_most", [
+    (ACTIVE_SHOPPERS, 0.3), (CRITERIA_DSL, 0.1), (VIEWED_NOT_PURCHASED, 0.6), (HIGH_VALUE, 0.1),
+])
+def test_the_specs_example_segments_have_members_but_not_everyone(store, criteria, at_most):
+    assert 0 < _size(store, criteria) < USERS * at_most
+
+
+def test_the_engine_counts_the_spec_examples_as_the_data_says(store, audience):
+    cutoff = NOW - timedelta(days=30)
+
+    def bought_since(profile):
+        last = profile["attributes"]["last_purchase_date"]
+        return last is not None and datetime.fromisoformat(last).replace(tzinfo=timezone.utc) > cutoff
+
+    expected = sum(1 for p, _ in audience if bought_since(p) and p["attributes"]["total_purchases"] > 1)
+    assert _size(store, ACTIVE_SHOPPERS) == expected
+
+
+def test_purchase_count_and_product_purchased_events_select_the_same_users(store):
+    for n in (1, 3, 6):
+        by_attribute = {"conditions": [{"field": "purchase_count", "operator": "greater_than", "value": n - 1}]}
+        bought_n = {"field": "events.product_purchased", "operator": "at_least", "value": {"count": n}}
+        by_events = {"conditions": [bought_n]}
+        assert _size(store, by_attribute) == _size(store, by_events) > 0

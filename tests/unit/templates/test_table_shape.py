@@ -41,7 +41,8 @@ def test_both_shapes_at_once_name_each_table_field():
 
 
 def test_an_email_given_as_subject_and_body_is_complete_and_renders_a_text_version():
-    parts, _ = table_shape_parts("email", {"subject": "Hi {{ first_name }}", "body": "<p>Hello <b>{{ first_name }}</b></p>"})
+    given = {"subject": "Hi {{ first_name }}", "body": "<p>Hello <b>{{ first_name }}</b></p>"}
+    parts, _ = table_shape_parts("email", given)
     content = TemplateContent(channel="email", parts=parts)
     assert content_problems(content) == []
     rendered = CompiledTemplate(content).render(message_variables(SAMPLE_PROFILE, system={}))
