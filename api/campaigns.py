@@ -20,17 +20,15 @@ PATCH, DELETE and launch honour ``If-Match`` (412 when it no longer matches).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
 import asyncpg
 import orjson
-from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import State
 from starlette.requests import Request
@@ -42,15 +40,14 @@ from api.auth import ROLES, Caller, require_role
 from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
 from pipeline import campaigns as campaign_rules
+from pipeline import launches
+from pipeline.launches import launch_record  # noqa: F401 (tests build launch records through here)
 from pipeline import templates  # unresolved_variables and template_syntax_problems (campaign_rules.TemplateChecks)
 from pipeline.money import money_json
-from schemas.campaigns import CampaignControl, CampaignLaunch, campaign_key
-from schemas.encoding import encode
-from schemas.topics import CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES
+from schemas.keys import metrics_key
 
 AUTHORS = ("admin", "marketer")
 _BIGINT_MAX = 2**63 - 1
-_PUBLISH_TIMEOUT_S = 10.0
 _METRICS = ("sent", "delivered", "bounced", "failed", "opened", "clicked", "converted", "unsubscribed",
             "queued", "deferred", "held", "cancelled", "suppressed")
 _SUPPRESSED_PREFIX = b"suppressed:"
@@ -214,29 +211,6 @@ def _load(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, (str, bytes)) else value
 
 
-def definition(row: asyncpg.Record) -> dict[str, Any]:
-    """A stored campaign in the shape the API accepts (and validation reads)."""
-    return {
-        "name": row["name"],
-        "description": row["description"],
-        "type": row["type"],
-        "channels": list(row["channels"]),
-        "start_time": row["start_time"],
-        "end_time": row["end_time"],
-        "target_segment_id": row["segment_id"],
-        "content": _load(row["content"]) or {},
-        "budget": _load(row["budget"]) or None,
-        "ab_test": _load(row["ab_test_config"]) or None,
-        "schedule": _load(row["schedule"]) or None,
-        "trigger": _load(row["trigger"]),
-        "goals": _load(row["goals"]) or None,
-    }
-
-
-def _money(value: Decimal | None) -> float | None:
-    return money_json(value)
-
-
 def campaign_view(row: asyncpg.Record, live: dict[bytes, bytes] | None = None) -> dict[str, Any]:
     """A stored campaign as the API answers it (the ``Campaign`` model's shape), with live counters.
 
@@ -245,28 +219,14 @@ def campaign_view(row: asyncpg.Record, live: dict[bytes, bytes] | None = None) -
     """
     live = live or {}
     spent = live.get(b"budget_spent")
-    return {
-        "campaign_id": row["campaign_id"],
-        "status": row["status"],
-        **definition(row),
-        "estimated_recipients": row["estimated_recipients"],
-        "estimated_cost": _money(row["estimated_cost"]),
-        "audience_size": row["audience_size"],
-        "metrics": {**{name: int(live.get(name.encode(), 0)) for name in _METRICS},
-                    "revenue": money_json(live.get(b"revenue", 0)),
-                    "suppressed_by_reason": {name[len(_SUPPRESSED_PREFIX):].decode(): int(value)
-                                             for name, value in live.items() if name.startswith(_SUPPRESSED_PREFIX)}},
-        "budget_spent": money_json(spent if spent is not None else row["budget_spent"]),
-        "launch_id": None if row["launch_id"] is None else str(row["launch_id"]),
-        "created_by": row["created_by"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-        "launched_at": row["launched_at"],
-        "paused_at": row["paused_at"],
-        "cancelled_at": row["cancelled_at"],
-        "completed_at": row["completed_at"],
-        "version": row["version"],
-    }
+    view = launches.stored_view(row)
+    view["metrics"] = {**{name: int(live.get(name.encode(), 0)) for name in _METRICS},
+                       "revenue": money_json(live.get(b"revenue", 0)),
+                       "suppressed_by_reason": {name[len(_SUPPRESSED_PREFIX):].decode(): int(value)
+                                                for name, value in live.items() if name.startswith(_SUPPRESSED_PREFIX)}}
+    if spent is not None:
+        view["budget_spent"] = money_json(spent)
+    return view
 
 
 def _json_body(data: Any) -> bytes:
@@ -277,17 +237,6 @@ def _answer(data: Any, status_code: int = 200, headers: dict[str, str] | None = 
     return Response(_json_body(data), status_code=status_code, headers=headers, media_type="application/json")
 
 
-def _audit_view(row: asyncpg.Record) -> dict[str, Any]:
-    """The campaign as the audit log keeps it: the stored state, no live counters."""
-    view = orjson.loads(_json_body(campaign_view(row)))
-    del view["metrics"]
-    return view
-
-
-def _metrics_key(campaign_id: int) -> str:
-    return f"campaign:{campaign_id}:metrics"
-
-
 async def _live_metrics(request: Request, rows: list[asyncpg.Record]) -> list[dict[bytes, bytes]]:
     """The pipeline's live counters per campaign; never-launched campaigns have none, so Redis is not asked."""
     launched = [r["campaign_id"] for r in rows if r["launched_at"] is not None]
@@ -295,7 +244,7 @@ async def _live_metrics(request: Request, rows: list[asyncpg.Record]) -> list[di
         return [{} for _ in rows]
     async with request.app.state.redis.pipeline(transaction=False) as pipe:
         for campaign_id in launched:
-            pipe.hgetall(_metrics_key(campaign_id))
+            pipe.hgetall(metrics_key(campaign_id))
         found = dict(zip(launched, await pipe.execute()))
     return [found.get(r["campaign_id"], {}) for r in rows]
 
@@ -429,17 +378,13 @@ def _from_model(body: BaseModel, fields: set[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------- Kafka
 
 
-async def _publish(state: State, topic: str, campaign_id: int, record: BaseModel) -> None:
-    """Send and await the broker's acknowledgement; any failure is a 503 (the caller's transaction rolls back)."""
+async def _published(write: Awaitable[asyncpg.Record]) -> asyncpg.Record:
+    """A change that publishes to Kafka; a record Kafka did not acknowledge is a 503 (the caller's
+    transaction rolls back, so nothing changed)."""
     try:
-        await asyncio.wait_for(
-            state.kafka.send_and_wait(topic, key=campaign_key(campaign_id), value=encode(record)),
-            _PUBLISH_TIMEOUT_S,
-        )
-    except (KafkaError, asyncio.TimeoutError) as exc:
-        raise ApiError(
-            503, "unavailable", f"could not publish to {topic} ({exc.__class__.__name__}); nothing changed, retry"
-        ) from None
+        return await write
+    except launches.PublishError as exc:
+        raise ApiError(503, "unavailable", f"{exc}; nothing changed, retry") from None
 
 
 def _conflict(exc: campaign_rules.IllegalTransition) -> ApiError:
@@ -490,7 +435,7 @@ async def create_campaign(request: Request) -> Response:
                 request.state.caller.key_id,
             )
             await audit.record(conn, request.state.caller, "campaign.created", "campaign", row["campaign_id"],
-                               None, _audit_view(row))
+                               None, launches.audit_view(row))
     return _answer(
         campaign_view(row),
         status_code=201,
@@ -569,22 +514,8 @@ async def _change_status(
             f"a {current} campaign starts with POST /api/v1/campaigns/{row['campaign_id']}/launch",
             fields=[FieldProblem(field="status", reason="use the launch endpoint to schedule or start a campaign")],
         )
-    stamp = {"pause": "paused_at", "cancel": "cancelled_at", "complete": "completed_at"}.get(action)
-    after = await conn.fetchrow(
-        "UPDATE campaigns SET status = $2, version = version + 1, updated_at = $3"
-        + (f", {stamp} = $3" if stamp else "")
-        + " WHERE campaign_id = $1 RETURNING *",
-        row["campaign_id"], target, now,
-    )
-    past = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "complete": "completed"}[action]
-    await audit.record(conn, request.state.caller, f"campaign.{past}", "campaign", row["campaign_id"],
-                       _audit_view(row), _audit_view(after))
-    control = CampaignControl(
-        control_id=uuid.uuid4(), campaign_id=row["campaign_id"], action=action, previous_status=current,
-        status=target, launch_id=row["launch_id"], issued_at=now,
-    )
-    await _publish(request.app.state, CAMPAIGN_CONTROL.name, row["campaign_id"], control)
-    return after
+    return await _published(launches.change_status(conn, request.app.state.kafka, row, target, action,
+                                                   request.state.caller, now))
 
 
 @require_role(*AUTHORS)
@@ -602,7 +533,7 @@ async def update_campaign(request: Request) -> Response:
     settings = request.app.state.settings
     async with request.app.state.postgres.acquire() as conn, conn.transaction():
         row = await _locked(request, conn)
-        current = definition(row)
+        current = launches.definition(row)
         changed = {k: v for k, v in changes.items() if v != current[k]}
         nulls = [k for k in ("name", "type", "channels", "content") if k in changed and changed[k] is None]
         if nulls:
@@ -630,7 +561,7 @@ async def update_campaign(request: Request) -> Response:
                 row["campaign_id"], *_store_args(merged, recipients, cost), now,
             )
             await audit.record(conn, request.state.caller, "campaign.updated", "campaign", row["campaign_id"],
-                               _audit_view(row), _audit_view(after))
+                               launches.audit_view(row), launches.audit_view(after))
         if patch.status is not None and patch.status != after["status"]:
             after = await _change_status(request, conn, after, patch.status, now)
     (live,) = await _live_metrics(request, [after])
@@ -654,30 +585,8 @@ async def delete_campaign(request: Request) -> Response:
             )
         await conn.execute("DELETE FROM campaigns WHERE campaign_id = $1", row["campaign_id"])
         await audit.record(conn, request.state.caller, "campaign.deleted", "campaign", row["campaign_id"],
-                           _audit_view(row), None)
+                           launches.audit_view(row), None)
     return Response(status_code=204)
-
-
-def launch_record(row: asyncpg.Record, launch_id: uuid.UUID, audience_size: int | None, now: datetime
-                  ) -> CampaignLaunch:
-    d = definition(row)
-    ab = d["ab_test"] or {}
-    return CampaignLaunch(
-        launch_id=launch_id,
-        campaign_id=row["campaign_id"],
-        name=d["name"],
-        type=d["type"],
-        segment_id=d["target_segment_id"],
-        channels=d["channels"],
-        content=d["content"],
-        variants=ab.get("variants", []) if ab.get("enabled") else [],
-        budget=d["budget"],
-        trigger=d["trigger"],
-        start_time=d["start_time"],
-        end_time=d["end_time"],
-        audience_size=audience_size,
-        launched_at=now,
-    )
 
 
 async def launch(
@@ -693,7 +602,7 @@ async def launch(
     inside its own transaction, and commits after it returns.
     """
     current = row["status"]
-    d = definition(row)
+    d = launches.definition(row)
     target = campaign_rules.launch_status(d["type"], d["start_time"], now)
     if current == "scheduled" and due:
         target = "active"
@@ -711,22 +620,9 @@ async def launch(
     campaign_rules.transition(current, target)
     audience_size = await validate(state, conn, d, now)
     if target == "scheduled":
-        after = await conn.fetchrow(
-            "UPDATE campaigns SET status = 'scheduled', version = version + 1, updated_at = $2"
-            " WHERE campaign_id = $1 RETURNING *", row["campaign_id"], now,
-        )
-        await audit.record(conn, actor, "campaign.scheduled", "campaign", row["campaign_id"],
-                           _audit_view(row), _audit_view(after))
+        after = await launches.schedule(conn, row, actor, now)
         return after, campaign_rules.first_run(d["type"], d["start_time"], d["schedule"], now)
-    launch_id = uuid.uuid4()
-    after = await conn.fetchrow(
-        "UPDATE campaigns SET status = 'active', launch_id = $2, launched_at = $3, audience_size = $4,"
-        " version = version + 1, updated_at = $3 WHERE campaign_id = $1 RETURNING *",
-        row["campaign_id"], launch_id, now, audience_size,
-    )
-    await audit.record(conn, actor, "campaign.launched", "campaign", row["campaign_id"],
-                       _audit_view(row), _audit_view(after))
-    await _publish(state, CAMPAIGN_LAUNCHES.name, row["campaign_id"], launch_record(after, launch_id, audience_size, now))
+    after = await _published(launches.start(conn, state.kafka, row, actor, audience_size, now))
     return after, None
 
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from api.campaigns import Campaign
-from tests.integration.api.helpers import assert_error, bearer, unique_name
+from tests.helpers.api import assert_error, bearer, unique_name
 from schemas.topics import CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES
 from tests.helpers.kafka import end_offsets, records_between
 
@@ -494,10 +494,10 @@ async def test_launch_that_kafka_refuses_is_503_and_changes_nothing(api_settings
     from aiokafka import AIOKafkaProducer
     from starlette.testclient import TestClient
 
-    from api import campaigns
     from api.app import create_app
+    from pipeline import launches
 
-    monkeypatch.setattr(campaigns, "_PUBLISH_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(launches, "PUBLISH_TIMEOUT_S", 0.5)
 
     with TestClient(create_app(api_settings)) as own:
         created = create(own, marketer, campaign_body(await segment(1)))
