@@ -223,7 +223,7 @@ def start_broker() -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from tests.helpers.kafka import end_offsets
-    from tests.integration.pipeline.test_campaign_email import Api
+    from tests.helpers.e2e import Api
 
     settings = get_settings()
     if settings.kafka_brokers == "127.0.0.1:9092" and not args.default_stack:

@@ -278,7 +278,7 @@ def _epoch(iso: str) -> float:
 def run(recipients: int, workers: int, shares: dict[str, float], email_provider: str,
         latencies_csv: Path | None = None) -> dict:
     from tests.helpers.kafka import end_offsets
-    from tests.integration.pipeline.test_campaign_email import Api
+    from tests.helpers.e2e import Api
 
     settings = get_settings()
     (settings.local_dir / "logs").mkdir(parents=True, exist_ok=True)

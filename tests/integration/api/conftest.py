@@ -7,7 +7,8 @@ unreachable the app does not start and every test here fails.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
 import pytest
@@ -17,7 +18,7 @@ from api.app import create_app
 from api.auth import key_digest
 from api.keys import bootstrap_admin_key
 from config import Settings
-from tests.integration.api.helpers import bearer, unique_name
+from tests.helpers.api import bearer, unique_name
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +71,29 @@ def issue_key(client: TestClient, admin_key: str) -> Callable[[str], dict]:
         return response.json()
 
     return issue
+
+
+_USER_BASE = random.randrange(3 * 10**12, 4 * 10**12, 10**6)
+_next_id = iter(range(_USER_BASE, _USER_BASE + 10**6))
+
+MakeUser = Callable[..., Awaitable[int]]
+
+
+@pytest.fixture
+async def make_user(api_settings) -> AsyncIterator[MakeUser]:
+    """Insert users straight into PostgreSQL (ids far above the demo audience); delete them afterwards."""
+    created: list[int] = []
+    conn = await asyncpg.connect(api_settings.postgres_dsn)
+
+    async def make(email: str | None = "") -> int:
+        user_id = next(_next_id)
+        address = f"pref-{user_id}@example.com" if email == "" else email
+        await conn.execute("INSERT INTO users (user_id, email) VALUES ($1, $2)", user_id, address)
+        created.append(user_id)
+        return user_id
+
+    try:
+        yield make
+    finally:
+        await conn.execute("DELETE FROM users WHERE user_id = ANY($1)", created)  # cascades to preferences
+        await conn.close()

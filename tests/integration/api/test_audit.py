@@ -6,8 +6,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tests.integration.api.helpers import assert_error, bearer
-from tests.integration.api.test_preferences import make_user  # noqa: F401 - a fixture
+from tests.helpers.api import assert_error, bearer
 
 AUDIT = "/api/v1/audit"
 

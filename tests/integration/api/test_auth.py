@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from api.auth import generate_key
-from tests.integration.api.helpers import assert_error, bearer
+from tests.helpers.api import assert_error, bearer
 
 
 def test_request_without_key_is_401_with_bearer_challenge(client):

@@ -9,7 +9,7 @@ import orjson
 
 from schemas.messages import MessageBatch, Recipient
 from schemas.records import DeadLetter
-from tests.integration.api.helpers import assert_error, bearer
+from tests.helpers.api import assert_error, bearer
 from tests.helpers.kafka import end_offsets, produce, read_from
 
 PARTITION = 3

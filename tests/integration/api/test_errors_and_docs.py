@@ -6,7 +6,7 @@ import re
 
 from starlette.routing import Route
 
-from tests.integration.api.helpers import assert_error, bearer
+from tests.helpers.api import assert_error, bearer
 
 
 def test_unknown_route_is_404_in_the_error_shape(client):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 from starlette.testclient import TestClient
 
-from tests.conftest import REPO
+from config.settings import REPO_ROOT as REPO
 
 
 def stack(command: str, service: str) -> None:

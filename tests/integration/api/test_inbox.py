@@ -24,7 +24,7 @@ from api.app import create_app
 from config import Settings
 from pipeline.channels import Message
 from pipeline.channels.in_app import RedisInbox, inbox_entry
-from tests.integration.api.helpers import assert_error, bearer
+from tests.helpers.api import assert_error, bearer
 from schemas.keys import inbox_key
 
 

@@ -12,8 +12,8 @@ import orjson
 
 from api.auth import key_digest
 from api.keys import bootstrap_admin_key
-from tests.conftest import REPO
-from tests.integration.api.helpers import assert_error, bearer, unique_name
+from config.settings import REPO_ROOT as REPO
+from tests.helpers.api import assert_error, bearer, unique_name
 
 
 async def audit_rows(settings, key_id: int) -> list[asyncpg.Record]:

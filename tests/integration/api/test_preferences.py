@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
@@ -18,34 +17,8 @@ from pipeline.signing import signing_key
 from pipeline.unsubscribe import make_unsubscribe_token
 from schemas.preferences import CATEGORIES, PreferenceUpdate, preference_key
 from schemas.topics import PREFERENCE_UPDATES
-from tests.integration.api.helpers import assert_error, bearer
+from tests.helpers.api import assert_error, bearer
 from tests.helpers.kafka import end_offsets, read
-
-_BASE = random.randrange(3 * 10**12, 4 * 10**12, 10**6)
-_next_id = iter(range(_BASE, _BASE + 10**6))
-
-MakeUser = Callable[..., Awaitable[int]]
-
-
-@pytest.fixture
-async def make_user(api_settings) -> AsyncIterator[MakeUser]:
-    """Insert users straight into PostgreSQL (ids far above the demo audience); delete them afterwards."""
-    created: list[int] = []
-    conn = await asyncpg.connect(api_settings.postgres_dsn)
-
-    async def make(email: str | None = "") -> int:
-        user_id = next(_next_id)
-        address = f"pref-{user_id}@example.com" if email == "" else email
-        await conn.execute("INSERT INTO users (user_id, email) VALUES ($1, $2)", user_id, address)
-        created.append(user_id)
-        return user_id
-
-    try:
-        yield make
-    finally:
-        await conn.execute("DELETE FROM users WHERE user_id = ANY($1)", created)  # cascades to preferences
-        await conn.close()
-
 
 async def fetch(settings, query: str, *args) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(settings.postgres_dsn)
@@ -296,8 +269,9 @@ async def test_unsubscribe_body_is_validated(client):
     assert error["fields"][0]["field"] == "user_id"
 
 
-async def test_valid_token_of_a_deleted_user_is_404(client, api_settings):
-    gone = next(_next_id)
+async def test_valid_token_of_a_deleted_user_is_404(client, api_settings, make_user):
+    gone = await make_user()
+    await fetch(api_settings, "DELETE FROM users WHERE user_id = $1", gone)
     assert_error(client.post("/api/v1/unsubscribe", json={"token": token_for(api_settings, gone)}), 404, "not_found")
 
 

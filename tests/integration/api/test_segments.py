@@ -24,7 +24,7 @@ from api.segments import exclusion_cycle
 from config import Settings
 from pipeline.stores.postgres import upsert_users
 from schemas.records import UserProfile
-from tests.integration.api.helpers import assert_error, bearer, unique_name
+from tests.helpers.api import assert_error, bearer, unique_name
 from tests.helpers.kafka import eventually, produce
 
 TIERS = {"core": 20, "near": 20, "other": 10}

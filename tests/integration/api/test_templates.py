@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from config import Settings
-from tests.integration.api.helpers import assert_error, bearer, unique_name
+from tests.helpers.api import assert_error, bearer, unique_name
 from tests.peers import peer_settings
 from schemas.keys import inbox_key
 

@@ -19,9 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from config import Settings
-from tests.integration.pipeline.test_campaign_email import (
-    Api, _redis_hash, profile, publish_profiles, user_of,
-)
+from tests.helpers.e2e import Api, profile, publish_profiles, redis_hash, user_of
 from tests.peers import SmtpPeer
 from tests.peers.smtp import _Handler
 
@@ -101,7 +99,7 @@ def test_pause_holds_within_a_second_and_resume_sends_the_rest_exactly_once(sett
     time.sleep(3.0)
     assert sum(_received(slow_smtp, mine).values()) == at_pause, "emails kept arriving after the pause"
     assert at_pause < USERS, "the campaign finished before the pause could be tested"
-    held = asyncio.run(_redis_hash(settings, f"campaign:{campaign_id}:metrics")).get("held", 0)
+    held = asyncio.run(redis_hash(settings, f"campaign:{campaign_id}:metrics")).get("held", 0)
     assert held > 0
     assert api.get(campaign_id)["status"] == "paused"
 
@@ -127,7 +125,7 @@ def test_cancel_discards_the_rest_counts_it_and_never_completes(settings, api, s
     assert at_cancel < USERS
 
     def accounted() -> dict:
-        return asyncio.run(_redis_hash(settings, f"campaign:{campaign_id}:metrics"))
+        return asyncio.run(redis_hash(settings, f"campaign:{campaign_id}:metrics"))
 
     deadline = time.monotonic() + 60
     live = accounted()

@@ -23,9 +23,9 @@ from schemas.keys import held_key, status_key
 from schemas.campaigns import CampaignControl, campaign_key
 from schemas.encoding import encode
 from schemas.topics import CAMPAIGN_CONTROL
-from tests.conftest import REPO
+from config.settings import REPO_ROOT as REPO
 from tests.helpers.kafka import end_offsets, eventually, produce
-from tests.integration.pipeline.conftest import PipelineCampaign
+from tests.helpers.pipeline import PipelineCampaign
 from tests.helpers.kafka import read_campaign_range
 
 
