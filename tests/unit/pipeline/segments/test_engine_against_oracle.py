@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pipeline.segments import AudienceStore, parse_criteria
 from pipeline.segments.snapshot import read_snapshot, write_snapshot
 from schemas.records import UserEvent, UserProfile
-from tests.unit.segments.oracle import Oracle
+from tests.helpers.segments_oracle import Oracle
 
 NOW = datetime(2025, 1, 10, 12, 0, tzinfo=timezone.utc)
 IDS = [1, 2, 3, 5, 8, 13, 10**12 + 7, 10**12 + 3, 42, 21]

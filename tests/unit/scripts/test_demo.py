@@ -17,10 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from config.settings import REPO_ROOT
 from pipeline.segments import AudienceStore, parse_criteria, unseen_fields
 from schemas.records import UserEvent, UserProfile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import demo  # noqa: E402
 
 NOW = datetime(2025, 6, 10, 0, 0, tzinfo=timezone.utc)
