@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.segments import AudienceStore, parse_criteria  # noqa: E402
 from pipeline.segments.columns import NULL_TIME, to_micros  # noqa: E402
-from pipeline.segments.store import restore_state  # noqa: E402
 
 DAY_US = 86_400 * 1_000_000
 NOW = datetime(2025, 6, 1, tzinfo=timezone.utc)
@@ -124,7 +123,7 @@ def synthesize(users: int, seed: int, lean: bool = False) -> AudienceStore:
                        if name.startswith("attr.")},
         "events": list(events),
     }
-    return restore_state(meta, arrays)
+    return AudienceStore.from_state(meta, arrays)
 
 
 def _median_time(fn, runs: int, store: AudienceStore) -> tuple[float, object]:

@@ -16,7 +16,8 @@ from pipeline.segments.dsl import (
     Condition, Criteria, CriteriaError, FieldCatalog, Group, parse_criteria, unseen_fields,
 )
 from pipeline.segments.live import open_audience
-from pipeline.segments.store import AudienceStore, Exclusions
+from pipeline.segments.compile import Exclusions
+from pipeline.segments.store import AudienceStore
 
 __all__ = [
     "AudienceStore", "Condition", "Criteria", "CriteriaError", "Exclusions", "FieldCatalog", "Group",

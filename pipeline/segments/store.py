@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.segments.columns import (
-    BUILTIN_COLUMNS, KINDS, NULL_TIME, Column, CountColumn, PresenceColumn, TextColumn, TimeColumn,
+    KINDS, NULL_TIME, Column, CountColumn, PresenceColumn, TextColumn, TimeColumn,
     attribute_column, column_from, event_columns, from_micros, infer_kind, to_micros,
 )
 from pipeline.segments.compile import Exclusions, compile_criteria
@@ -43,8 +43,7 @@ from pipeline.segments.dsl import Criteria, Kind
 if TYPE_CHECKING:
     from schemas.records import UserEvent, UserProfile
 
-__all__ = ["BUILTIN_COLUMNS", "AudienceStore", "Exclusions", "attribute_column", "event_columns",
-           "export_state", "restore_state"]
+__all__ = ["AudienceStore"]
 
 _MIN_CAPACITY = 1024
 _GROWTH = 1.25
@@ -416,15 +415,3 @@ def _utc(now: datetime | None) -> datetime:
     if now is None:
         return datetime.now(timezone.utc)
     return now if now.tzinfo else now.replace(tzinfo=timezone.utc)
-
-
-# ── State for snapshots (pipeline/segments/snapshot.py) ───────────────────────
-# Kept as functions too, for callers that predate the methods (bench/segments.py).
-
-
-def export_state(store: AudienceStore) -> tuple[dict, dict[str, np.ndarray]]:
-    return store.export_state()
-
-
-def restore_state(meta: dict, arrays: Mapping[str, np.ndarray]) -> AudienceStore:
-    return AudienceStore.from_state(meta, arrays)
