@@ -41,12 +41,14 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from agents._io import emit_events, send_dead_letters
+from pipeline import control
 from pipeline import gate as gate_rules
 from pipeline.app import app, clients, message_requests_topic, outbox_topics, settings
 from pipeline.codecs import RawRecord, dead_letter, explain
 from pipeline.gate_io import GateIO
 from pipeline.lanes import InOrderAcks, Lanes
 from schemas.messages import MessageBatch
+from schemas.topics import MESSAGE_REQUESTS
 from tables.gate_state import gate_history, gate_preferences, gate_suppressions
 
 log = structlog.get_logger()
@@ -161,15 +163,10 @@ async def _halted(batch: MessageBatch, partition: int, offset: int, raw: bytes, 
                   variant: dict[int, str | None]) -> bool:
     """A paused campaign's batch is held, a cancelled one's dropped, each recipient with its event."""
     status = await stores.status(batch.campaign_id)
-    if status not in ("paused", "cancelled"):
+    if not control.halts(status):
         return False
-    if status == "paused":
-        await stores.hold(batch.campaign_id, f"{partition}:{offset}", raw)
-    at = datetime.now(timezone.utc).isoformat()
-    events = [gate_rules.delivery_event(batch.campaign_id, u, ch, batch.step, v, "held" if status == "paused"
-                                   else "cancelled", None if status == "paused" else "cancelled", at)
-              for ch in channels for u, v in variant.items()]
-    await emit_events(partition, events)
+    await stores.halt(batch.campaign_id, status, control.held_source(MESSAGE_REQUESTS.name, partition, offset), raw)
+    await emit_events(partition, control.halted_events(batch.campaign_id, batch.step, variant.items(), channels, status))
     return True
 
 

@@ -35,13 +35,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import audit, paging, segments
+from api import paging, segments
 from api.auth import ROLES, Caller, require_role
 from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
+from pipeline import audit
 from pipeline import campaigns as campaign_rules
 from pipeline import launches
-from pipeline.launches import launch_record  # noqa: F401 (tests build launch records through here)
 from pipeline import templates  # unresolved_variables and template_syntax_problems (campaign_rules.TemplateChecks)
 from pipeline.money import money_json
 from schemas.keys import metrics_key

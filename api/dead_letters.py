@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import audit
 from api.auth import require_role
 from api.errors import parse_body
 from api.openapi import operation
+from pipeline import audit
 from pipeline.dlq import replay
 
 

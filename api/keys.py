@@ -21,12 +21,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import audit
 from api.auth import ROLES, Caller, Role, digest_matches, generate_key, key_digest, key_prefix, require_role
 from api.errors import ApiError, parse_body
 from api.openapi import operation
 from config import Settings, get_settings
 from schemas.encoding import BIGINT_MAX
+from pipeline import audit
 
 BOOTSTRAP_KEY_NAME = "bootstrap admin"
 _COLUMNS = "key_id, name, role, prefix, created_by, created_at, last_used_at, revoked_at"

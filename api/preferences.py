@@ -36,10 +36,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from api import audit
 from api.auth import ROLES, Caller, require_role
 from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
+from pipeline import audit
 from pipeline.signing import signing_key
 from pipeline.unsubscribe import InvalidUnsubscribeToken, MalformedToken, UnsubscribeClaim, read_unsubscribe_token
 from schemas.preferences import (

@@ -36,11 +36,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import audit
 from api.auth import ROLES, require_role
 from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
-from pipeline.launch_audience import ExclusionError, exclusion_cycle  # noqa: F401 (exclusion_cycle: tests)
+from pipeline import audit
+from pipeline.launch_audience import ExclusionError
 from pipeline.launch_audience import load_exclusions as resolve_exclusions
 from pipeline.lookalike import LookalikeError, train_and_rank
 from pipeline.segments import AudienceStore, Criteria, CriteriaError, Exclusions, parse_criteria, unseen_fields

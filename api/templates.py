@@ -32,10 +32,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import audit, paging
+from api import paging
 from api.auth import ROLES, require_role
 from api.errors import ApiError, FieldProblem, invalid, parse_body
 from api.openapi import operation
+from pipeline import audit
 from pipeline.channels import Message, open_channel
 from pipeline.content.store import COLUMNS, template_record
 from pipeline.content.validate import (

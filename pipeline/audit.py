@@ -1,7 +1,7 @@
 """The audit trail's writer: who changed what, with the entity before and after.
 
 Every mutation calls ``record`` on the connection of its own transaction, so the change and
-its audit row commit together or not at all. The API (``api/audit.py``) and the stages that
+its audit row commit together or not at all. The API and the stages that
 change a campaign on their own (the aggregate completing one) write through this one function.
 """
 

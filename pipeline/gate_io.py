@@ -210,11 +210,6 @@ class GateIO:
             keys=[spend_key(campaign_id), reservations_key(campaign_id)], args=args)
         return {ch: int(n) for ch, n in zip(channels, allowed)}
 
-    async def hold(self, campaign_id: int, source: str, raw: bytes) -> None:
-        """Hold a paused campaign's batch, once per source (``pipeline.control_io.HeldBatches``)."""
-        _ = self.redis
-        await self._held.hold(campaign_id, source, raw)
-
     async def halt(self, campaign_id: int, status: str, source: str, raw: bytes) -> None:
         """What a paused (held) or cancelled (dropped) campaign does to a batch; events are
         ``pipeline.control.halted_events``."""

@@ -6,9 +6,9 @@
 For each MessageBatch (one campaign, one channel, one partition, many users):
 
 1. **Campaign state** (``campaign_status``: Redis ``campaign:{id}:status`` through the one
-   per-process cache of pipeline/campaign_state.py, ``STATUS_CACHE_S``): paused → the batch's
-   bytes go to ``campaign:{id}:held`` and each recipient gets a "held" event (the control
-   agent re-sends the list on resume); cancelled → "cancelled" events, nothing sent.
+   per-process cache of pipeline/campaign_state.py, ``STATUS_CACHE_S``): paused or cancelled,
+   the batch is held (once per source record) or dropped, with the events, as everywhere else
+   (pipeline/control.py decides, pipeline/control_io.py's ``HeldBatches`` holds).
 2. **Idempotency ledger** (one HMGET, under the batch's claim): recipients already
    acknowledged by the provider are not sent again (pipeline/send/ledger.py).
 3. **Campaign and profiles**: the campaign's content for the channel, compiled once and
@@ -44,11 +44,13 @@ import structlog
 from redis.asyncio import Redis
 
 from config import Settings
+from pipeline import control
 from pipeline.campaign_state import campaign_status, load_campaign
 from pipeline.channels import Channel, Message, SendResult, email_provider
 from pipeline.channels.base import SENT, TRANSIENT
 from pipeline.channels.tracking import link_key, rewrite_links
 from pipeline.codecs import RawRecord, dead_letter, decode_batch
+from pipeline.control_io import HeldBatches
 from pipeline.send.decisions import (
     RetryPolicy,
     SendPlan,
@@ -65,8 +67,8 @@ from pipeline.send.pacing import TokenBucket
 from pipeline.signing import signing_key
 from pipeline.templates import CompiledTemplate, RenderError, message_variables
 from pipeline.unsubscribe import list_unsubscribe_headers, make_unsubscribe_token, unsubscribe_url
-from schemas.keys import held_key
 from schemas.messages import DeliveryEvent, DeliveryEventBatch, MessageBatch, Recipient, message_id
+from schemas.encoding import encode
 from schemas.records import DeadLetter
 
 log = structlog.get_logger()
@@ -188,6 +190,7 @@ class Sender:
         self.bucket = bucket or TokenBucket(redis, channel, channel_rate(settings, channel))
         self.ledger = SendLedger(redis)
         self.claims = BatchClaims(redis)
+        self.held = HeldBatches(redis)
         self.chunk = chunk
         # Batches of one poll processed at once when ``handle`` is called directly; the worker's
         # consumer (consume_concurrently) hands over one batch at a time and bounds them itself.
@@ -227,11 +230,10 @@ class Sender:
     async def process(self, batch: MessageBatch, raw: RawRecord) -> BatchReport:
         report = BatchReport()
         status = await campaign_status(self.redis, batch.campaign_id)
-        if status in ("paused", "cancelled"):
-            if status == "paused":
-                await self.redis.rpush(held_key(batch.campaign_id), raw.value or b"")
-            report.events = [self._plain_event(batch, r, status="held" if status == "paused" else "cancelled",
-                                               reason=f"campaign {status}") for r in batch.recipients]
+        if control.halts(status):
+            source = control.held_source(raw.topic, raw.partition, raw.offset)
+            await self.held.halt(batch.campaign_id, status, source, raw.value or b"")
+            report.events = self._halted_events(batch, batch.recipients, status)
             await self.emit_events(batch.partition, DeliveryEventBatch(events=report.events))
             return report
 
@@ -260,15 +262,19 @@ class Sender:
             await self.ledger.reported(ledger_key, sent)
         return report
 
-    async def _halt(self, batch: MessageBatch, recipients: list[Recipient], status: str, report: BatchReport) -> None:
+    async def _halt(self, batch: MessageBatch, raw: RawRecord, recipients: list[Recipient], status: str,
+                    report: BatchReport) -> None:
         """Hold (paused) or drop (cancelled) the recipients of ``batch`` that were not sent to."""
         if not recipients:
             return
-        if status == "paused":
-            rest = batch.model_copy(update={"recipients": recipients})
-            await self.redis.rpush(held_key(batch.campaign_id), orjson.dumps(rest.model_dump(mode="json")))
-        report.events += [self._plain_event(batch, r, status="held" if status == "paused" else "cancelled",
-                                            reason=f"campaign {status}") for r in recipients]
+        rest = batch.model_copy(update={"recipients": recipients})
+        source = control.held_source(raw.topic, raw.partition, raw.offset, "unsent")
+        await self.held.halt(batch.campaign_id, status, source, encode(rest))
+        report.events += self._halted_events(batch, recipients, status)
+
+    def _halted_events(self, batch: MessageBatch, recipients: list[Recipient], status: str) -> list[DeliveryEvent]:
+        return [DeliveryEvent.model_validate(e) for e in control.halted_events(
+            batch.campaign_id, batch.step, [(r.user_id, r.variant) for r in recipients], [self.channel], status)]
 
     def _plain_event(self, batch: MessageBatch, r: Recipient, status: str, reason: str | None) -> DeliveryEvent:
         return status_event(batch, r, self.channel, status, reason)
@@ -315,7 +321,7 @@ class Sender:
             untouched = [i for i, ks in per_user.items() if all(attempts[k] == 0 for k in ks)]
             for i in untouched:
                 del per_user[i]
-            await self._halt(batch, [batch.recipients[i] for i in untouched], halted, report)
+            await self._halt(batch, raw, [batch.recipients[i] for i in untouched], halted, report)
         for i, ks in per_user.items():
             r = batch.recipients[i]
             result = combine([results[k] for k in ks])

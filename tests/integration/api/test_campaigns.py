@@ -8,6 +8,7 @@ on the segments API or on the demo audience.
 from __future__ import annotations
 
 import random
+from decimal import ROUND_HALF_UP, Decimal
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
@@ -21,6 +22,11 @@ from tests.helpers.kafka import end_offsets, records_between
 
 FUTURE = datetime.now(timezone.utc) + timedelta(days=30)
 
+
+
+def _cents(amount: Decimal) -> float:
+    """Money as the API answers it: to the cent, half up, a JSON number."""
+    return float(amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 def iso(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
@@ -103,8 +109,8 @@ async def test_create_answers_a_draft_with_estimated_recipients_and_cost(client,
 
     assert created["status"] == "draft"
     assert created["estimated_recipients"] == 4
-    per_user = api_settings.unit_costs["email"] + api_settings.unit_costs["push"]
-    assert created["estimated_cost"] == pytest.approx(4 * per_user)
+    per_user = Decimal(str(api_settings.unit_costs["email"])) + Decimal(str(api_settings.unit_costs["push"]))
+    assert created["estimated_cost"] == _cents(4 * per_user)
     assert created["target_segment_id"] == segment_id
     assert created["channels"] == ["email", "push"]
     assert created["metrics"]["suppressed_by_reason"] == {}
@@ -318,7 +324,7 @@ async def test_patch_changes_a_draft_and_bumps_its_version(client, marketer, seg
     body = patched.json()
     assert body["name"] == "renamed" and body["version"] == created["version"] + 1
     assert body["estimated_recipients"] == 5
-    assert body["estimated_cost"] == pytest.approx(5 * api_settings.unit_costs["email"])
+    assert body["estimated_cost"] == _cents(5 * Decimal(str(api_settings.unit_costs["email"])))
     assert [r["action"] for r in await audit_actions(pg, created["campaign_id"])] == ["campaign.created",
                                                                                       "campaign.updated"]
 

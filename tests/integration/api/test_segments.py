@@ -11,7 +11,6 @@ since no worker runs here.
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 
@@ -20,7 +19,7 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from api.segments import exclusion_cycle
+from pipeline.launch_audience import exclusion_cycle
 from config import Settings
 from pipeline.stores.postgres import upsert_users
 from schemas.records import UserProfile

@@ -163,7 +163,7 @@ async def _replay_launch(settings: Settings, campaign_id: int, launch_id: str) -
         row = await conn.fetchrow("SELECT * FROM campaigns WHERE campaign_id = $1", campaign_id)
     finally:
         await conn.close()
-    from api.campaigns import launch_record
+    from pipeline.launches import launch_record
     from schemas.campaigns import campaign_key
     from schemas.encoding import encode
 
