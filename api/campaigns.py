@@ -44,10 +44,10 @@ from pipeline import campaigns as campaign_rules
 from pipeline import launches
 from pipeline import templates  # unresolved_variables and template_syntax_problems (campaign_rules.TemplateChecks)
 from pipeline.money import money_json
+from schemas.encoding import BIGINT_MAX, to_json
 from schemas.keys import metrics_key
 
 AUTHORS = ("admin", "marketer")
-_BIGINT_MAX = 2**63 - 1
 _METRICS = ("sent", "delivered", "bounced", "failed", "opened", "clicked", "converted", "unsubscribed",
             "queued", "deferred", "held", "cancelled", "suppressed")
 _SUPPRESSED_PREFIX = b"suppressed:"
@@ -98,7 +98,7 @@ class _Definition(BaseModel):
     channels: list[str] = Field(description="email, sms, push, in_app, webhook")
     start_time: datetime | None = None
     end_time: datetime | None = None
-    target_segment_id: int | None = Field(default=None, ge=1, le=_BIGINT_MAX)
+    target_segment_id: int | None = Field(default=None, ge=1, le=BIGINT_MAX)
     content: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per channel: {template_id, variables} and/or inline parts (email subject/html/text, "
@@ -126,7 +126,7 @@ class CampaignPatch(BaseModel):
     channels: list[str] | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
-    target_segment_id: int | None = Field(default=None, ge=1, le=_BIGINT_MAX)
+    target_segment_id: int | None = Field(default=None, ge=1, le=BIGINT_MAX)
     content: dict[str, dict[str, Any]] | None = None
     budget: Budget | None = None
     ab_test: AbTest | None = None
@@ -203,14 +203,6 @@ class LaunchResult(BaseModel):
 # ---------------------------------------------------------------- rows
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _load(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
-
-
 def campaign_view(row: asyncpg.Record, live: dict[bytes, bytes] | None = None) -> dict[str, Any]:
     """A stored campaign as the API answers it (the ``Campaign`` model's shape), with live counters.
 
@@ -268,7 +260,7 @@ def _check_if_match(request: Request, row: asyncpg.Record) -> None:
 
 def _campaign_id(request: Request) -> int:
     campaign_id = request.path_params["campaign_id"]
-    if campaign_id > _BIGINT_MAX:
+    if campaign_id > BIGINT_MAX:
         raise ApiError(404, "not_found", f"no campaign {campaign_id}")
     return campaign_id
 
@@ -407,9 +399,9 @@ _STORE = (
 
 def _store_args(d: dict[str, Any], recipients: int | None, cost: Decimal | None) -> list[Any]:
     return [
-        d["name"], d["description"], d["type"], d["channels"], d["target_segment_id"], _json(d["content"]),
-        _json(d["schedule"] or {}), _json(d["budget"] or {}), _json(d["ab_test"] or {}), _json(d["goals"] or {}),
-        None if d["trigger"] is None else _json(d["trigger"]), d["start_time"], d["end_time"], recipients, cost,
+        d["name"], d["description"], d["type"], d["channels"], d["target_segment_id"], to_json(d["content"]),
+        to_json(d["schedule"] or {}), to_json(d["budget"] or {}), to_json(d["ab_test"] or {}), to_json(d["goals"] or {}),
+        None if d["trigger"] is None else to_json(d["trigger"]), d["start_time"], d["end_time"], recipients, cost,
     ]
 
 

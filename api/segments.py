@@ -45,10 +45,10 @@ from pipeline.launch_audience import load_exclusions as resolve_exclusions
 from pipeline.lookalike import LookalikeError, train_and_rank
 from pipeline.segments import AudienceStore, Criteria, CriteriaError, Exclusions, parse_criteria, unseen_fields
 from pipeline.segments.members import member_ids
+from schemas.encoding import BIGINT_MAX, to_json
 
 EDITORS = ("admin", "marketer")
 MAX_PAGE = 200
-_BIGINT_MAX = 2**63 - 1
 _COLUMNS = (
     "segment_id, name, description, kind, dynamic, criteria, size, last_computed_at,"
     " created_at, source_segment_id, quality"
@@ -197,7 +197,7 @@ async def segment_audience_size(holder: Any, conn: asyncpg.Connection, segment_i
 
 async def _fetch_segment(conn: asyncpg.Connection, segment_id: int, lock: str = "") -> asyncpg.Record:
     row = None
-    if segment_id <= _BIGINT_MAX:
+    if segment_id <= BIGINT_MAX:
         row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM segments WHERE segment_id = $1 {lock}", segment_id)
     if row is None:
         raise ApiError(404, "not_found", f"no segment {segment_id}")
@@ -258,10 +258,6 @@ async def _audit_created(conn: asyncpg.Connection, request: Request, created: Se
     await audit.record(conn, request.state.caller, "segment.created", "segment", created.segment_id, None, after)
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 # ---------------------------------------------------------------- cursors
 
 
@@ -308,7 +304,7 @@ async def create_segment(request: Request) -> Response:
     async with request.app.state.postgres.acquire() as conn, conn.transaction():
         exclusions = await load_exclusions(conn, criteria)
         kind = "dynamic" if new.dynamic else "static"
-        common = dict(name=new.name, description=new.description, criteria=_json(criteria.to_json()))
+        common = dict(name=new.name, description=new.description, criteria=to_json(criteria.to_json()))
         common |= dict(kind=kind, dynamic=new.dynamic, created_by=request.state.caller.key_id)
         if new.dynamic:
             estimated = store.estimate(criteria, exclusions)
@@ -389,7 +385,7 @@ async def delete_segment(request: Request) -> Response:
             raise ApiError(409, "conflict", f"segment {segment_id} is the audience of campaign {used}")
         excluders = await conn.fetch(
             "SELECT segment_id FROM segments WHERE criteria @> $1::jsonb ORDER BY segment_id LIMIT 10",
-            _json({"exclude_segments": [segment_id]}),
+            to_json({"exclude_segments": [segment_id]}),
         )
         if excluders:
             ids = ", ".join(str(r["segment_id"]) for r in excluders)
@@ -462,12 +458,12 @@ async def create_lookalike(request: Request) -> Response:
             conn,
             name=body.name or f"Lookalike of {seed['name']}"[:255],
             description=f"The {body.size} users most like the members of segment {segment_id}",
-            criteria=_json({"lookalike": {"seed_segment_id": segment_id, "size": body.size}}),
+            criteria=to_json({"lookalike": {"seed_segment_id": segment_id, "size": body.size}}),
             kind="lookalike",
             dynamic=False,
             size=0,
             source_segment_id=segment_id,
-            quality=_json(result.quality),
+            quality=to_json(result.quality),
             created_by=request.state.caller.key_id,
         )
         stored = await store_members(conn, row["segment_id"], result.user_ids, limit=body.size)

@@ -60,12 +60,12 @@ from pipeline.templates import (
     resolve_parts,
     unresolved_variables,
 )
+from schemas.encoding import BIGINT_MAX
 
 __all__ = ["get_template", "routes"]
 
 Channel = Literal["email", "sms", "push", "in_app", "webhook"]
 EDITORS = ("admin", "marketer")
-_BIGINT_MAX = 2**63 - 1
 _EDITABLE = ("name", "description", "category", "parts", "default_language", "translations", "variants")
 _TABLE_SHAPE = ("subject", "body")  # the spec's templates table: mapped onto parts
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
@@ -139,7 +139,7 @@ class TemplateList(BaseModel):
 class PreviewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: int | None = Field(default=None, gt=0, le=_BIGINT_MAX, description="render for this stored user")
+    user_id: int | None = Field(default=None, gt=0, le=BIGINT_MAX, description="render for this stored user")
     sample: dict[str, Any] | None = Field(default=None, description="or for this profile (first_name, attributes...)")
     language: str | None = Field(default=None, max_length=35, description="default: the user's language")
     variant: str | None = Field(default=None, max_length=32)
@@ -188,7 +188,7 @@ def _invalid(problems: list[tuple[str, str]]) -> ApiError:
 
 def _template_id(request: Request) -> int:
     template_id = request.path_params["template_id"]
-    if not 0 < template_id <= _BIGINT_MAX:
+    if not 0 < template_id <= BIGINT_MAX:
         raise ApiError(404, "not_found", f"no template {template_id}")
     return template_id
 
@@ -533,7 +533,7 @@ def _recipient(channel: str, to: str | None, profile: dict[str, Any], user_id: i
         raise _invalid([("to", "a phone number in E.164 form, such as +14155550123")])
     elif channel == "push" and (any(c.isspace() for c in to) or len(to) < 8):
         raise _invalid([("to", "a device registration token")])
-    elif channel == "in_app" and not (to.isdigit() and 0 < int(to) <= _BIGINT_MAX):
+    elif channel == "in_app" and not (to.isdigit() and 0 < int(to) <= BIGINT_MAX):
         raise _invalid([("to", "a user id")])
     elif channel == "webhook" and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", to):
         raise _invalid([("to", "an http(s) URL")])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import asyncpg
-import orjson
+from schemas.encoding import to_json
 
 
 class Actor(Protocol):
@@ -18,11 +18,6 @@ class Actor(Protocol):
 
     key_id: int | None
     name: str
-
-
-def _jsonb(value: dict[str, Any] | None) -> str | None:
-    # orjson writes datetimes as ISO 8601, which is what a reader of the trail wants.
-    return None if value is None else orjson.dumps(value).decode()
 
 
 async def record(
@@ -52,6 +47,6 @@ async def record(
         action,
         entity_type,
         None if entity_id is None else str(entity_id),
-        _jsonb(before),
-        _jsonb(after),
+        None if before is None else to_json(before),
+        None if after is None else to_json(after),
     )

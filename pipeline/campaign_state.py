@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import orjson
 
 from config import Settings, get_settings
 from pipeline.content.store import get_template
 from pipeline.explode import TRANSACTIONAL, campaign_category
+from schemas.encoding import from_json, is_bigint_id
 from schemas.keys import audience_key, expected_key, launch_key, status_key
 
 RECHECK_S = 1.0
@@ -74,10 +74,6 @@ class CampaignRuntime:
         return float(self.unit_costs.get(channel, 0.0))
 
 
-def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
-
-
 def variants_of(ab_test: Mapping[str, Any] | None) -> tuple[tuple[str, float], ...]:
     """The enabled A/B test's ``(id, weight)`` pairs, or () without one."""
     if not ab_test or not ab_test.get("enabled"):
@@ -89,8 +85,8 @@ def runtime_from(row: Mapping[str, Any], templates: Mapping[str, Mapping[str, An
                  unit_costs: Mapping[str, float]) -> CampaignRuntime:
     """Build a CampaignRuntime from a ``campaigns`` row and the templates its content names (pure)."""
     channels = tuple(row["channels"] or ())
-    content = _json(row["content"]) or {}
-    budget = _json(row["budget"]) or None
+    content = from_json(row["content"]) or {}
+    budget = from_json(row["budget"]) or None
     category = campaign_category(channels, {ch: t.get("category") for ch, t in templates.items()})
     webhook = content.get("webhook") or {}
     return CampaignRuntime(
@@ -102,7 +98,7 @@ def runtime_from(row: Mapping[str, Any], templates: Mapping[str, Mapping[str, An
         channels=channels,
         content=content,
         templates=dict(templates),
-        variants=variants_of(_json(row["ab_test_config"])),
+        variants=variants_of(from_json(row["ab_test_config"])),
         budget=Budget(float(budget["max_spend"]), str(budget["currency"])) if budget else None,
         unit_costs=dict(unit_costs),
         category=category,
@@ -124,7 +120,7 @@ async def _load(pool: asyncpg.Pool, campaign_id: int, unit_costs: Mapping[str, f
         if row is None:
             return None
         templates = {}
-        for channel, entry in (_json(row["content"]) or {}).items():
+        for channel, entry in (from_json(row["content"]) or {}).items():
             tid = entry.get("template_id") if isinstance(entry, Mapping) else None
             if isinstance(tid, int) and not isinstance(tid, bool):
                 template = await get_template(conn, tid)
@@ -136,7 +132,7 @@ async def _load(pool: asyncpg.Pool, campaign_id: int, unit_costs: Mapping[str, f
 async def load_campaign(pool: asyncpg.Pool, campaign_id: int, settings: Settings | None = None
                         ) -> CampaignRuntime | None:
     """The campaign's runtime definition (cached), or None if there is no such campaign."""
-    if not 0 < campaign_id < 2**63:
+    if not is_bigint_id(campaign_id):
         return None
     now = time.monotonic()
     cached = _campaigns.get(campaign_id)

@@ -30,7 +30,7 @@ from pipeline import audit
 from pipeline.audit import Actor
 from pipeline.money import money_json
 from schemas.campaigns import CampaignControl, CampaignLaunch, campaign_key
-from schemas.encoding import encode
+from schemas.encoding import encode, from_json
 from schemas.topics import CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES
 
 PUBLISH_TIMEOUT_S = 10.0
@@ -46,10 +46,6 @@ class PublishError(Exception):
         self.topic = topic
 
 
-def _load(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
-
-
 def definition(row: asyncpg.Record) -> dict[str, Any]:
     """A stored campaign in the shape the API accepts (and validation reads)."""
     return {
@@ -60,12 +56,12 @@ def definition(row: asyncpg.Record) -> dict[str, Any]:
         "start_time": row["start_time"],
         "end_time": row["end_time"],
         "target_segment_id": row["segment_id"],
-        "content": _load(row["content"]) or {},
-        "budget": _load(row["budget"]) or None,
-        "ab_test": _load(row["ab_test_config"]) or None,
-        "schedule": _load(row["schedule"]) or None,
-        "trigger": _load(row["trigger"]),
-        "goals": _load(row["goals"]) or None,
+        "content": from_json(row["content"]) or {},
+        "budget": from_json(row["budget"]) or None,
+        "ab_test": from_json(row["ab_test_config"]) or None,
+        "schedule": from_json(row["schedule"]) or None,
+        "trigger": from_json(row["trigger"]),
+        "goals": from_json(row["goals"]) or None,
     }
 
 

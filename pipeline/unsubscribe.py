@@ -86,7 +86,7 @@ def make_unsubscribe_token(
         raise ValueError(f"unknown channel {channel!r}; expected one of {', '.join(CHANNELS)}")
     if not is_bigint_id(user_id):
         raise ValueError(f"user_id {user_id} is outside 1..2**63-1")
-    if campaign_id is not None and not 0 < campaign_id < 2**63:
+    if campaign_id is not None and not is_bigint_id(campaign_id):
         raise ValueError(f"campaign_id {campaign_id} is outside 1..2**63-1")
     issued = int((now or datetime.now(timezone.utc)).timestamp())
     fields = _FIELDS.pack(VERSION, user_id, _CHANNEL_CODES[channel], campaign_id or 0, issued)

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from schemas.encoding import BIGINT_MAX
 
 MESSAGE_NAMESPACE = uuid.UUID("2b0c6c1e-5d1a-4b8e-8f7e-3c9a1d5e7f20")
 
@@ -54,7 +55,7 @@ def _now() -> datetime:
 class Recipient(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    user_id: int = Field(gt=0, lt=2**63)  # a PostgreSQL bigint, as in the profiles (schemas/records.py)
+    user_id: int = Field(gt=0, le=BIGINT_MAX)  # a PostgreSQL bigint, as in the profiles (schemas/records.py)
     variant: str | None = None  # A/B variant id, None without a test
     language: str = "en"
     # Set by the gate when a quiet-hours deferral or a pause released the message late.
@@ -65,7 +66,7 @@ class MessageBatch(BaseModel):
     """Many recipients of one campaign step, all in the Kafka partition ``partition``."""
 
     batch_id: str  # deterministic: "<launch_id>:<chunk>:<partition>" from explode; stages append ":<channel>"
-    campaign_id: int = Field(gt=0, lt=2**63)
+    campaign_id: int = Field(gt=0, le=BIGINT_MAX)
     launch_id: uuid.UUID | None = None
     step: str = "send"
     channel: Channel | None = None  # None on message-requests (every channel of the campaign)

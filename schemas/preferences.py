@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from schemas.encoding import BIGINT_MAX
 
 # The channels a person can opt in or out of (webhooks reach systems, not people).
 CHANNELS: tuple[str, ...] = ("email", "sms", "push", "in_app")
@@ -41,7 +42,7 @@ class PreferenceUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: int = Field(gt=0, lt=2**63)
+    user_id: int = Field(gt=0, le=BIGINT_MAX)
     channels: dict[Channel, bool] = Field(description="Whether each channel may be used at all")
     frequency_cap: dict[Channel, int] = Field(
         description=f"Most messages per channel in any {FREQUENCY_CAP_WINDOW_DAYS} days; absent means no cap"

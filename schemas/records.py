@@ -15,6 +15,7 @@ from typing import Any
 from zoneinfo import available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from schemas.encoding import BIGINT_MAX
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")  # E.164
@@ -35,7 +36,7 @@ class UserProfile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    user_id: int = Field(gt=0, lt=2**63)
+    user_id: int = Field(gt=0, le=BIGINT_MAX)
     email: str | None = Field(default=None, max_length=255)
     phone: str | None = Field(default=None, max_length=20)
     first_name: str | None = Field(default=None, max_length=100)
@@ -95,7 +96,7 @@ class UserEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     event_id: uuid.UUID | None = None
-    user_id: int = Field(gt=0, lt=2**63)
+    user_id: int = Field(gt=0, le=BIGINT_MAX)
     name: str
     occurred_at: datetime
     campaign_id: int | None = Field(default=None, gt=0)

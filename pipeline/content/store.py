@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import orjson
+from schemas.encoding import from_json, is_bigint_id
 
 COLUMNS = (
     "template_id, name, description, channel, category, parts, default_language, translations, variants,"
@@ -15,16 +15,11 @@ COLUMNS = (
 _JSON_COLUMNS = ("parts", "translations", "variants", "variables")
 
 
-def _json(value: Any) -> Any:
-    # asyncpg hands JSONB over as text unless the pool installed a codec; accept both.
-    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
-
-
 def template_record(row: asyncpg.Record) -> dict[str, Any]:
     """A row as ``GET /api/v1/templates/{id}`` returns it (timestamps in ISO 8601)."""
     record = dict(row)
     for name in _JSON_COLUMNS:
-        record[name] = _json(record[name])
+        record[name] = from_json(record[name])
     for name, value in record.items():
         if isinstance(value, datetime):
             record[name] = value.isoformat()
@@ -33,7 +28,7 @@ def template_record(row: asyncpg.Record) -> dict[str, Any]:
 
 async def get_template(conn: asyncpg.Connection | asyncpg.Pool, template_id: int) -> dict[str, Any] | None:
     """The template ``template_id`` (channel, parts, translations, variants, variables...), or None."""
-    if not 0 < template_id < 2**63:
+    if not is_bigint_id(template_id):
         return None
     row = await conn.fetchrow(f"SELECT {COLUMNS} FROM templates WHERE template_id = $1", template_id)
     return None if row is None else template_record(row)

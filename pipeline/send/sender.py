@@ -68,16 +68,12 @@ from pipeline.signing import signing_key
 from pipeline.templates import CompiledTemplate, RenderError, message_variables
 from pipeline.unsubscribe import list_unsubscribe_headers, make_unsubscribe_token, unsubscribe_url
 from schemas.messages import DeliveryEvent, DeliveryEventBatch, MessageBatch, Recipient, message_id
-from schemas.encoding import encode
+from schemas.encoding import encode, from_json
 from schemas.records import DeadLetter
 
 log = structlog.get_logger()
 
 # ---------------------------------------------------------------- campaign definition
-
-
-def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
 
 
 class CampaignPlans:
@@ -143,8 +139,8 @@ class PostgresProfiles:
         profiles = {}
         for row in rows:
             profile = dict(row)
-            profile["attributes"] = _json(profile["attributes"]) or {}
-            profile["push_tokens"] = _json(profile["push_tokens"]) or []
+            profile["attributes"] = from_json(profile["attributes"]) or {}
+            profile["push_tokens"] = from_json(profile["push_tokens"]) or []
             profiles[profile["user_id"]] = profile
         return profiles
 

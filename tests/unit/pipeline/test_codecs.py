@@ -66,9 +66,9 @@ def test_event_names_must_be_lower_case_words():
 @pytest.mark.parametrize(
     "batch, reason",
     [
-        ({"recipients": [{"user_id": 2**63}]}, "recipients.0.user_id: Input should be less than 9223372036854775808"),
+        ({"recipients": [{"user_id": 2**63}]}, "recipients.0.user_id: Input should be less than or equal to 9223372036854775807"),
         ({"recipients": [{"user_id": 0}]}, "recipients.0.user_id: Input should be greater than 0"),
-        ({"campaign_id": 2**63, "recipients": []}, "campaign_id: Input should be less than 9223372036854775808"),
+        ({"campaign_id": 2**63, "recipients": []}, "campaign_id: Input should be less than or equal to 9223372036854775807"),
     ],
 )
 def test_a_message_batch_with_ids_out_of_bigint_range_is_a_dead_letter(batch, reason):
