@@ -69,6 +69,8 @@ from bench.pipeline import (  # noqa: E402
     wait_group_stable,
 )
 from config import get_settings  # noqa: E402
+from schemas.topics import DEAD_LETTERS, DELIVERY_EVENTS  # noqa: E402
+from schemas import keys  # noqa: E402
 from schemas.messages import message_id  # noqa: E402
 
 
@@ -97,7 +99,7 @@ async def inbox_counts(redis_url: str, campaign_id: int, first: int, size: int) 
         for start in range(0, size, 1000):
             async with r.pipeline(transaction=False) as pipe:
                 for u in users[start:start + 1000]:
-                    pipe.lrange(f"inbox:{u}", 0, -1)
+                    pipe.lrange(keys.inbox_key(u), 0, -1)
                 for entries in await pipe.execute():
                     for raw in entries:
                         entry = orjson.loads(raw)
@@ -116,7 +118,7 @@ async def round_sent(redis_url: str, campaign_ids: list[int]) -> float:
     try:
         total = 0.0
         for cid in campaign_ids:
-            got = await r.hmget(f"campaign:{cid}:metrics", ["sent", "suppressed"])
+            got = await r.hmget(keys.metrics_key(cid), ["sent", "suppressed"])
             total += sum(float(v) for v in got if v is not None)
         return total
     finally:
@@ -147,7 +149,7 @@ def phase_of(t: float, figures: dict) -> str:
 async def dead_letter_count(settings) -> int:
     from tests.helpers.kafka import end_offsets
 
-    return sum((await end_offsets(settings.kafka_brokers, "dead-letters")).values())
+    return sum((await end_offsets(settings.kafka_brokers, DEAD_LETTERS.name)).values())
 
 
 # ---------------------------------------------------------------- the run
@@ -249,7 +251,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         groups_stable(settings, args.workers)
         dead_before = asyncio.run(dead_letter_count(settings))
-        events_before = asyncio.run(end_offsets(settings.kafka_brokers, "delivery-events"))
+        events_before = asyncio.run(end_offsets(settings.kafka_brokers, DELIVERY_EVENTS.name))
         with Api(settings) as api:
             for k, segments in enumerate(rounds):
                 for channel, (segment_id, _, _) in segments.items():
@@ -315,7 +317,7 @@ def run(args: argparse.Namespace) -> dict:
         figures["completed"] = done
         figures["campaign_states"] = {str(c): s for c, s in asyncio.run(campaign_states(settings.postgres_dsn, every)).items()}
         time.sleep(args.settle)  # late replays, if any, reach the peers before they are counted
-        metrics = {cid: asyncio.run(_hash(settings, f"campaign:{cid}:metrics")) for cid in every}
+        metrics = {cid: asyncio.run(_hash(settings, keys.metrics_key(cid))) for cid in every}
         asyncio.run(drop_seen(settings, every))
         figures["dead_letters"] = asyncio.run(dead_letter_count(settings)) - dead_before
     finally:

@@ -58,6 +58,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from config import get_settings  # noqa: E402
+from schemas import keys  # noqa: E402
 from procs import Proc  # noqa: E402  scripts/procs.py
 from schemas.messages import DeliveryEvent  # noqa: E402
 from senders import cpu_seconds  # noqa: E402  bench/senders.py
@@ -188,7 +189,7 @@ async def redis(n: int) -> dict[str, float]:
             for i in range(1000 if batch is queued else 0, n, 2000):
                 await folder.fold(batch[i:i + 2000])
     # Leave nothing behind: the campaign's counters and per-message bits.
-    async for key in client.scan_iter(match=f"campaign:{campaign}*", count=10_000):
+    async for key in client.scan_iter(match=keys.campaign_pattern(campaign), count=10_000):
         await client.delete(key)
     await client.srem(OPEN_CAMPAIGNS, campaign)
     await client.aclose()

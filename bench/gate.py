@@ -29,6 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from schemas import keys  # noqa: E402
+from schemas.topics import DEAD_LETTERS, DELIVERY_EVENTS, MESSAGE_REQUESTS, OUTBOX, PREFERENCE_UPDATES  # noqa: E402
+
 
 def serve(prefix: str, shift: int, profile: str | None = None) -> None:
     """A worker process of the bench: the gate's modules only, on the bench's topics."""
@@ -38,12 +41,12 @@ def serve(prefix: str, shift: int, profile: str | None = None) -> None:
     gate_rules.BUCKET_SHIFT = shift
     P = pa.settings.topic_partitions
     pa.app.conf.autodiscover = False
-    pa.message_requests_topic = pa.app.topic(f"{prefix}message-requests", partitions=P)
-    pa.delivery_events_topic = pa.app.topic(f"{prefix}delivery-events", partitions=P)
-    pa.preference_updates_topic = pa.app.topic(f"{prefix}preference-updates", partitions=P)
-    pa.dead_letters_topic = pa.app.topic(f"{prefix}dead-letters", partitions=P)
+    pa.message_requests_topic = pa.app.topic(f"{prefix}{MESSAGE_REQUESTS.name}", partitions=P)
+    pa.delivery_events_topic = pa.app.topic(f"{prefix}{DELIVERY_EVENTS.name}", partitions=P)
+    pa.preference_updates_topic = pa.app.topic(f"{prefix}{PREFERENCE_UPDATES.name}", partitions=P)
+    pa.dead_letters_topic = pa.app.topic(f"{prefix}{DEAD_LETTERS.name}", partitions=P)
     pa.outbox_topics.clear()
-    pa.outbox_topics.update({ch: pa.app.topic(f"{prefix}outbox.{ch}", partitions=P) for ch in ("email", "sms")})
+    pa.outbox_topics.update({ch: pa.app.topic(f"{prefix}{OUTBOX[ch].name}", partitions=P) for ch in ("email", "sms")})
     import agents.gate  # noqa: F401  (registers the agents on the patched topics)
     import agents.release_deferred  # noqa: F401
     import agents.replicate_preferences  # noqa: F401
@@ -75,8 +78,8 @@ async def run(args) -> dict:
     env = dict(os.environ, HERALD_APP_ID=app_id, PYTHONUNBUFFERED="1")
     settings = get_settings()
     P = settings.topic_partitions
-    topics = {f"{prefix}{t}": False for t in ("message-requests", "delivery-events", "preference-updates",
-                                             "dead-letters", "outbox.email", "outbox.sms")}
+    topics = {f"{prefix}{t.name}": False for t in (MESSAGE_REQUESTS, DELIVERY_EVENTS, PREFERENCE_UPDATES,
+                                             DEAD_LETTERS, OUTBOX["email"], OUTBOX["sms"])}
     topics |= {f"{app_id}-{t}-changelog": True for t in ("gate_preferences", "gate_suppressions", "gate_history")}
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_brokers)
     await admin.start()
@@ -98,7 +101,7 @@ async def run(args) -> dict:
             "INSERT INTO campaigns (name, type, status, channels, budget) VALUES ($1, 'immediate', 'active',"
             " '{email}', $2::jsonb) RETURNING campaign_id", app_id,
             orjson.dumps({"max_spend": 10.0**9, "currency": "USD"}).decode())
-        await rds.set(f"campaign:{cid}:status", "active")
+        await rds.set(keys.status_key(cid), "active")
 
         log_dir = settings.local_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +118,7 @@ async def run(args) -> dict:
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, group_id=None,
                                     max_partition_fetch_bytes=8 * 1024 * 1024)
         await consumer.start()
-        tps = [TopicPartition(f"{prefix}delivery-events", p) for p in range(P)]
+        tps = [TopicPartition(f"{prefix}{DELIVERY_EVENTS.name}", p) for p in range(P)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
 
@@ -135,7 +138,7 @@ async def run(args) -> dict:
 
         # Warm-up: one user per partition, until every worker is assigned and serving.
         for p in range(P):
-            await producer.send(f"{prefix}message-requests", batch("warmup", p, uids[parts == p][:1], 0), partition=p)
+            await producer.send(f"{prefix}{MESSAGE_REQUESTS.name}", batch("warmup", p, uids[parts == p][:1], 0), partition=p)
         await count_events("warmup", P, timeout=180)
         await asyncio.sleep(args.settle)
 
@@ -146,7 +149,7 @@ async def run(args) -> dict:
         random.Random(0).shuffle(records)
         t0 = time.monotonic()
         for p, value in records:
-            await producer.send(f"{prefix}message-requests", value, partition=p)
+            await producer.send(f"{prefix}{MESSAGE_REQUESTS.name}", value, partition=p)
         await producer.flush()
         t1 = await count_events("send", args.users, timeout=1800)
         await producer.stop()
@@ -169,9 +172,9 @@ async def run(args) -> dict:
         await pool.execute("DELETE FROM users WHERE user_id >= $1 AND user_id < $2", base, base + args.users)
         if cid is not None:
             await pool.execute("DELETE FROM campaigns WHERE campaign_id = $1", cid)
-            keys = [k async for k in rds.scan_iter(f"campaign:{cid}:*")]
-            if keys:
-                await rds.delete(*keys)
+            found = [k async for k in rds.scan_iter(keys.campaign_pattern(cid))]
+            if found:
+                await rds.delete(*found)
         await pool.close()
         await rds.aclose()
 

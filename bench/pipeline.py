@@ -45,6 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from config import get_settings  # noqa: E402
+from schemas.topics import DELIVERY_EVENTS  # noqa: E402
+from schemas import keys  # noqa: E402
 
 SHARES = {"email": 0.60, "push": 0.30, "sms": 0.08, "in_app": 0.02}
 CONTENT = {
@@ -237,7 +239,7 @@ async def delivery_events(settings, campaign_ids: set[int], before: dict, status
 
     from tests.helpers.kafka import end_offsets
 
-    after = await end_offsets(settings.kafka_brokers, "delivery-events")
+    after = await end_offsets(settings.kafka_brokers, DELIVERY_EVENTS.name)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, group_id=None, enable_auto_commit=False,
                                 max_partition_fetch_bytes=16 * 1024 * 1024)
     await consumer.start()
@@ -299,7 +301,7 @@ def run(recipients: int, workers: int, shares: dict[str, float], email_provider:
     try:
         for suffix in PIPELINE_GROUPS:
             asyncio.run(wait_group_stable(settings, settings.app_id + suffix, members=workers))
-        events_before = asyncio.run(end_offsets(settings.kafka_brokers, "delivery-events"))
+        events_before = asyncio.run(end_offsets(settings.kafka_brokers, DELIVERY_EVENTS.name))
         with Api(settings) as api:
             ids = {}
             for channel, (segment_id, _, _) in segments.items():
@@ -317,7 +319,7 @@ def run(recipients: int, workers: int, shares: dict[str, float], email_provider:
                 raise SystemExit(f"not completed after an hour: {states}")
             time.sleep(0.25)
         seconds = time.perf_counter() - started
-        metrics = {cid: asyncio.run(_hash(settings, f"campaign:{cid}:metrics")) for cid in ids}
+        metrics = {cid: asyncio.run(_hash(settings, keys.metrics_key(cid))) for cid in ids}
         asyncio.run(drop_seen(settings, ids))
     finally:
         for p in procs:
@@ -366,9 +368,9 @@ async def drop_seen(settings, campaign_ids) -> int:
     dropped = 0
     try:
         for cid in campaign_ids:
-            keys = [k async for k in r.scan_iter(match=f"campaign:{cid}:seen:*", count=10_000)]
-            for i in range(0, len(keys), 10_000):
-                dropped += await r.unlink(*keys[i:i + 10_000])
+            found = [k async for k in r.scan_iter(match=keys.seen_pattern(cid), count=10_000)]
+            for i in range(0, len(found), 10_000):
+                dropped += await r.unlink(*found[i:i + 10_000])
     finally:
         await r.aclose()
     return dropped

@@ -31,6 +31,8 @@ from redis.asyncio import Redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config import get_settings  # noqa: E402
+from schemas.topics import OUTBOX  # noqa: E402
+from schemas import keys  # noqa: E402
 from pipeline.channels import make_channel  # noqa: E402
 from pipeline.codecs import RawRecord  # noqa: E402
 from pipeline.send.decisions import SendPlan, plan_content  # noqa: E402
@@ -112,8 +114,8 @@ async def run(settings, emails: int, batch_size: int, pool: int) -> tuple[float,
     for i in range(0, emails, batch_size):
         batch = MessageBatch(batch_id=f"bench:{cid}:{i}", campaign_id=cid, channel="email", partition=0,
                              recipients=[Recipient(user_id=base + j) for j in range(i, min(emails, i + batch_size))])
-        raws.append(RawRecord("outbox.email", 0, i, None, orjson.dumps(batch.model_dump(mode="json"))))
-    await redis.set(f"campaign:{cid}:status", "active")
+        raws.append(RawRecord(OUTBOX["email"].name, 0, i, None, orjson.dumps(batch.model_dump(mode="json"))))
+    await redis.set(keys.status_key(cid), "active")
     started, cpu = time.perf_counter(), time.process_time()
     in_flight = asyncio.Semaphore(16)  # as consume_concurrently runs them: each batch a task, 16 at once
 
@@ -126,7 +128,7 @@ async def run(settings, emails: int, batch_size: int, pool: int) -> tuple[float,
     global CPU_US
     CPU_US = (time.process_time() - cpu) / max(1, emails) * 1e6
     await adapter.aclose()
-    await redis.delete(f"campaign:{cid}:status", f"sends:{cid}:email:send:0", "bucket:bench-email")
+    await redis.delete(keys.status_key(cid), keys.ledger_key(cid, "email", "send", 0), keys.bucket_key("bench-email"))
     await redis.aclose()
     return seconds, sent
 

@@ -26,14 +26,15 @@ from pydantic import ValidationError
 from config import Settings
 from schemas.messages import MessageBatch
 from schemas.records import DeadLetter
-from schemas.topics import DEAD_LETTERS
+from schemas.topics import DEAD_LETTERS, OUTBOX
 
 log = structlog.get_logger("herald.dlq")
+OUTBOX_NAMES = frozenset(spec.name for spec in OUTBOX.values())
 
 
 def replayable(letter: DeadLetter, campaign_id: int | None = None) -> MessageBatch | None:
     """The outbox batch to send again, or None if the letter is not a sender's (or not the campaign's)."""
-    if not letter.stage.startswith("send_") or not letter.source_topic.startswith("outbox."):
+    if not letter.stage.startswith("send_") or letter.source_topic not in OUTBOX_NAMES:
         return None
     try:
         batch = MessageBatch.model_validate_json(base64.b64decode(letter.value))
