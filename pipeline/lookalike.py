@@ -42,6 +42,11 @@ from threadpoolctl import threadpool_limits
 
 MIN_SEED_MEMBERS = 10
 MAX_CATEGORIES = 64  # per column; rarer values share one "other" code (trees bin at most 255)
+# A column teaches something only if at least this many training rows hold a value other than its
+# most common one. Below that the trees' early-stopping split (10 % of the rows, at random) can leave
+# the column constant or empty in what they bin, and binning a column with fewer than two distinct
+# values fails (seen with a test attribute that 3 of 2,400 users had).
+MIN_VARIED_ROWS = 5
 _SCORE_CHUNK_ROWS = 100_000
 _DAY_S = 86_400.0
 
@@ -82,7 +87,8 @@ class Lookalike:
 
 
 def plan_features(frame: pl.DataFrame, max_categories: int = MAX_CATEGORIES) -> list[Feature]:
-    """The features the store's columns give, skipping identifiers and columns that say nothing.
+    """The features the store's columns give, skipping identifiers and columns that say nothing
+    (empty, constant, or different in fewer than MIN_VARIED_ROWS rows).
 
     A string column with a distinct value for most users (an e-mail, a name) is
     an identifier, not a trait: it could only teach the model who the seed's
@@ -94,7 +100,7 @@ def plan_features(frame: pl.DataFrame, max_categories: int = MAX_CATEGORIES) -> 
         if name == "user_id":
             continue
         column = frame.get_column(name)
-        if column.null_count() == rows:
+        if not _varies(column):
             continue
         if dtype in (pl.Utf8, pl.Categorical) or isinstance(dtype, pl.Enum):
             counts = column.cast(pl.Utf8).drop_nulls().value_counts(sort=True, name="n")
@@ -109,6 +115,17 @@ def plan_features(frame: pl.DataFrame, max_categories: int = MAX_CATEGORIES) -> 
         elif dtype.is_numeric():
             features.append(Feature(name, "number"))
     return features
+
+
+def _varies(column: pl.Series) -> bool:
+    """Whether at least MIN_VARIED_ROWS rows hold a value other than the column's most common one."""
+    filled = column.drop_nulls()
+    if filled.dtype.is_float():
+        filled = filled.drop_nans()
+    if filled.len() < MIN_VARIED_ROWS:
+        return False
+    most_common = filled.value_counts(sort=True, name="n").get_column("n")[0]
+    return filled.len() - most_common >= MIN_VARIED_ROWS
 
 
 def encode(frame: pl.DataFrame, features: list[Feature], now: datetime) -> np.ndarray:

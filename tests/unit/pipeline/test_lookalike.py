@@ -155,6 +155,24 @@ def test_features_skip_identifiers_and_empty_columns_and_keep_traits() -> None:
     assert kinds["event.purchase.last"] == "days_ago"
 
 
+def test_features_skip_constant_columns_and_values_too_rare_to_bin() -> None:
+    n = 3_000
+    rare = np.full(n, np.nan)
+    rare[:3] = [1.0, 2.0, 3.0]  # an attribute 3 users have: early stopping's split could leave it empty
+    frame = audience(n=n).with_columns(
+        pl.Series("attr.rare", rare).fill_nan(None),
+        pl.lit(7.0).alias("attr.constant"),
+        pl.Series("attr.mostly_one", np.where(np.arange(n) < 4, 2.0, 1.0)),
+    )
+
+    kinds = {f.column: f.kind for f in plan_features(frame)}
+
+    assert {"attr.rare", "attr.constant", "attr.mostly_one"}.isdisjoint(kinds)
+    assert kinds["attr.age"] == "number"
+    seed = heavy_premium_buyers(frame)
+    assert train_and_rank(frame, seed, 100, NOW).quality["auc"] > 0.9  # trains with those columns present
+
+
 def test_encoding_turns_times_into_days_ago_and_keeps_missing_values_missing() -> None:
     frame = pl.DataFrame(
         {
