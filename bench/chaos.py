@@ -338,10 +338,10 @@ def run(args: argparse.Namespace) -> dict:
     for k in (0, 1):
         for cid, channel in campaigns[k].items():
             _, first, size = rounds[k][channel]
-            keys = expected_keys(cid, channel, first, size)
-            expected_all.update(keys)
-            lost_here = sum(1 for key in keys if seen.get(key, 0) == 0)
-            dup_here = sum(seen[key] - 1 for key in keys if seen.get(key, 0) > 1)
+            wanted = expected_keys(cid, channel, first, size)
+            expected_all.update(wanted)
+            lost_here = sum(1 for key in wanted if seen.get(key, 0) == 0)
+            dup_here = sum(seen[key] - 1 for key in wanted if seen.get(key, 0) > 1)
             lost += lost_here
             duplicates += dup_here
             m = metrics[cid]
