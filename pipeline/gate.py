@@ -15,7 +15,11 @@ and its reason is the one counted):
     no_address         no email / phone / push token for the channel (profile facts)
     duplicate          (campaign, user, channel, step) already released in the last 24 h
     frequency_cap      the user's cap (else the policy's default) reached in the rolling window
-    quiet hours        → deferred to the end of the user's local quiet window (not dropped)
+    local_time_passed  the campaign delivers at a local hour (``delivery.local_time``) that had passed
+                       for this user when the campaign launched, and its ``if_passed`` is "skip"
+    local hour         → deferred to the user's local hour (``local_release``), unless it is now
+    quiet hours        → deferred to the end of the user's local quiet window (not dropped); a local
+                         hour that falls inside quiet hours moves to their end
     budget             settled afterwards for the whole batch (``cut_to_budget``)
 
 Transactional messages bypass frequency caps and quiet hours (as Braze does: they
@@ -262,6 +266,80 @@ def quiet_hours_end(now: datetime, tz: str, window: tuple[time, time] = DEFAULTS
     return wall.astimezone(timezone.utc)
 
 
+# ── Each recipient's local hour (a campaign's ``delivery`` option) ────────────
+#
+#   launch ─┬─ 09:00 Auckland passed ──► next_day: 09:00 tomorrow there │ skip: local_time_passed
+#           ├─ 09:00 Kolkata now ───────► queued at once
+#           └─ 09:00 Berlin, New York ──► deferred to that instant (gate:deferred, released when due)
+#
+# The reference is the LAUNCH time (MessageBatch.launched_at, the same on every batch of a launch),
+# not the time a batch is screened: a big launch screened over minutes gives each user the same
+# instant whichever batch they are in, and a user whose 09:00 came between the launch and their
+# batch is sent at once (late by the backlog) instead of being pushed to tomorrow.
+
+IF_PASSED = ("next_day", "skip")
+# Like Braze's "users past the local time get it the next day": nobody is dropped unless asked.
+DEFAULT_IF_PASSED = "next_day"
+# Ingestion stores "UTC" for a profile that names no zone (schemas/records.py's default), and a person's
+# real zone is a place ("Europe/London", "Atlantic/Reykjavik"), so a stored "UTC", an empty or an unknown
+# name reads as "no zone of their own": the campaign's zone applies (Braze falls back to the company's).
+NO_ZONE = frozenset({"", "UTC"})
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDelivery:
+    """Deliver at ``at`` on each user's own clock; ``timezone`` is the campaign's, for users without one."""
+
+    at: time
+    if_passed: str = DEFAULT_IF_PASSED  # "next_day" | "skip"
+    timezone: str = "UTC"
+
+
+@lru_cache(maxsize=1024)
+def is_zone(name: object) -> bool:
+    if not isinstance(name, str) or not name:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def local_delivery(spec: object, schedule: object = None) -> LocalDelivery | None:
+    """A campaign's local-hour option from its stored ``delivery`` ({"local_time": "09:00", "if_passed",
+    "timezone"}), or None. The campaign's zone: ``delivery.timezone``, else its schedule's, else UTC."""
+    if not isinstance(spec, Mapping) or not spec.get("local_time"):
+        return None
+    zone = spec.get("timezone")
+    if not is_zone(zone):
+        zone = schedule.get("timezone") if isinstance(schedule, Mapping) else None
+    if_passed = spec.get("if_passed") or DEFAULT_IF_PASSED
+    return LocalDelivery(time.fromisoformat(spec["local_time"]), if_passed if if_passed in IF_PASSED
+                         else DEFAULT_IF_PASSED, zone if is_zone(zone) else "UTC")
+
+
+def user_zone(profile: Profile | None, fallback: str) -> str:
+    """The zone a user's local hour is read in: their own, else the campaign's (``NO_ZONE``)."""
+    tz = profile.timezone if profile is not None else None
+    return tz if tz not in NO_ZONE and is_zone(tz) else fallback
+
+
+def local_release(launched: datetime, tz: str, delivery: LocalDelivery) -> datetime | None:
+    """When (UTC) ``delivery.at`` comes in ``tz`` for a campaign launched at ``launched``: that hour on the
+    user's local date at launch if it is still to come (or is the launch instant), else the next day's
+    (``next_day``) or None (``skip``). Wall-clock times, so DST moves the instant; an hour inside a
+    spring-forward gap resolves after the gap, an hour that occurs twice is its first occurrence."""
+    zone = _zone(tz)
+    day = launched.astimezone(zone).date()
+    wall = datetime.combine(day, delivery.at, tzinfo=zone).astimezone(timezone.utc)
+    if wall >= launched:
+        return wall
+    if delivery.if_passed == "skip":
+        return None
+    return datetime.combine(day + timedelta(days=1), delivery.at, tzinfo=zone).astimezone(timezone.utc)
+
+
 # ── A batch on one channel ────────────────────────────────────────────────────
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +355,8 @@ class Ask:
     now: float  # epoch seconds
     quiet_hours: tuple[time, time] | None  # None: this campaign ignores quiet hours
     policy: GatePolicy = DEFAULTS
+    local: LocalDelivery | None = None  # the campaign delivers at each user's local hour
+    launched_at: float | None = None  # epoch seconds of the launch (local hours count from it); None: now
 
 
 @dataclass(slots=True)
@@ -286,7 +366,7 @@ class Verdict:
     user_id: int
     status: str  # "queued" | "deferred" | "suppressed"
     reason: str | None = None
-    release_at: float | None = None  # deferred: when quiet hours end (epoch seconds)
+    release_at: float | None = None  # deferred: the user's local hour, or when quiet hours end (epoch seconds)
     replay: bool = False  # released by this same record before: don't record it twice
 
 
@@ -304,6 +384,7 @@ def screen(ask: Ask, user_ids: Sequence[int], view: GateView) -> list[Verdict]:
     """A verdict per user, budget not yet applied, nothing recorded yet."""
     key = dedup_key(ask.campaign_id, ask.channel, ask.step)
     now_dt = datetime.fromtimestamp(ask.now, tz=timezone.utc)
+    launched = now_dt if ask.launched_at is None else datetime.fromtimestamp(ask.launched_at, tz=timezone.utc)
     verdicts = []
     for uid in user_ids:
         consent = view.consent.get(uid)
@@ -327,13 +408,25 @@ def screen(ask: Ask, user_ids: Sequence[int], view: GateView) -> list[Verdict]:
             if is_capped(history, ask.channel, cap, window_s, ask.now):
                 verdicts.append(Verdict(uid, "suppressed", "frequency_cap"))
                 continue
-            if ask.quiet_hours is not None:
-                profile = view.profiles.get(uid)
-                end = quiet_hours_end(now_dt, profile.timezone if profile else "UTC", ask.quiet_hours)
-                if end is not None:
-                    verdicts.append(Verdict(uid, "deferred", release_at=end.timestamp()))
-                    continue
-        verdicts.append(Verdict(uid, "queued"))
+        profile = view.profiles.get(uid)
+        tz = profile.timezone if profile else "UTC"
+        when, reason = now_dt, None
+        if ask.local is not None:
+            tz = user_zone(profile, ask.local.timezone)
+            at = local_release(launched, tz, ask.local)
+            if at is None:
+                verdicts.append(Verdict(uid, "suppressed", "local_time_passed"))
+                continue
+            if at > now_dt:
+                when, reason = at, "local_time"
+        if not ask.transactional and ask.quiet_hours is not None:
+            end = quiet_hours_end(when, tz, ask.quiet_hours)
+            if end is not None:
+                when = end
+        if when > now_dt:
+            verdicts.append(Verdict(uid, "deferred", reason, release_at=when.timestamp()))
+        else:
+            verdicts.append(Verdict(uid, "queued"))
     return verdicts
 
 

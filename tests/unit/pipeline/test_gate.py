@@ -322,6 +322,153 @@ def test_quiet_window_from_a_campaign_schedule():
     assert g.quiet_window(None, g.GatePolicy(quiet_hours_by_default=True)) == g.DEFAULTS.quiet_hours
 
 
+# ── each recipient's local hour ───────────────────────────────────────────────
+
+NINE = g.LocalDelivery(time(9, 0))
+
+
+def zoned(*zones: str) -> dict[int, g.Profile]:
+    return {i: g.Profile(z, frozenset({"email"})) for i, z in enumerate(zones, start=1)}
+
+
+def local_ask(launched: datetime, delivery: g.LocalDelivery = NINE, after_s: float = 0.0, **kw) -> g.Ask:
+    return ask(now=launched.timestamp() + after_s, launched_at=launched.timestamp(), local=delivery, **kw)
+
+
+def outcome(verdicts) -> dict[int, tuple]:
+    return {v.user_id: (v.status, v.reason, v.release_at and datetime.fromtimestamp(v.release_at, timezone.utc))
+            for v in verdicts}
+
+
+def test_each_user_is_released_at_nine_on_their_own_clock():
+    # Launched Monday 2024-01-15 07:00 UTC: 08:00 in Berlin, 02:00 in New York, 12:30 in Kolkata, 20:00 in Auckland
+    launched = utc(2024, 1, 15, 7)
+    profiles = zoned("Europe/Berlin", "America/New_York", "Asia/Kolkata", "Pacific/Auckland")
+    got = outcome(g.screen(local_ask(launched), list(profiles), view(list(profiles), profiles=profiles)))
+    assert got == {
+        1: ("deferred", "local_time", utc(2024, 1, 15, 8)),        # 09:00 CET
+        2: ("deferred", "local_time", utc(2024, 1, 15, 14)),       # 09:00 EST
+        3: ("deferred", "local_time", utc(2024, 1, 16, 3, 30)),    # passed: 09:00 IST tomorrow (+05:30)
+        4: ("deferred", "local_time", utc(2024, 1, 15, 20)),       # passed: 09:00 NZDT on the 16th
+    }
+
+
+def test_hour_passed_is_skipped_when_the_campaign_says_skip():
+    launched = utc(2024, 1, 15, 7)
+    profiles = zoned("Europe/Berlin", "Asia/Kolkata", "Pacific/Auckland")
+    skip = g.LocalDelivery(time(9, 0), "skip")
+    got = outcome(g.screen(local_ask(launched, skip), list(profiles), view(list(profiles), profiles=profiles)))
+    assert got == {1: ("deferred", "local_time", utc(2024, 1, 15, 8)),
+                   2: ("suppressed", "local_time_passed", None), 3: ("suppressed", "local_time_passed", None)}
+
+
+def test_user_whose_hour_is_the_launch_instant_goes_at_once():
+    launched = utc(2024, 1, 15, 3, 30)  # 09:00 in Kolkata
+    profiles = zoned("Asia/Kolkata", "Europe/Berlin")
+    got = outcome(g.screen(local_ask(launched), [1, 2], view([1, 2], profiles=profiles)))
+    assert got == {1: ("queued", None, None), 2: ("deferred", "local_time", utc(2024, 1, 15, 8))}
+
+
+def test_a_batch_screened_after_the_users_hour_came_sends_at_once_not_tomorrow():
+    # Launched 03:29 UTC, the batch reaches the gate at 03:31: 09:00 IST (03:30 UTC) came in between.
+    launched = utc(2024, 1, 15, 3, 29)
+    v = one(local_ask(launched, after_s=120), view([1], profiles=zoned("Asia/Kolkata")))
+    assert (v.status, v.release_at) == ("queued", None)
+
+
+def test_every_batch_of_a_launch_gives_a_user_the_same_instant():
+    launched = utc(2024, 1, 15, 7)
+    profiles = zoned("America/New_York")
+    early = one(local_ask(launched, after_s=1), view([1], profiles=profiles))
+    late = one(local_ask(launched, after_s=1800), view([1], profiles=profiles))
+    assert early.release_at == late.release_at == utc(2024, 1, 15, 14).timestamp()
+
+
+def test_spring_forward_day_moves_the_instant_by_the_new_offset():
+    # New York springs forward 2024-03-10 02:00 EST → 03:00 EDT: 09:00 that day is 13:00 UTC, not 14:00
+    assert g.local_release(utc(2024, 3, 10, 5), "America/New_York", NINE) == utc(2024, 3, 10, 13)
+    assert g.local_release(utc(2024, 3, 9, 5), "America/New_York", NINE) == utc(2024, 3, 9, 14)
+
+
+def test_an_hour_that_does_not_exist_that_day_resolves_after_the_gap():
+    # 02:30 does not exist in Berlin on 2024-03-31 (02:00 CET → 03:00 CEST): sent at 03:30 CEST = 01:30 UTC
+    half_two = g.LocalDelivery(time(2, 30))
+    assert g.local_release(utc(2024, 3, 30, 23), "Europe/Berlin", half_two) == utc(2024, 3, 31, 1, 30)
+
+
+def test_an_hour_that_occurs_twice_is_sent_at_its_first_occurrence():
+    # New York falls back 2024-11-03 02:00 EDT → 01:00 EST: 01:30 happens twice, the first is 05:30 UTC
+    half_one = g.LocalDelivery(time(1, 30))
+    assert g.local_release(utc(2024, 11, 3, 4), "America/New_York", half_one) == utc(2024, 11, 3, 5, 30)
+
+
+def test_next_day_across_a_dst_change_keeps_the_wall_clock_hour():
+    # Launched 2024-03-30 12:00 UTC (13:00 CET): 09:00 passed, tomorrow 09:00 is CEST = 07:00 UTC
+    assert g.local_release(utc(2024, 3, 30, 12), "Europe/Berlin", NINE) == utc(2024, 3, 31, 7)
+
+
+def test_users_without_a_time_zone_use_the_campaigns():
+    launched = utc(2024, 1, 15, 7)
+    berlin = g.LocalDelivery(time(9, 0), timezone="Europe/Berlin")
+    profiles = {1: g.Profile("UTC", frozenset({"email"})), 2: g.Profile("", frozenset({"email"})),
+                3: g.Profile("Mars/Olympus", frozenset({"email"})), 4: g.Profile("America/New_York", frozenset({"email"}))}
+    got = outcome(g.screen(local_ask(launched, berlin), [1, 2, 3, 4], view([1, 2, 3, 4], profiles=profiles)))
+    assert {u: r[2] for u, r in got.items()} == {1: utc(2024, 1, 15, 8), 2: utc(2024, 1, 15, 8),
+                                                 3: utc(2024, 1, 15, 8), 4: utc(2024, 1, 15, 14)}
+    # No profile at all (in-app needs no address): the campaign's zone too
+    v = one(local_ask(launched, berlin, channel="in_app"), view([9], profiles={}), uid=9)
+    assert v.release_at == utc(2024, 1, 15, 8).timestamp()
+
+
+def test_local_hour_inside_quiet_hours_moves_to_their_end():
+    launched = utc(2024, 1, 15, 5)  # 06:00 in Berlin
+    seven = g.LocalDelivery(time(7, 0))
+    quiet = (time(21, 0), time(8, 0))
+    v = one(local_ask(launched, seven, quiet_hours=quiet), view([1], profiles=zoned("Europe/Berlin")))
+    assert (v.status, v.release_at) == ("deferred", utc(2024, 1, 15, 7).timestamp())  # 08:00 CET, not 07:00
+
+
+def test_local_hour_reads_quiet_hours_in_the_campaigns_zone_for_users_without_one():
+    launched = utc(2024, 1, 15, 12)  # 13:00 in Berlin; at 22:00 Berlin (21:00 UTC) quiet hours have begun
+    ten_pm = g.LocalDelivery(time(22, 0), timezone="Europe/Berlin")
+    v = one(local_ask(launched, ten_pm, quiet_hours=(time(21, 0), time(8, 0))), view([1]))
+    assert v.release_at == utc(2024, 1, 16, 7).timestamp()  # 08:00 CET the next morning
+
+
+def test_a_capped_user_is_capped_before_their_local_hour_is_considered():
+    history = {1: {"c": {"email": [NOW - 60]}}}
+    consent = {1: {"caps": {"email": 1}}}
+    v = one(local_ask(utc(2024, 1, 15, 12), g.LocalDelivery(time(8, 0), "skip")),
+            view([1], history=history, consent=consent))
+    assert (v.status, v.reason) == ("suppressed", "frequency_cap")
+
+
+def test_a_local_hour_deferral_is_recorded_for_dedup_and_caps_at_once():
+    a = local_ask(utc(2024, 1, 15, 7))
+    (v,) = g.screen(a, [1], view([1], profiles=zoned("America/New_York")))
+    h = g.record_releases(a, [v], {1: None}, {})[1]
+    assert h["c"]["email"] == [utc(2024, 1, 15, 14).timestamp()]
+    assert h["d"][g.dedup_key(7, "email", "send")][2] == utc(2024, 1, 15, 14).timestamp()
+    again = one(local_ask(utc(2024, 1, 15, 7), source="3:9"), view([1], profiles=zoned("America/New_York"),
+                                                                    history={1: h}))
+    assert (again.status, again.reason) == ("suppressed", "duplicate")
+
+
+def test_without_a_launch_time_the_local_hour_counts_from_now():
+    a = ask(now=utc(2024, 1, 15, 7).timestamp(), local=NINE)
+    assert one(a, view([1], profiles=zoned("Europe/Berlin"))).release_at == utc(2024, 1, 15, 8).timestamp()
+
+
+def test_local_delivery_from_a_campaigns_stored_option():
+    assert g.local_delivery(None) is None
+    assert g.local_delivery({}) is None
+    assert g.local_delivery({"local_time": "09:00"}) == g.LocalDelivery(time(9, 0), "next_day", "UTC")
+    assert g.local_delivery({"local_time": "18:30", "if_passed": "skip"}).if_passed == "skip"
+    schedule = {"cron": "0 9 * * MON", "timezone": "Asia/Tokyo"}
+    assert g.local_delivery({"local_time": "09:00"}, schedule).timezone == "Asia/Tokyo"
+    assert g.local_delivery({"local_time": "09:00", "timezone": "Europe/Paris"}, schedule).timezone == "Europe/Paris"
+
+
 # ── budget ────────────────────────────────────────────────────────────────────
 
 def test_budget_cuts_the_tail_of_the_releases():
