@@ -19,7 +19,8 @@ partition are done (``InOrderAcks``), so a crash replays what was waiting, and a
 idempotent.
 Side effects: the gate's tables (tables/gate_state.py, a few keys per batch); Redis
 ``campaign:{id}:spend`` (one Lua call per batch), ``campaign:{id}:held`` (paused),
-``gate:deferred`` (quiet hours; agents/release_deferred.py sends them when due).
+``gate:deferred`` (quiet hours, and each recipient's local hour when the campaign has
+``delivery.local_time``; agents/release_deferred.py sends them when due).
 
 The decisions are pipeline/gate.py's; this loop only fetches state and emits.
 A record that fails validation is dead-lettered; a store that is down blocks the
@@ -123,7 +124,8 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
     asks, verdicts = {}, {}
     for ch in channels:
         asks[ch] = gate_rules.Ask(batch.campaign_id, ch, batch.step, batch.category, batch.transactional,
-                             f"{partition}:{offset}", now, campaign.quiet_hours, stores.policy)
+                             f"{partition}:{offset}", now, campaign.quiet_hours, stores.policy,
+                             local=campaign.local, launched_at=batch.launched_at.timestamp())
         verdicts[ch] = gate_rules.screen(asks[ch], uids, view)
     if campaign.max_spend is not None:
         wanted = {ch: len(gate_rules.releases(v)) for ch, v in verdicts.items()}

@@ -1,4 +1,4 @@
-"""release_deferred: messages deferred by quiet hours → outbox.<channel> when due.
+"""release_deferred: messages deferred (quiet hours, recipients' local hour) → outbox.<channel> when due.
 
 Input: Redis ``gate:deferred`` (written by agents/gate.py; each member an encoded
 outbox ``MessageBatch`` whose recipients carry ``not_before``, scored by release time).

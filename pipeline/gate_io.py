@@ -11,7 +11,8 @@ Redis keys:
                                         so a replayed record reserves nothing twice
     campaign:{id}:held           push   raw message-requests batches of a paused campaign, once per
     campaign:{id}:held_sources   r/w    record (pipeline/control_io.py's HeldBatches)
-    gate:deferred                r/w    zset: encoded outbox batch → release time (epoch s)
+    gate:deferred                r/w    zset: encoded outbox batch → release time (epoch s): quiet hours'
+                                        end, or the recipients' local hour (the campaign's delivery)
     lag:{channel}                read   seconds a batch released now would wait for the channel's
                                         senders (pipeline/send/pacing.py's QueueLag; 1 s TTL)
     flow:{channel}:out|senders   r/w    the channel's release window (pipeline/release_windows.py)
@@ -34,6 +35,7 @@ from pipeline.release_windows import ReleaseWindow
 from pipeline.campaign_state import campaign_status, load_campaign
 from pipeline.control_io import HeldBatches
 from pipeline.worker_clients import WorkerClients
+from schemas.encoding import from_json
 from schemas.keys import DEFERRED, lag_key, reservations_key, spend_key
 
 RESERVATION_TTL_S = 7 * 86400
@@ -81,6 +83,7 @@ class GateCampaign:
     max_spend: float | None
     unit_costs: dict[str, float]
     quiet_hours: tuple[clock, clock] | None
+    local: gate_rules.LocalDelivery | None = None  # delivery.local_time: each recipient's local hour
 
 
 class GateIO:
@@ -91,7 +94,7 @@ class GateIO:
         self.settings = settings
         self._owned = clients is None
         self.clients = clients if clients is not None else WorkerClients(settings)
-        self._campaigns: dict[int, tuple[float, tuple[clock, clock] | None]] = {}
+        self._campaigns: dict[int, tuple[float, tuple[clock, clock] | None, gate_rules.LocalDelivery | None]] = {}
         self._scripts: dict = {}
         self._held: HeldBatches | None = None
         self._lags: dict[str, tuple[float, float]] = {}
@@ -117,7 +120,7 @@ class GateIO:
 
     async def campaign(self, campaign_id: int) -> GateCampaign | None:
         """What the gate needs of a campaign: ``pipeline.campaign_state.load_campaign`` (cached there),
-        plus the quiet hours of its schedule (cached here, CAMPAIGN_CACHE_S)."""
+        plus the quiet hours of its schedule and its local-hour delivery (cached here, CAMPAIGN_CACHE_S)."""
         pool = await self.postgres()
         runtime = await load_campaign(pool, campaign_id, self.settings)
         if runtime is None:
@@ -125,18 +128,19 @@ class GateIO:
         now = time.monotonic()
         cached = self._campaigns.get(campaign_id)
         if cached is None or now - cached[0] >= CAMPAIGN_CACHE_S:
+            row = await pool.fetchrow("SELECT schedule, delivery FROM campaigns WHERE campaign_id = $1", campaign_id)
+            schedule, delivery = (from_json(row["schedule"]), from_json(row["delivery"])) if row else (None, None)
             spec = getattr(runtime, "quiet_hours", None)
             if spec is None:
-                schedule = await pool.fetchval("SELECT schedule FROM campaigns WHERE campaign_id = $1", campaign_id)
-                schedule = orjson.loads(schedule) if isinstance(schedule, (str, bytes)) else schedule
                 spec = schedule.get("quiet_hours") if isinstance(schedule, dict) else None
-            cached = (now, gate_rules.quiet_window(spec, self.policy))
+            cached = (now, gate_rules.quiet_window(spec, self.policy), gate_rules.local_delivery(delivery, schedule))
             self._campaigns[campaign_id] = cached
         return GateCampaign(
             channels=tuple(runtime.channels),
             max_spend=runtime.budget.max_spend if runtime.budget is not None else None,
             unit_costs=dict(runtime.unit_costs),
             quiet_hours=cached[1],
+            local=cached[2],
         )
 
     async def lag(self, channel: str) -> float:
