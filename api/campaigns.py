@@ -44,17 +44,17 @@ from pipeline import campaigns as campaign_rules
 from pipeline import launches
 from pipeline import templates  # unresolved_variables and template_syntax_problems (campaign_rules.TemplateChecks)
 from pipeline.money import money_json
-from schemas.encoding import BIGINT_MAX, to_json
+from schemas.encoding import BIGINT_MAX, from_json, to_json
 from schemas.keys import metrics_key
 
 AUTHORS = ("admin", "marketer")
 _METRICS = ("sent", "delivered", "bounced", "failed", "opened", "clicked", "converted", "unsubscribed",
-            "queued", "deferred", "held", "cancelled", "suppressed")
+            "queued", "deferred", "held", "cancelled", "suppressed", "expired")
 _SUPPRESSED_PREFIX = b"suppressed:"
 # Fields that shape what is sent, to whom and when: frozen once a campaign has started.
 _DEFINITION_FIELDS = frozenset(
     {"type", "channels", "start_time", "end_time", "target_segment_id", "content", "budget", "ab_test",
-     "schedule", "trigger", "goals"}
+     "schedule", "trigger", "goals", "delivery"}
 )
 
 Status = Literal["draft", "scheduled", "active", "paused", "completed", "cancelled"]
@@ -73,6 +73,26 @@ class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_spend: float
     currency: str
+
+
+class Delivery(BaseModel):
+    """Deliver at a wall-clock hour in each recipient's own time zone, counted from the launch (or the
+    run): recipients whose hour is still to come get the message then, those whose hour is now at once;
+    quiet hours still apply on top (pipeline/gate.py ``local_release``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    local_time: str = Field(description="24-hour HH:MM on each recipient's own clock, e.g. '09:00'",
+                            json_schema_extra={"pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$", "examples": ["09:00"]})
+    if_passed: str = Field(
+        default="next_day", json_schema_extra={"enum": ["next_day", "skip"]},
+        description="Recipients whose local_time had passed at launch: 'next_day' (default, as Braze sends"
+        " users past the local time the next day) or 'skip' (suppressed with reason local_time_passed)",
+    )
+    timezone: str | None = Field(
+        default=None,
+        description="IANA zone for recipients without one of their own (a profile's time zone left at the"
+        " default UTC); default the schedule's timezone, else UTC",
+    )
 
 
 class Variant(BaseModel):
@@ -109,6 +129,8 @@ class _Definition(BaseModel):
     schedule: Schedule | None = Field(default=None, description="Recurring campaigns only")
     trigger: dict[str, Any] | None = Field(default=None, description="Triggered campaigns only: {event, ...}")
     goals: dict[str, Any] | None = None
+    delivery: Delivery | None = Field(default=None, description="Immediate, scheduled and recurring campaigns:"
+                                      " deliver at a local hour in each recipient's time zone")
 
 
 class NewCampaign(_Definition):
@@ -133,6 +155,7 @@ class CampaignPatch(BaseModel):
     schedule: Schedule | None = None
     trigger: dict[str, Any] | None = None
     goals: dict[str, Any] | None = None
+    delivery: Delivery | None = Field(default=None, description="null removes the local-hour option")
     status: Status | None = None
 
 
@@ -151,6 +174,7 @@ class Metrics(BaseModel):
     held: int = 0
     cancelled: int = 0
     suppressed: int = 0
+    expired: int = Field(default=0, description="Not sent because the campaign reached its end_time")
     suppressed_by_reason: dict[str, int] = {}
 
 
@@ -168,6 +192,7 @@ class Campaign(BaseModel):
     schedule: Schedule | None
     trigger: dict[str, Any] | None
     goals: dict[str, Any] | None
+    delivery: Delivery | None
     start_time: datetime | None
     end_time: datetime | None
     estimated_recipients: int | None
@@ -183,6 +208,8 @@ class Campaign(BaseModel):
     paused_at: datetime | None
     cancelled_at: datetime | None
     completed_at: datetime | None
+    next_run_at: datetime | None = Field(default=None, description="When a scheduled or recurring campaign"
+                                         " fires next (UTC); null when nothing more is scheduled")
     version: int
 
 
@@ -211,7 +238,7 @@ def campaign_view(row: asyncpg.Record, live: dict[bytes, bytes] | None = None) -
     """
     live = live or {}
     spent = live.get(b"budget_spent")
-    view = launches.stored_view(row)
+    view = {**launches.stored_view(row), "delivery": from_json(row["delivery"])}
     view["metrics"] = {**{name: int(live.get(name.encode(), 0)) for name in _METRICS},
                        "revenue": money_json(live.get(b"revenue", 0)),
                        "suppressed_by_reason": {name[len(_SUPPRESSED_PREFIX):].decode(): int(value)
@@ -325,7 +352,8 @@ def _invalid(problems: list[tuple[str, str]]) -> ApiError:
     )
 
 
-async def validate(state: State, conn: asyncpg.Connection, d: dict[str, Any], now: datetime) -> int | None:
+async def validate(state: State, conn: asyncpg.Connection, d: dict[str, Any], now: datetime,
+                   launching: bool = False) -> int | None:
     """Every problem of a campaign definition in one 422; else the audience its segment reaches now.
 
     The pure rules, plus what the database knows: that the templates and the
@@ -334,9 +362,12 @@ async def validate(state: State, conn: asyncpg.Connection, d: dict[str, Any], no
     problems = campaign_rules.type_problems(d["type"], d["start_time"], d["schedule"], d["trigger"], d["target_segment_id"])
     problems += campaign_rules.channel_problems(d["channels"])
     problems += campaign_rules.window_problems(d["start_time"], d["end_time"], now)
+    if not launching:  # a launch whose start time has come starts now
+        problems += campaign_rules.start_problems(d["type"], d["start_time"], now)
     problems += campaign_rules.schedule_problems(d["schedule"])
     problems += campaign_rules.ab_test_problems(d["ab_test"])
     problems += campaign_rules.budget_problems(d["budget"], state.settings.currency_codes)
+    problems += campaign_rules.delivery_problems(d.get("delivery"), d["type"])
     stored = {tid: await templates.get_template(conn, tid) for tid in campaign_rules.template_ids(d["content"])}
     problems += campaign_rules.content_problems(d["channels"], d["content"], stored, TEMPLATE_CHECKS)
     recipients = None
@@ -393,7 +424,7 @@ def _conflict(exc: campaign_rules.IllegalTransition) -> ApiError:
 
 _STORE = (
     "name, description, type, channels, segment_id, content, schedule, budget, ab_test_config, goals,"
-    " trigger, start_time, end_time, estimated_recipients, estimated_cost"
+    " trigger, start_time, end_time, estimated_recipients, estimated_cost, delivery"
 )
 
 
@@ -402,6 +433,7 @@ def _store_args(d: dict[str, Any], recipients: int | None, cost: Decimal | None)
         d["name"], d["description"], d["type"], d["channels"], d["target_segment_id"], to_json(d["content"]),
         to_json(d["schedule"] or {}), to_json(d["budget"] or {}), to_json(d["ab_test"] or {}), to_json(d["goals"] or {}),
         None if d["trigger"] is None else to_json(d["trigger"]), d["start_time"], d["end_time"], recipients, cost,
+        None if d.get("delivery") is None else to_json(d["delivery"]),
     ]
 
 
@@ -422,7 +454,7 @@ async def create_campaign(request: Request) -> Response:
             row = await conn.fetchrow(
                 f"INSERT INTO campaigns ({_STORE}, created_by) VALUES"
                 " ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb, $9::jsonb, $10::jsonb, $11::jsonb,"
-                " $12, $13, $14, $15, $16) RETURNING *",
+                " $12, $13, $14, $15, $16::jsonb, $17) RETURNING *",
                 *_store_args(d, recipients, cost),
                 request.state.caller.key_id,
             )
@@ -494,6 +526,8 @@ async def _change_status(
 ) -> asyncpg.Record:
     """Apply a pause, resume, cancel or complete: update, audit, publish the control record."""
     current = row["status"]
+    if (current, target) == ("paused", "active"):  # between a recurring campaign's runs: back to waiting
+        target = campaign_rules.resume_status(await launches.run_sending(conn, row))
     try:
         campaign_rules.transition(current, target)
     except campaign_rules.IllegalTransition as exc:
@@ -525,7 +559,7 @@ async def update_campaign(request: Request) -> Response:
     settings = request.app.state.settings
     async with request.app.state.postgres.acquire() as conn, conn.transaction():
         row = await _locked(request, conn)
-        current = launches.definition(row)
+        current = {**launches.definition(row), "delivery": from_json(row["delivery"])}
         changed = {k: v for k, v in changes.items() if v != current[k]}
         nulls = [k for k in ("name", "type", "channels", "content") if k in changed and changed[k] is None]
         if nulls:
@@ -548,7 +582,8 @@ async def update_campaign(request: Request) -> Response:
                 cost = campaign_rules.estimated_cost(recipients, merged["channels"], settings.unit_costs)
             after = await conn.fetchrow(
                 f"UPDATE campaigns SET ({_STORE}) = ($2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb,"
-                " $10::jsonb, $11::jsonb, $12::jsonb, $13, $14, $15, $16), version = version + 1, updated_at = $17"
+                " $10::jsonb, $11::jsonb, $12::jsonb, $13, $14, $15, $16, $17::jsonb), version = version + 1,"
+                " updated_at = $18"
                 " WHERE campaign_id = $1 RETURNING *",
                 row["campaign_id"], *_store_args(merged, recipients, cost), now,
             )
@@ -610,7 +645,7 @@ async def launch(
             fields=[FieldProblem(field="status", reason=f"allowed from {current}: {allowed}")],
         )
     campaign_rules.transition(current, target)
-    audience_size = await validate(state, conn, d, now)
+    audience_size = await validate(state, conn, d, now, launching=True)
     if target == "scheduled":
         after = await launches.schedule(conn, row, actor, now)
         return after, campaign_rules.first_run(d["type"], d["start_time"], d["schedule"], now)

@@ -136,6 +136,15 @@ class Settings(BaseSettings):
     # after them, until this many are waiting (~25 kB each).
     gate_batches_pending: int = Field(default=256, ge=1)
 
+    # The scheduler (agents/schedule.py): how often it looks for due campaigns (a scheduled start
+    # fires within one tick plus the launch's acknowledgement: 0.2 s keeps it well inside 1 s at
+    # one indexed query per tick), how many it claims per transaction, and after how long a run
+    # whose launch record was never acknowledged (a worker killed between commit and publish) is
+    # published again.
+    schedule_tick_s: float = Field(default=0.2, gt=0)
+    schedule_claim_batch: int = Field(default=200, ge=1)
+    schedule_republish_after_s: float = Field(default=3.0, gt=0)
+
     @property
     def kafka_port(self) -> int:
         return int(self.kafka_brokers.split(",")[0].rsplit(":", 1)[1])

@@ -22,6 +22,9 @@ from schemas.messages import DeliveryEvent, DeliveryEventBatch
 
 ROWS_PER_LOG_BATCH = 100  # ~20 KB: above Cassandra's 5 KiB warning, well under its 50 KiB limit (raised in stack.py)
 ENDED = frozenset({"completed", "cancelled"})
+# PostgreSQL statuses after a run is over: Redis' running status becomes completed (a recurring
+# campaign waiting for its next occurrence is ``scheduled``).
+RUN_OVER = frozenset({"completed", "scheduled"})
 
 
 def fold_args(deltas: Sequence[metrics.MessageDelta], ttl: int = metrics.SEEN_TTL_S) -> list:
@@ -52,7 +55,7 @@ def completion(expected: int | None, accounted: int, status: str | None) -> str 
 def forgotten_after_completing(final_status: str | None) -> bool:
     """Whether a campaign leaves the open set once completing it answered ``final_status`` (PostgreSQL's
     status afterwards; None: PostgreSQL has no such campaign, a deleted draft's or a bench's)."""
-    return final_status in ENDED or final_status is None
+    return final_status in ENDED or final_status in RUN_OVER or final_status is None
 
 
 def completed_audit(campaign_id: int, version: int, completed_at: datetime) -> tuple[dict[str, Any], dict[str, Any]]:

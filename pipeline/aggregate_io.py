@@ -6,24 +6,25 @@ Redis keys (``schemas.keys``):
     campaign:{id}:expected | :status   read  what completes a campaign; status set to completed
     aggregate:open                     r/w   campaigns whose completion is still to be decided
 
-PostgreSQL: ``campaigns.status`` becomes completed (from active only), with its audit row
-(``pipeline.audit``). Cassandra: ``message_log`` rows, one unlogged batch per partition.
+PostgreSQL: ``campaigns.status`` becomes completed (from active only; a recurring campaign with
+another occurrence goes back to scheduled), with its audit row (``pipeline.audit``), and the run's
+``campaign_runs`` row is completed with its counts (``pipeline.schedule_io.finish_run``). Cassandra: ``message_log`` rows, one unlogged batch per partition.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from datetime import datetime, timezone
 
 import redis.asyncio as aioredis
 import structlog
 from cassandra.query import BatchStatement, BatchType
 
 from pipeline import aggregate as decide
-from pipeline import audit, metrics
+from pipeline import metrics
 from pipeline.sinks import until_stored
 from pipeline.stores.cassandra import run_async
+from pipeline.schedule_io import finish_run
 from pipeline.worker_clients import WorkerClients
 from schemas.keys import OPEN_CAMPAIGNS, expected_key, metrics_key, status_key
 from schemas.messages import DeliveryEvent
@@ -165,22 +166,13 @@ class Completion:
         """Complete the campaign in PostgreSQL if it is active; returns its status there afterwards
         (None if PostgreSQL has no such campaign: a draft's are deleted, and so are benches')."""
         pool = await self.clients.postgres()
-        now = datetime.now(timezone.utc)
         async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "UPDATE campaigns SET status = 'completed', completed_at = $2, updated_at = $2,"
-                " version = version + 1 WHERE campaign_id = $1 AND status = 'active'"
-                " RETURNING status, version, completed_at", campaign_id, now)
-            if row is None:
-                status = await conn.fetchval("SELECT status FROM campaigns WHERE campaign_id = $1", campaign_id)
-            else:
-                status = "completed"
-                before, after = decide.completed_audit(campaign_id, row["version"], row["completed_at"])
-                await audit.record(conn, None, "campaign.completed", "campaign", campaign_id, before, after)
-        if status == "completed":
+            # The run's row with its counts, and the campaign completed, or back to scheduled when a
+            # recurring campaign runs again (pipeline.schedule_io; only from active, or paused at its end).
+            status = await finish_run(conn, self.redis, campaign_id, None)
+        if status in decide.RUN_OVER:
             await self.redis.eval(_COMPLETE, 1, status_key(campaign_id))
-            if row is not None:
-                log.info("campaign completed", campaign_id=campaign_id)
+            log.info("campaign run completed", campaign_id=campaign_id, status=status)
         return status
 
     async def sweep(self) -> list[int]:

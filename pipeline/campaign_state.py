@@ -12,9 +12,10 @@ Two sources, each for what it is good at:
 
 Redis keys of a campaign run (built by ``schemas.keys``):
 
-    campaign:{id}:status    active | paused | cancelled | completed
+    campaign:{id}:status    active | paused | cancelled | completed | expired (end_time reached)
     campaign:{id}:launch    the launch_id the status belongs to (explode and control set it)
-    campaign:{id}:expected  recipients × channels, written when the whole audience is emitted
+    campaign:{id}:expected  accounted at the launch's start + recipients × channels, once the whole audience is emitted
+    campaign:{id}:run_base  the counters copied when the launch began (a recurring run's base)
     campaign:{id}:audience  recipients of the launch
 """
 
@@ -32,12 +33,13 @@ import asyncpg
 from config import Settings, get_settings
 from pipeline.content.store import get_template
 from pipeline.explode import TRANSACTIONAL, campaign_category
+from pipeline.metrics import ACCOUNTED
 from schemas.encoding import from_json, is_bigint_id
-from schemas.keys import audience_key, expected_key, launch_key, status_key
+from schemas.keys import audience_key, expected_key, launch_key, metrics_key, run_base_key, status_key
 
 RECHECK_S = 1.0
 STATUS_CACHE_S = 0.2
-STATUSES = ("active", "paused", "cancelled", "completed")
+STATUSES = ("active", "paused", "cancelled", "completed", "expired")
 
 
 @dataclass(frozen=True)
@@ -192,12 +194,16 @@ async def set_campaign_status(redis: Any, campaign_id: int, status: str, launch_
 
 # A new launch starts "active"; a launch seen again (a replay, a resume after a crash) keeps
 # whatever control decided meanwhile (paused, cancelled), and so does a launch that control
-# already named (a pause processed before the launch record).
+# already named (a pause processed before the launch record). A new launch also copies the
+# campaign's counters as its base (KEYS[5] from KEYS[6]): a recurring run is complete when
+# ``accounted`` reaches the base's plus its own messages, and its counts are the totals minus it.
 _BEGIN_LAUNCH = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   redis.call('SET', KEYS[1], 'active')
   redis.call('SET', KEYS[2], ARGV[1])
-  redis.call('DEL', KEYS[3], KEYS[4])
+  redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+  local counters = redis.call('HGETALL', KEYS[6])
+  if #counters > 0 then redis.call('HSET', KEYS[5], unpack(counters)) end
 elseif not redis.call('GET', KEYS[1]) then
   redis.call('SET', KEYS[1], 'active')
 end
@@ -207,16 +213,24 @@ return redis.call('GET', KEYS[1])
 
 async def begin_launch(redis: Any, campaign_id: int, launch_id: uuid.UUID) -> str:
     """Mark ``launch_id`` as the campaign's running launch; returns the status it runs with."""
-    status = await redis.eval(_BEGIN_LAUNCH, 4, status_key(campaign_id), launch_key(campaign_id),
-                              expected_key(campaign_id), audience_key(campaign_id), str(launch_id))
+    status = await redis.eval(_BEGIN_LAUNCH, 6, status_key(campaign_id), launch_key(campaign_id),
+                              expected_key(campaign_id), audience_key(campaign_id), run_base_key(campaign_id),
+                              metrics_key(campaign_id), str(launch_id))
     status = status.decode() if isinstance(status, bytes) else status
     _statuses[campaign_id] = (time.monotonic(), status)
     return status
 
 
+_FINISH_LAUNCH = """
+local base = tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], base + tonumber(ARGV[2]))
+return base
+"""
+
+
 async def finish_launch(redis: Any, campaign_id: int, recipients: int, expected: int) -> None:
-    """Publish what the launch must account for (the aggregate completes the campaign against it)."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(audience_key(campaign_id), recipients)
-        pipe.set(expected_key(campaign_id), expected)
-        await pipe.execute()
+    """Publish what the launch must account for (the aggregate completes the campaign against it): its
+    ``expected`` messages on top of what was accounted when it began (the run's base; 0 for a first launch)."""
+    await redis.eval(_FINISH_LAUNCH, 3, audience_key(campaign_id), expected_key(campaign_id),
+                     run_base_key(campaign_id), recipients, expected, ACCOUNTED)

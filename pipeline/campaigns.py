@@ -4,11 +4,13 @@ Pure decisions over plain values, shared by the API (create, update, launch)
 and by whatever fires scheduled campaigns later, so the rules live in one place:
 
     draft ──► scheduled ──► active ◄──► paused
-      │                      │  ▲        │
-      └──────────────────────┘  │        ▼
-       (launch of an immediate  └──── completed
-        campaign goes straight        (from active or paused)
-        to active)
+      │         ▲  ▲ │         │  ▲        │
+      └─────────┼──┼─┼─────────┘  │        ▼
+       (launch  │  │ └──► paused  └──── completed
+       of an    │  │  (between runs;     (from active or paused; from scheduled
+       immediate│  └── resumed: back      when a recurring campaign's last
+       campaign)│      to scheduled)      occurrence passed)
+                └── active: a recurring run completed and another is to come
     cancelled: from any state that is not final (completed, cancelled)
 
 Validation helpers return ``(field, reason)`` pairs instead of raising, so
@@ -26,6 +28,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, croniter
 
+from pipeline.schedule import next_occurrence
+
 Problem = tuple[str, str]
 
 STATUSES = ("draft", "scheduled", "active", "paused", "completed", "cancelled")
@@ -35,9 +39,9 @@ EDITABLE_STATUSES = frozenset({"draft", "scheduled"})
 
 TRANSITIONS: Mapping[str, tuple[str, ...]] = {
     "draft": ("scheduled", "active", "cancelled"),
-    "scheduled": ("active", "cancelled"),
-    "active": ("paused", "completed", "cancelled"),
-    "paused": ("active", "completed", "cancelled"),
+    "scheduled": ("active", "cancelled", "paused", "completed"),
+    "active": ("paused", "completed", "cancelled", "scheduled"),
+    "paused": ("active", "scheduled", "completed", "cancelled"),
     "completed": (),
     "cancelled": (),
 }
@@ -46,6 +50,8 @@ TRANSITIONS: Mapping[str, tuple[str, ...]] = {
 CONTROL_ACTIONS: Mapping[tuple[str, str], str] = {
     ("active", "paused"): "pause",
     ("paused", "active"): "resume",
+    ("scheduled", "paused"): "pause",  # between runs: the occurrences that fall while paused are skipped
+    ("paused", "scheduled"): "resume",
     ("active", "completed"): "complete",
     ("paused", "completed"): "complete",
     ("draft", "cancelled"): "cancel",
@@ -116,6 +122,12 @@ def launch_status(campaign_type: str, start_time: datetime | None, now: datetime
     if start_time is not None and start_time > now:
         return "scheduled"
     return "active"
+
+
+def resume_status(run_sending: bool) -> str:
+    """Where resuming a paused campaign takes it: back to sending if a run (or an immediate launch) was
+    sending when it paused, else back to waiting for its next occurrence."""
+    return "active" if run_sending else "scheduled"
 
 
 def control_action(current: str, target: str) -> str | None:
@@ -198,13 +210,19 @@ def schedule_problems(schedule: Mapping[str, Any] | None) -> list[Problem]:
 
 
 def next_run(schedule: Mapping[str, Any], after: datetime) -> datetime:
-    """The first cron occurrence strictly after ``after``, evaluated in the schedule's time zone, in UTC."""
-    tz = ZoneInfo(schedule.get("timezone") or "UTC")
+    """The first cron occurrence strictly after ``after``, evaluated in the schedule's time zone, in UTC
+    (daylight saving as ``pipeline.schedule`` reads it)."""
     try:
-        it = croniter(schedule["cron"], _aware(after).astimezone(tz))
+        return next_occurrence(schedule["cron"], schedule.get("timezone"), after)
     except CroniterBadCronError as exc:  # pragma: no cover - validated before
         raise ValueError(str(exc)) from None
-    return it.get_next(datetime).astimezone(timezone.utc)
+
+
+def start_problems(campaign_type: str, start_time: datetime | None, now: datetime) -> list[Problem]:
+    """A scheduled campaign being created or edited starts in the future."""
+    if campaign_type == "scheduled" and start_time is not None and _aware(start_time) <= now:
+        return [("start_time", "start_time is in the past; a scheduled campaign starts later")]
+    return []
 
 
 def first_run(

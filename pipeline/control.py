@@ -6,6 +6,8 @@ every stage follows for a paused or cancelled campaign. Pure.
     resume         → active           the held batches go back where they were going
     cancel         → cancelled        dropped: one "cancelled" event (reason "cancelled") per message
     complete       → completed
+    expire         → expired          dropped: one "expired" event (reason "end_time") per message (the
+                                      scheduler's, at the campaign's end_time; the campaign then completes)
 
 The I/O half (holding a batch once per source, draining the held list) is ``pipeline/control_io.py``.
 """
@@ -20,10 +22,13 @@ from pipeline.gate import delivery_event
 from schemas.messages import DeliveryEventBatch
 from schemas.topics import outbox_or_requests
 
-STATUS_OF = {"pause": "paused", "resume": "active", "cancel": "cancelled", "complete": "completed"}
-HALTING = frozenset({"paused", "cancelled"})
+STATUS_OF = {"pause": "paused", "resume": "active", "cancel": "cancelled", "complete": "completed",
+             "expire": "expired"}
+HALTING = frozenset({"paused", "cancelled", "expired"})
 # The event each message of a halted batch gets: (status, reason).
-HALT_EVENT = {"paused": ("held", None), "cancelled": ("cancelled", "cancelled")}
+HALT_EVENT = {"paused": ("held", None), "cancelled": ("cancelled", "cancelled"), "expired": ("expired", "end_time")}
+# The actions that drop the held batches (with their status' events) rather than send them on.
+DROPPING = {"cancel": "cancelled", "expire": "expired"}
 
 
 def status_after(action: str) -> str:
@@ -75,8 +80,10 @@ def held_destination(batch: Mapping[str, Any]) -> tuple[str, int]:
     return outbox_or_requests(batch.get("channel")).name, int(batch["partition"])
 
 
-def cancelled_events(batch: Mapping[str, Any], channels: Sequence[str]) -> DeliveryEventBatch:
-    """One "cancelled" event per message of a held batch: each recipient on the batch's channel, or on every one."""
+def cancelled_events(batch: Mapping[str, Any], channels: Sequence[str], status: str = "cancelled"
+                     ) -> DeliveryEventBatch:
+    """One "cancelled" (or ``status``: "expired") event per message of a held batch: each recipient on the
+    batch's channel, or on every one."""
     events = halted_events(int(batch["campaign_id"]), batch.get("step") or "send", batch_recipients(batch),
-                           batch_channels(batch, channels), "cancelled")
+                           batch_channels(batch, channels), status)
     return DeliveryEventBatch.model_validate({"events": events})

@@ -104,10 +104,12 @@ class Controller:
                                   record.launch_id)
         if record.action == "resume":
             return await self.held.drain(record.campaign_id, self._resend, self.grace_s)
-        if record.action == "cancel":
+        dropped = control.DROPPING.get(record.action)
+        if dropped is not None:  # cancel or expire: the held batches become events of that status
             runtime = await load_campaign(await self.clients.postgres(), record.campaign_id)
             channels = runtime.channels if runtime is not None else ()
-            return await self.held.drain(record.campaign_id, lambda held: self._cancel(held, channels), self.grace_s)
+            return await self.held.drain(record.campaign_id, lambda held: self._cancel(held, channels, dropped),
+                                         self.grace_s)
         return 0
 
     async def _resend(self, held: list[bytes]) -> None:
@@ -120,12 +122,12 @@ class Controller:
                                                partition=partition))
         await asyncio.gather(*futures)
 
-    async def _cancel(self, held: list[bytes], channels: Sequence[str]) -> None:
+    async def _cancel(self, held: list[bytes], channels: Sequence[str], status: str = "cancelled") -> None:
         producer = await self.clients.producer()
         futures = []
         for raw in held:
             batch = orjson.loads(raw)
-            events = control.cancelled_events(batch, channels)
+            events = control.cancelled_events(batch, channels, status)
             if events.events:
                 futures.append(await producer.send(DELIVERY_EVENTS.name, encode(events),
                                                    key=str(batch.get("batch_id", "")).encode(),

@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel
 
 from pipeline import audit
+from pipeline import campaigns as campaign_rules
 from pipeline.audit import Actor
 from pipeline.money import money_json
 from schemas.campaigns import CampaignControl, CampaignLaunch, campaign_key
@@ -34,7 +35,7 @@ from schemas.encoding import encode, from_json
 from schemas.topics import CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES
 
 PUBLISH_TIMEOUT_S = 10.0
-PAST = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "complete": "completed"}
+PAST = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "complete": "completed", "expire": "expired"}
 STAMP = {"pause": "paused_at", "cancel": "cancelled_at", "complete": "completed_at"}
 
 
@@ -83,6 +84,7 @@ def stored_view(row: asyncpg.Record) -> dict[str, Any]:
         "paused_at": row["paused_at"],
         "cancelled_at": row["cancelled_at"],
         "completed_at": row["completed_at"],
+        "next_run_at": row.get("next_run_at"),
         "version": row["version"],
     }
 
@@ -92,8 +94,8 @@ def audit_view(row: asyncpg.Record) -> dict[str, Any]:
     return orjson.loads(orjson.dumps(stored_view(row), option=orjson.OPT_UTC_Z))
 
 
-def launch_record(row: asyncpg.Record, launch_id: uuid.UUID, audience_size: int | None, now: datetime
-                  ) -> CampaignLaunch:
+def launch_record(row: asyncpg.Record, launch_id: uuid.UUID, audience_size: int | None, now: datetime,
+                  occurrence: datetime | None = None) -> CampaignLaunch:
     d = definition(row)
     ab = d["ab_test"] or {}
     return CampaignLaunch(
@@ -111,6 +113,7 @@ def launch_record(row: asyncpg.Record, launch_id: uuid.UUID, audience_size: int 
         end_time=d["end_time"],
         audience_size=audience_size,
         launched_at=now,
+        occurrence=occurrence,
     )
 
 
@@ -127,10 +130,13 @@ async def publish(producer: AIOKafkaProducer, topic: str, campaign_id: int, reco
 
 async def schedule(conn: asyncpg.Connection, row: asyncpg.Record, actor: Actor | None, now: datetime
                    ) -> asyncpg.Record:
-    """A draft that starts later becomes scheduled (whatever fires it calls ``start`` when it is due)."""
+    """A draft that starts later becomes scheduled, with ``next_run_at`` its first occurrence: the
+    scheduler (``pipeline.schedule_io``) fires it then."""
+    d = definition(row)
+    next_run_at = campaign_rules.first_run(d["type"], d["start_time"], d["schedule"], now)
     after = await conn.fetchrow(
-        "UPDATE campaigns SET status = 'scheduled', version = version + 1, updated_at = $2"
-        " WHERE campaign_id = $1 RETURNING *", row["campaign_id"], now,
+        "UPDATE campaigns SET status = 'scheduled', next_run_at = $3, version = version + 1, updated_at = $2"
+        " WHERE campaign_id = $1 RETURNING *", row["campaign_id"], now, next_run_at,
     )
     await audit.record(conn, actor, "campaign.scheduled", "campaign", row["campaign_id"], audit_view(row),
                        audit_view(after))
@@ -144,7 +150,7 @@ async def start(conn: asyncpg.Connection, producer: AIOKafkaProducer, row: async
     launch_id = uuid.uuid4()
     after = await conn.fetchrow(
         "UPDATE campaigns SET status = 'active', launch_id = $2, launched_at = $3, audience_size = $4,"
-        " version = version + 1, updated_at = $3 WHERE campaign_id = $1 RETURNING *",
+        " next_run_at = NULL, version = version + 1, updated_at = $3 WHERE campaign_id = $1 RETURNING *",
         row["campaign_id"], launch_id, now, audience_size,
     )
     await audit.record(conn, actor, "campaign.launched", "campaign", row["campaign_id"], audit_view(row),
@@ -152,6 +158,15 @@ async def start(conn: asyncpg.Connection, producer: AIOKafkaProducer, row: async
     await publish(producer, CAMPAIGN_LAUNCHES.name, row["campaign_id"],
                   launch_record(after, launch_id, audience_size, now))
     return after
+
+
+async def run_sending(conn: asyncpg.Connection, row: asyncpg.Record) -> bool:
+    """Whether the campaign's current launch is still sending: an immediate launch (no run row) until it
+    completes, a scheduled or recurring run until its row is completed, skipped or cancelled."""
+    if row["launch_id"] is None:
+        return False
+    state = await conn.fetchval("SELECT state FROM campaign_runs WHERE launch_id = $1", row["launch_id"])
+    return state is None or state in ("fired", "published")
 
 
 async def change_status(conn: asyncpg.Connection, producer: AIOKafkaProducer, row: asyncpg.Record, target: str,
@@ -162,14 +177,40 @@ async def change_status(conn: asyncpg.Connection, producer: AIOKafkaProducer, ro
     after = await conn.fetchrow(
         "UPDATE campaigns SET status = $2, version = version + 1, updated_at = $3"
         + (f", {stamp} = $3" if stamp else "")
+        + (", next_run_at = NULL" if target in campaign_rules.FINAL_STATUSES else "")
         + " WHERE campaign_id = $1 RETURNING *",
         row["campaign_id"], target, now,
     )
     await audit.record(conn, actor, f"campaign.{PAST[action]}", "campaign", row["campaign_id"], audit_view(row),
                        audit_view(after))
+    if target == "cancelled":  # a recurring campaign's run that was sending ends with it
+        await conn.execute("UPDATE campaign_runs SET state = 'cancelled', completed_at = $2"
+                           " WHERE campaign_id = $1 AND state IN ('fired', 'published')", row["campaign_id"], now)
     control = CampaignControl(
         control_id=uuid.uuid4(), campaign_id=row["campaign_id"], action=action, previous_status=row["status"],
         status=target, launch_id=row["launch_id"], issued_at=now,
     )
     await publish(producer, CAMPAIGN_CONTROL.name, row["campaign_id"], control)
     return after
+
+
+async def fire(conn: asyncpg.Connection, row: asyncpg.Record, launch_id: uuid.UUID, now: datetime,
+               next_run_at: datetime | None) -> asyncpg.Record:
+    """A scheduled run starts: status active, the run's ``launch_id`` committed (explode checks it), the
+    next occurrence, the audit row by Herald. Publishing is the caller's next step, AFTER its commit
+    (``publish_launch``): the scheduler commits the run first so that a crash never fires it twice."""
+    after = await conn.fetchrow(
+        "UPDATE campaigns SET status = 'active', launch_id = $2, launched_at = $3, audience_size = NULL,"
+        " next_run_at = $4, version = version + 1, updated_at = $3 WHERE campaign_id = $1 RETURNING *",
+        row["campaign_id"], launch_id, now, next_run_at,
+    )
+    await audit.record(conn, None, "campaign.launched", "campaign", row["campaign_id"], audit_view(row),
+                       audit_view(after))
+    return after
+
+
+async def publish_launch(producer: AIOKafkaProducer, row: asyncpg.Record, launch_id: uuid.UUID, fired_at: datetime,
+                         occurrence: datetime | None, timeout_s: float | None = None) -> None:
+    """The launch record of a fired run on ``campaign-launches``, acknowledged (``PublishError`` if not)."""
+    await publish(producer, CAMPAIGN_LAUNCHES.name, row["campaign_id"],
+                  launch_record(row, launch_id, None, fired_at, occurrence), timeout_s)

@@ -19,7 +19,7 @@ same rule in Python, which the unit tests pin and the integration test
 compares the script against.
 
 Completion: every message ends as exactly one *outcome* — sent, failed,
-bounced, suppressed or cancelled (delivered follows sent; deferred, held and
+bounced, suppressed, cancelled or expired (the campaign's end_time came first) (delivered follows sent; deferred, held and
 queued are on the way). ``accounted`` counts messages with at least one outcome;
 a campaign is complete when ``accounted`` reaches ``campaign:{id}:expected``.
 Suppressed and cancelled only count when they are a message's first outcome,
@@ -46,13 +46,13 @@ from schemas.messages import DeliveryEvent
 # "duplicate" is a suppression with reason "duplicate", kept apart (see ``outcome``).
 STATUSES: tuple[str, ...] = (
     "queued", "sent", "delivered", "bounced", "failed", "suppressed", "deferred", "held", "cancelled",
-    "opened", "clicked", "converted", "duplicate",
+    "opened", "clicked", "converted", "duplicate", "expired",
 )
 BIT = {status: 1 << i for i, status in enumerate(STATUSES)}
-OUTCOMES = frozenset({"sent", "failed", "bounced", "suppressed", "cancelled", "duplicate"})
+OUTCOMES = frozenset({"sent", "failed", "bounced", "suppressed", "cancelled", "duplicate", "expired"})
 OUTCOME_MASK = sum(BIT[s] for s in OUTCOMES)
 # Counted only as the first outcome of a message (see the module docstring).
-FIRST_OUTCOME_ONLY = frozenset({"suppressed", "cancelled"})
+FIRST_OUTCOME_ONLY = frozenset({"suppressed", "cancelled", "expired"})
 FIRST_ONLY_MASK = sum(BIT[s] for s in FIRST_OUTCOME_ONLY)
 DUPLICATE = "duplicate"
 
@@ -200,8 +200,9 @@ def fold(deltas: Iterable[MessageDelta], seen: dict[uuid.UUID, int]) -> Incremen
 
 
 def is_complete(expected: int | None, accounted: int, status: str | None) -> bool:
-    """Every expected message has an outcome, and the campaign is still running (not paused or ended)."""
-    return expected is not None and accounted >= expected and status in (None, "active")
+    """Every expected message has an outcome, and the campaign is still running (not paused or ended), or
+    stopped at its end time (its unsent messages expired: it completes too)."""
+    return expected is not None and accounted >= expected and status in (None, "active", "expired")
 
 
 # ---------------------------------------------------------------- message_log rows
@@ -250,7 +251,8 @@ def log_row(event: DeliveryEvent) -> tuple:
     return (
         event.campaign_id, log_day(event), log_shard(event.user_id), log_time(event), event.message_id, event.user_id,
         event.channel, event.variant, event.status, event.at if event.status == "delivered" else None,
-        event.reason if event.status in ("failed", "bounced", "suppressed", "cancelled") else None, metadata,
+        event.reason if event.status in ("failed", "bounced", "suppressed", "cancelled", "expired") else None,
+        metadata,
     )
 
 

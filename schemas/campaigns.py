@@ -77,7 +77,8 @@ class CampaignControl(BaseModel):
 
     control_id: uuid.UUID
     campaign_id: int
-    action: Literal["pause", "resume", "cancel", "complete"]
+    # expire: the scheduler's, at the campaign's end_time (its unsent messages are dropped as "expired")
+    action: Literal["pause", "resume", "cancel", "complete", "expire"]
     previous_status: str
     status: str
     # The campaign's current launch, if it was launched (a cancelled draft has none).

@@ -8,6 +8,7 @@ A campaign's run (explode, gate, senders, control and the aggregate share it):
     campaign:{id}:held_sources        set of where each held batch came from (a replay holds it once)
     campaign:{id}:expected            recipients × channels, once the whole audience is emitted
     campaign:{id}:audience            recipients of the launch
+    campaign:{id}:run_base            the counters as they were when the current launch began (a run's base)
     campaign:{id}:spend               budget spent so far (the gate's reservations)
     campaign:{id}:reservations        hash: reservation id → what it reserved (a replay reserves once)
     campaign:{id}:metrics[:ch[:var]]  live counters, whole / per channel / per channel and variant
@@ -56,6 +57,12 @@ def expected_key(campaign_id: int) -> str:
 
 def audience_key(campaign_id: int) -> str:
     return f"campaign:{campaign_id}:audience"
+
+
+def run_base_key(campaign_id: int) -> str:
+    """The campaign's counters copied when its current launch began: a recurring run's counts are the
+    totals minus this, and it completes when ``accounted`` is this base plus its own messages."""
+    return f"campaign:{campaign_id}:run_base"
 
 
 def spend_key(campaign_id: int) -> str:

@@ -38,6 +38,7 @@ DeliveryStatus = Literal[
     "deferred",    # held by the gate until quiet hours end
     "held",        # held because the campaign is paused
     "cancelled",   # dropped because the campaign was cancelled
+    "expired",     # dropped because the campaign reached its end_time before it was sent
     "opened",      # the email's open pixel was fetched (api/tracking.py)
     "clicked",     # a tracked link was followed (api/tracking.py; ``reason`` holds the URL)
 ]

@@ -393,7 +393,7 @@ class Sender:
         start = 0
         while start < len(pending):
             status = await campaign_status(self.redis, batch.campaign_id)
-            if status in ("paused", "cancelled"):
+            if control.halts(status):  # paused, cancelled or expired (pipeline.control)
                 return pending[:start], status
             granted = await self.bucket.acquire(min(self.chunk, len(pending) - start))
             chunk = pending[start:start + granted]

@@ -25,8 +25,8 @@ IO_LIBRARIES = frozenset({
 })
 # The decision modules: plain functions over plain values, unit-tested without a server.
 PURE = (
-    "pipeline.anniversaries", "pipeline.campaigns", "pipeline.explode", "pipeline.gate", "pipeline.lanes", "pipeline.metrics",
-    "pipeline.control", "pipeline.aggregate", "pipeline.send.decisions", "pipeline.segments.dsl",
+    "pipeline.anniversaries", "pipeline.campaigns", "pipeline.explode", "pipeline.gate", "pipeline.lanes",
+    "pipeline.metrics", "pipeline.control", "pipeline.aggregate", "pipeline.send.decisions", "pipeline.segments.dsl",
     "pipeline.segments.compile", "pipeline.content.engine", "pipeline.content.model", "pipeline.partitioning",
     "pipeline.schedule",
 )

@@ -394,7 +394,7 @@ async def test_second_launch_is_409_naming_the_allowed_transitions(client, marke
 
     error = assert_error(client.post(url, headers=bearer(marketer)), 409, "illegal_transition")
     assert "paused, completed, cancelled" in error["message"]
-    assert error["fields"] == [{"field": "status", "reason": "allowed from active: paused, completed, cancelled"}]
+    assert error["fields"] == [{"field": "status", "reason": "allowed from active: paused, completed, cancelled, scheduled"}]
 
 
 async def test_illegal_status_change_is_409_naming_the_allowed_ones(client, marketer, segment):
@@ -543,3 +543,78 @@ async def test_scheduled_campaign_whose_time_has_come_launches(client, marketer,
     after = await end_offsets(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name)
     records = await records_between(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name, before, after)
     assert [r["launch_id"] for _, r in records if r["campaign_id"] == created["campaign_id"]] == [result["launch_id"]]
+
+
+# ---------------------------------------------------------------- delivery at each recipient's local hour
+
+
+async def test_local_hour_delivery_is_stored_and_answered_with_its_default(client, marketer, segment, pg):
+    created = create(client, marketer, campaign_body(await segment(1), delivery={"local_time": "09:00"}))
+    expected = {"local_time": "09:00", "if_passed": "next_day", "timezone": None}
+    assert created["delivery"] == expected
+    fetched = client.get(f"/api/v1/campaigns/{created['campaign_id']}", headers=bearer(marketer)).json()
+    assert fetched["delivery"] == expected
+    stored = await pg.fetchval("SELECT delivery FROM campaigns WHERE campaign_id = $1", created["campaign_id"])
+    assert orjson.loads(stored) == expected
+
+
+async def test_a_campaign_without_the_option_answers_delivery_null(client, marketer, segment):
+    assert create(client, marketer, campaign_body(await segment(1)))["delivery"] is None
+
+
+@pytest.mark.parametrize(
+    ("delivery", "field"),
+    [
+        ({"local_time": "9:00"}, "delivery.local_time"),
+        ({"local_time": "24:00"}, "delivery.local_time"),
+        ({"local_time": "09:00:30"}, "delivery.local_time"),
+        ({"local_time": "nine"}, "delivery.local_time"),
+        ({"local_time": 900}, "delivery.local_time"),
+        ({"if_passed": "skip"}, "delivery.local_time"),
+        ({"local_time": "09:00", "if_passed": "send_now"}, "delivery.if_passed"),
+        ({"local_time": "09:00", "timezone": "Mars/Olympus"}, "delivery.timezone"),
+        ({"local_time": "09:00", "surprise": 1}, "delivery.surprise"),
+        ("09:00", "delivery"),
+    ],
+)
+async def test_a_bad_delivery_option_is_a_422_naming_its_field(client, marketer, segment, delivery, field):
+    body = campaign_body(await segment(1), delivery=delivery)
+    error = assert_error(client.post("/api/v1/campaigns", headers=bearer(marketer), json=body), 422,
+                         "validation_error")
+    assert field in [p["field"] for p in error["fields"]], error
+
+
+async def test_a_triggered_campaign_has_no_local_hour(client, marketer):
+    body = campaign_body(None, type="triggered", trigger={"event": "cart_abandoned"},
+                         delivery={"local_time": "09:00"})
+    error = assert_error(client.post("/api/v1/campaigns", headers=bearer(marketer), json=body), 422,
+                         "validation_error")
+    assert [p["field"] for p in error["fields"]] == ["delivery"], error
+
+
+async def test_patch_sets_checks_and_removes_the_local_hour(client, marketer, segment):
+    created = create(client, marketer, campaign_body(await segment(1)))
+    url = f"/api/v1/campaigns/{created['campaign_id']}"
+    option = {"local_time": "18:30", "if_passed": "skip", "timezone": "Asia/Kolkata"}
+    patched = client.patch(url, headers=bearer(marketer), json={"delivery": option})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["delivery"] == option and patched.json()["version"] == created["version"] + 1
+
+    error = assert_error(client.patch(url, headers=bearer(marketer),
+                                      json={"delivery": {"local_time": "18:30", "if_passed": "tomorrow"}}),
+                         422, "validation_error")
+    assert [p["field"] for p in error["fields"]] == ["delivery.if_passed"]
+    assert client.get(url, headers=bearer(marketer)).json()["delivery"] == option  # the bad PATCH changed nothing
+
+    removed = client.patch(url, headers=bearer(marketer), json={"delivery": None})
+    assert removed.status_code == 200, removed.text
+    assert removed.json()["delivery"] is None
+
+
+def test_the_openapi_document_describes_the_delivery_option(client):
+    schemas = client.get("/api/v1/openapi.json").json()["components"]["schemas"]
+    assert "delivery" in schemas["NewCampaign"]["properties"] and "delivery" in schemas["Campaign"]["properties"]
+    delivery = schemas["Delivery"]
+    assert delivery["required"] == ["local_time"]
+    assert delivery["properties"]["if_passed"]["enum"] == ["next_day", "skip"]
+    assert delivery["properties"]["if_passed"]["default"] == "next_day"

@@ -20,6 +20,9 @@ LEGAL = {
     ("scheduled", "active"), ("scheduled", "cancelled"),
     ("active", "paused"), ("active", "completed"), ("active", "cancelled"),
     ("paused", "active"), ("paused", "completed"), ("paused", "cancelled"),
+    # recurring and scheduled campaigns (issue 13): paused between runs, back to scheduled after a
+    # run or a resume, completed when the last occurrence passed
+    ("scheduled", "paused"), ("scheduled", "completed"), ("active", "scheduled"), ("paused", "scheduled"),
 }
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=timezone.utc)
 

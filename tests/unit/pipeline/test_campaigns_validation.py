@@ -6,11 +6,14 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from types import SimpleNamespace
 
+import pytest
+
 from pipeline.campaigns import (
     ab_test_problems,
     budget_problems,
     channel_problems,
     content_problems,
+    delivery_problems,
     estimated_cost,
     next_run,
     schedule_problems,
@@ -217,3 +220,33 @@ def test_first_run_is_the_start_or_the_next_cron_time():
     assert first_run("immediate", None, None, NOW) == NOW
     assert first_run("recurring", None, daily, NOW) == NOW + timedelta(days=1)  # 09:00 exactly is not after 09:00
     assert first_run("recurring", later, daily, NOW) == later + timedelta(days=1)
+
+
+# ---------------------------------------------------------------- delivery at each recipient's local hour
+
+
+def test_local_hour_delivery_is_accepted_on_audience_campaigns():
+    for ctype in ("immediate", "scheduled", "recurring"):
+        assert delivery_problems({"local_time": "09:00"}, ctype) == []
+    assert delivery_problems({"local_time": "23:59", "if_passed": "skip", "timezone": "Asia/Kolkata"},
+                                   "immediate") == []
+    assert delivery_problems(None, "triggered") == []
+
+
+@pytest.mark.parametrize("local_time", ["9:00", "24:00", "09:60", "09:00:00", "0900", "", 900, None])
+def test_local_time_must_be_hh_mm_24h(local_time):
+    assert fields(delivery_problems({"local_time": local_time}, "immediate")) == ["delivery.local_time"]
+
+
+def test_if_passed_is_next_day_or_skip():
+    problems = delivery_problems({"local_time": "09:00", "if_passed": "send_now"}, "immediate")
+    assert problems == [("delivery.if_passed", "unknown value 'send_now'; known: next_day, skip")]
+
+
+def test_delivery_time_zone_must_be_iana():
+    problems = delivery_problems({"local_time": "09:00", "timezone": "Mars/Olympus"}, "immediate")
+    assert fields(problems) == ["delivery.timezone"]
+
+
+def test_triggered_campaigns_have_no_local_hour():
+    assert fields(delivery_problems({"local_time": "09:00"}, "triggered")) == ["delivery"]
