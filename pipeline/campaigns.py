@@ -280,6 +280,38 @@ def budget_problems(budget: Mapping[str, Any] | None, currencies: Iterable[str])
     return problems
 
 
+_LOCAL_TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+IF_PASSED = ("next_day", "skip")  # pipeline.gate.IF_PASSED; next_day is the default there
+DELIVERY_TYPES = ("immediate", "scheduled", "recurring")
+
+
+def delivery_problems(delivery: Mapping[str, Any] | None, campaign_type: str) -> list[Problem]:
+    """Each recipient's local hour: ``local_time`` HH:MM (24 h), ``if_passed`` next_day or skip, an
+    optional IANA ``timezone`` for users without one; for campaigns sent to an audience at a time
+    (a triggered message goes when its event comes)."""
+    if delivery is None:
+        return []
+    problems: list[Problem] = []
+    if campaign_type not in DELIVERY_TYPES:
+        problems.append(("delivery", f"local-hour delivery is for {', '.join(DELIVERY_TYPES)} campaigns,"
+                                     f" not {campaign_type}"))
+    local_time = delivery.get("local_time")
+    if not isinstance(local_time, str) or not _LOCAL_TIME.match(local_time):
+        problems.append(("delivery.local_time", f"{local_time!r} is not a 24-hour time HH:MM such as '09:00'"))
+    if_passed = delivery.get("if_passed", "next_day")
+    if if_passed not in IF_PASSED:
+        problems.append(("delivery.if_passed", f"unknown value {if_passed!r}; known: {', '.join(IF_PASSED)}"))
+    tz = delivery.get("timezone")
+    if tz is not None:
+        try:
+            if not isinstance(tz, str) or not tz:
+                raise ZoneInfoNotFoundError(tz)
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            problems.append(("delivery.timezone", f"{tz!r} is not an IANA time zone such as 'Europe/Paris'"))
+    return problems
+
+
 class TemplateChecks(Protocol):
     """What content validation needs from the template engine (``pipeline.templates``)."""
 
