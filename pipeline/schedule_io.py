@@ -49,11 +49,12 @@ log = structlog.get_logger("herald.schedule")
 _DUE = (
     "SELECT * FROM campaigns WHERE next_run_at <= $1"
     " AND (status = 'scheduled' OR (type = 'recurring' AND status IN ('active', 'paused')))"
+    " AND ($3::bigint[] IS NULL OR campaign_id = ANY($3::bigint[]))"
     " ORDER BY next_run_at LIMIT $2 FOR UPDATE SKIP LOCKED"
 )
 _INSERT_RUN = (
     "INSERT INTO campaign_runs (campaign_id, occurrence, state, reason, launch_id, fired_at)"
-    " VALUES ($1, $2, $3, $4, $5, CASE WHEN $3 = 'fired' THEN clock_timestamp() END)"
+    " VALUES ($1, $2, $3::varchar, $4, $5, CASE WHEN $3::varchar = 'fired' THEN clock_timestamp() END)"
     " ON CONFLICT (campaign_id, occurrence) DO NOTHING RETURNING run_id"
 )
 
@@ -92,12 +93,13 @@ class Scheduler:
         await self.settle_empty_runs()
         return fired
 
-    async def claim(self, now: datetime) -> list[Fired]:
-        """Step 1: in one transaction, the due campaigns' run rows and new ``next_run_at`` (committed)."""
+    async def claim(self, now: datetime, only: Sequence[int] | None = None) -> list[Fired]:
+        """Step 1: in one transaction, the due campaigns' run rows and new ``next_run_at`` (committed).
+        ``only``: just these campaigns (a test's clock set ahead must not fire anybody else's)."""
         pool = await self.clients.postgres()
         fired: list[Fired] = []
         async with pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_DUE, now, self.settings.schedule_claim_batch)
+            rows = await conn.fetch(_DUE, now, self.settings.schedule_claim_batch, list(only) if only else None)
             for row in rows:
                 one = await self._claim_one(conn, row, now)
                 if one is not None:
@@ -231,9 +233,9 @@ async def finish_run(conn: asyncpg.Connection, redis, campaign_id: int, launch_i
     target = plan.after_run(None if row["expired_at"] else row["next_run_at"])
     campaign_rules.transition(row["status"], target)
     after = await conn.fetchrow(
-        "UPDATE campaigns SET status = $2, updated_at = $3, version = version + 1,"
-        " completed_at = CASE WHEN $2 = 'completed' THEN $3 ELSE completed_at END,"
-        " next_run_at = CASE WHEN $2 = 'completed' THEN NULL ELSE next_run_at END"
+        "UPDATE campaigns SET status = $2::varchar, updated_at = $3, version = version + 1,"
+        " completed_at = CASE WHEN $2::varchar = 'completed' THEN $3 ELSE completed_at END,"
+        " next_run_at = CASE WHEN $2::varchar = 'completed' THEN NULL ELSE next_run_at END"
         " WHERE campaign_id = $1 RETURNING *", campaign_id, target, now)
     action = "campaign.completed" if target == "completed" else "campaign.run_completed"
     await audit.record(conn, None, action, "campaign", campaign_id, launches.audit_view(row),
@@ -277,7 +279,7 @@ async def live_run_counts(redis, campaign_id: int) -> dict[str, float]:
 
 
 async def main(argv: Sequence[str], settings: Settings) -> None:
-    """``--once [--now ISO] [--pause-before-publish S]``: one tick in this process over clients of its own.
+    """``--once [--now ISO] [--pause-before-publish S] [--campaign ID ...]``: one tick in this process over clients of its own.
     Prints ``{"committed": [...]}`` once the fired runs are committed, then ``{"published": [...]}``
     (launch ids); ``--pause-before-publish`` waits between the two (a test kills it there)."""
     import argparse
@@ -288,12 +290,13 @@ async def main(argv: Sequence[str], settings: Settings) -> None:
     parser.add_argument("--once", action="store_true", required=True)
     parser.add_argument("--now", type=datetime.fromisoformat, default=None, help="the tick's clock (ISO, UTC)")
     parser.add_argument("--pause-before-publish", type=float, default=0.0)
+    parser.add_argument("--campaign", type=int, action="append", help="only this campaign (repeatable)")
     args = parser.parse_args(argv)
     now = plan.utc(args.now) if args.now else datetime.now(timezone.utc)
     clients = WorkerClients(settings)
     scheduler = Scheduler(settings, clients)
     try:
-        fired = await scheduler.claim(now)
+        fired = await scheduler.claim(now, args.campaign)
         print(orjson.dumps({"committed": [str(f.launch_id) for f in fired]}).decode(), flush=True)
         if args.pause_before_publish:
             await asyncio.sleep(args.pause_before_publish)
