@@ -367,7 +367,7 @@ async def validate(state: State, conn: asyncpg.Connection, d: dict[str, Any], no
     problems += campaign_rules.schedule_problems(d["schedule"])
     problems += campaign_rules.ab_test_problems(d["ab_test"])
     problems += campaign_rules.budget_problems(d["budget"], state.settings.currency_codes)
-    problems += campaign_rules.delivery_problems(d.get("delivery"), d["type"])
+    problems += campaign_rules.delivery_problems(d.get("delivery"), d["type"], d["trigger"])
     stored = {tid: await templates.get_template(conn, tid) for tid in campaign_rules.template_ids(d["content"])}
     problems += campaign_rules.content_problems(d["channels"], d["content"], stored, TEMPLATE_CHECKS)
     recipients = None

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, croniter
 
+from pipeline.anniversaries import date_field_problem
 from pipeline.schedule import next_occurrence
 
 Problem = tuple[str, str]
@@ -256,14 +257,27 @@ def type_problems(
     if campaign_type == "triggered":
         event = (trigger or {}).get("event")
         if trigger is None:
-            problems.append(("trigger", "a triggered campaign needs a trigger {event, ...}"))
+            problems.append(("trigger", "a triggered campaign needs a trigger {event, ...} or {date_field}"))
+        elif is_date_trigger(trigger):
+            if "event" in trigger:
+                problems.append(("trigger", "a trigger is an event or a profile date, not both"))
+            problem = date_field_problem(trigger["date_field"])
+            if problem:
+                problems.append(("trigger.date_field", problem))
         elif not isinstance(event, str) or not _EVENT_NAME.match(event):
             problems.append(("trigger.event", "an event name such as 'cart_abandoned' is required"))
     elif trigger is not None:
         problems.append(("trigger", "only triggered campaigns have a trigger"))
-    if campaign_type != "triggered" and segment_id is None:
+    if (campaign_type != "triggered" or is_date_trigger(trigger)) and segment_id is None:
         problems.append(("target_segment_id", f"a {campaign_type} campaign needs a target segment"))
     return problems
+
+
+def is_date_trigger(trigger: Mapping[str, Any] | None) -> bool:
+    """A date trigger (a birthday, a sign-up anniversary): ``{"date_field": "attributes.birthday"}``; each
+    user gets the campaign once a year on that date's anniversary, at the hour of ``delivery.local_time``
+    in their own zone (pipeline/anniversaries.py)."""
+    return isinstance(trigger, Mapping) and "date_field" in trigger
 
 
 def budget_problems(budget: Mapping[str, Any] | None, currencies: Iterable[str]) -> list[Problem]:
@@ -285,14 +299,17 @@ IF_PASSED = ("next_day", "skip")  # pipeline.gate.IF_PASSED; next_day is the def
 DELIVERY_TYPES = ("immediate", "scheduled", "recurring")
 
 
-def delivery_problems(delivery: Mapping[str, Any] | None, campaign_type: str) -> list[Problem]:
+def delivery_problems(delivery: Mapping[str, Any] | None, campaign_type: str,
+                      trigger: Mapping[str, Any] | None = None) -> list[Problem]:
     """Each recipient's local hour: ``local_time`` HH:MM (24 h), ``if_passed`` next_day or skip, an
     optional IANA ``timezone`` for users without one; for campaigns sent to an audience at a time
     (a triggered message goes when its event comes)."""
     if delivery is None:
+        if is_date_trigger(trigger):
+            return [("delivery.local_time", "a date-triggered campaign sends at a local hour such as '09:00'")]
         return []
     problems: list[Problem] = []
-    if campaign_type not in DELIVERY_TYPES:
+    if campaign_type not in DELIVERY_TYPES and not is_date_trigger(trigger):
         problems.append(("delivery", f"local-hour delivery is for {', '.join(DELIVERY_TYPES)} campaigns,"
                                      f" not {campaign_type}"))
     local_time = delivery.get("local_time")

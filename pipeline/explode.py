@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from pipeline.campaigns import is_date_trigger
 from pipeline.partitioning import user_partitions
 
 BATCH_SIZE = 500  # recipients per record: ~25 kB of JSON, Faust's per-record cost paid once per 500 users
@@ -288,9 +289,11 @@ def superseded(campaign_id: int, committed: uuid.UUID) -> str:
     return f"{SUPERSEDED}: campaign {campaign_id}'s committed launch is {committed}, not this one"
 
 
-def no_audience_reason(launch_type: str, segment_id: int | None) -> str | None:
-    """Why a launch has no audience to freeze, or None if it has one."""
-    if launch_type == "triggered":
+def no_audience_reason(launch_type: str, segment_id: int | None, trigger: Mapping[str, Any] | None = None
+                       ) -> str | None:
+    """Why a launch has no audience to freeze, or None if it has one (a date trigger's daily run has one:
+    its segment's members whose anniversary the run covers)."""
+    if launch_type == "triggered" and not is_date_trigger(trigger):
         return "a triggered campaign sends per event (match_triggers), not to a frozen audience"
     if segment_id is None:
         return "the launch names no target segment"

@@ -29,15 +29,19 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from config import Settings
+from pipeline.anniversaries import celebrating
 from pipeline.campaign_state import begin_launch, finish_launch
+from pipeline.campaigns import is_date_trigger
 from pipeline.explode import (
     BATCH_SIZE, TRANSACTIONAL, BatchWriter, ExplodePlan, Outcome, advance_offsets, campaign_category,
     expected_messages, launch_variants, lock_key, no_audience_reason, pack_codes, pack_ids, parse_batch_id,
     pending_batches, plan, skipped, superseded, unpack_codes, unpack_ids, windows,
 )
+from pipeline.gate import local_delivery
 from pipeline.launch_audience import AudienceError, WorkerAudience, resolve_audience
 from pipeline.worker_clients import WorkerClients
 from schemas.campaigns import CampaignLaunch
+from schemas.encoding import from_json
 from schemas.topics import MESSAGE_REQUESTS
 
 log = structlog.get_logger("herald.explode")
@@ -45,6 +49,7 @@ log = structlog.get_logger("herald.explode")
 WINDOW_RECIPIENTS = 50_000  # recipients acknowledged per checkpoint write
 COMMIT_WAIT_S = 2.0  # how long to wait for the API to commit the launch it published
 SCAN_TIMEOUT_S = 120.0  # reading back what was sent since the checkpoint (a resume only)
+PROFILE_CHUNK = 50_000  # profiles read per query when a date trigger picks its day's members
 
 
 class Exploder:
@@ -126,7 +131,8 @@ class Exploder:
 
     async def _freeze(self, conn: asyncpg.Connection, launch: CampaignLaunch) -> asyncpg.Record:
         """Resolve and store the audience (or why there is none) the first time a launch is seen."""
-        reason = await self._not_current(conn, launch) or no_audience_reason(launch.type, launch.segment_id)
+        reason = (await self._not_current(conn, launch)
+                  or no_audience_reason(launch.type, launch.segment_id, launch.trigger))
         ids = np.empty(0, dtype=np.int64)
         codes, languages = np.empty(0, dtype=np.uint8), ["en"]
         if reason is None:
@@ -135,6 +141,9 @@ class Exploder:
                 ids, codes, languages = await resolve_audience(conn, launch.segment_id, store)
             except AudienceError as exc:
                 reason = str(exc)
+        if reason is None and is_date_trigger(launch.trigger):
+            keep = np.isin(ids, await self._celebrating(conn, launch, ids))
+            ids, codes = ids[keep], codes[keep]
         offsets = await self._end_offsets()
         return await conn.fetchrow(
             "INSERT INTO launch_audiences (launch_id, campaign_id, segment_id, state, reason, size, partitions,"
@@ -145,6 +154,22 @@ class Exploder:
             plan(ids, MESSAGE_REQUESTS.partitions, self.batch_size).chunks,
             pack_ids(ids), pack_codes(codes), languages, orjson.dumps({str(p): o for p, o in offsets.items()}).decode(),
         )
+
+    async def _celebrating(self, conn: asyncpg.Connection, launch: CampaignLaunch, ids: np.ndarray) -> list[int]:
+        """The members whose anniversary of the trigger's date this daily run covers (pipeline/anniversaries.py),
+        read from their profiles a chunk at a time; the hour and the campaign's zone are its delivery's."""
+        row = await conn.fetchrow("SELECT delivery, schedule FROM campaigns WHERE campaign_id = $1", launch.campaign_id)
+        local = local_delivery(from_json(row["delivery"]) if row else None, from_json(row["schedule"]) if row else None)
+        if local is None:  # validated at authoring: a date trigger has a local hour
+            return []
+        fired_at = launch.occurrence or launch.launched_at
+        chosen: list[int] = []
+        for start in range(0, len(ids), PROFILE_CHUNK):
+            rows = await conn.fetch("SELECT user_id, timezone, attributes, created_at FROM users"
+                                    " WHERE user_id = ANY($1::bigint[])", ids[start:start + PROFILE_CHUNK].tolist())
+            profiles = ({**dict(r), "attributes": from_json(r["attributes"]) or {}} for r in rows)
+            chosen += celebrating(profiles, launch.trigger["date_field"], local.at, local.timezone, fired_at)
+        return chosen
 
     async def _store(self, conn: asyncpg.Connection, segment_id: int):
         """The live audience store, caught up, for a dynamic segment (static ones are read from PostgreSQL)."""

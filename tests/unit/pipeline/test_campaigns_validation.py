@@ -102,6 +102,18 @@ def test_each_type_asks_for_what_it_needs():
     assert fields(type_problems("weekly", None, None, None, 1)) == ["type"]
 
 
+def test_a_date_trigger_names_a_profile_date_needs_a_segment_and_a_local_hour():
+    birthday = {"date_field": "attributes.birthday"}
+    assert type_problems("triggered", None, None, birthday, 1) == []
+    assert fields(type_problems("triggered", None, None, birthday, None)) == ["target_segment_id"]
+    assert fields(type_problems("triggered", None, None, {"date_field": "birthday"}, 1)) == ["trigger.date_field"]
+    assert fields(type_problems("triggered", None, None, {**birthday, "event": "signup"}, 1)) == ["trigger"]
+    assert type_problems("triggered", None, None, {"date_field": "created_at"}, 1) == []
+    assert fields(delivery_problems(None, "triggered", birthday)) == ["delivery.local_time"]
+    assert delivery_problems({"local_time": "09:00"}, "triggered", birthday) == []
+    assert fields(delivery_problems({"local_time": "09:00"}, "triggered", {"event": "signup"})) == ["delivery"]
+
+
 def test_budget_needs_a_known_currency_and_positive_spend():
     assert budget_problems({"max_spend": 10, "currency": "USD"}, {"USD"}) == []
     assert budget_problems(None, {"USD"}) == []

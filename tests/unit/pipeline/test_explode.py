@@ -239,6 +239,10 @@ def test_a_triggered_launch_or_one_without_a_segment_freezes_no_audience():
     assert "triggered" in no_audience_reason("triggered", 3)
     assert "segment" in no_audience_reason("immediate", None)
     assert no_audience_reason("immediate", 3) is None
+    birthday = {"date_field": "attributes.birthday"}
+    assert no_audience_reason("triggered", 3, birthday) is None  # a date trigger's run has its segment
+    assert "segment" in no_audience_reason("triggered", None, birthday)
+    assert "triggered" in no_audience_reason("triggered", 3, {"event": "signup"})
 
 
 def test_a_launch_is_locked_by_a_stable_signed_64_bit_key():
