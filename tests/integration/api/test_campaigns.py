@@ -116,7 +116,7 @@ async def test_create_answers_a_draft_with_estimated_recipients_and_cost(client,
     assert created["metrics"]["suppressed_by_reason"] == {}
     assert {name: value for name, value in created["metrics"].items() if name != "suppressed_by_reason"} == dict.fromkeys(
         ("sent", "delivered", "bounced", "failed", "opened", "clicked", "converted", "unsubscribed", "revenue",
-         "queued", "deferred", "held", "cancelled", "suppressed"), 0)
+         "queued", "deferred", "held", "cancelled", "suppressed", "expired"), 0)
     assert created["budget"] == {"max_spend": 10000, "currency": "USD"}
     assert isinstance(created["campaign_id"], int) and created["created_at"].endswith("Z")
     assert Campaign.model_validate(created).model_dump(mode="json").keys() == created.keys()
