@@ -142,7 +142,8 @@ class Settings(BaseSettings):
     # whose launch record was never acknowledged (a worker killed between commit and publish) is
     # published again.
     schedule_tick_s: float = Field(default=0.2, gt=0)
-    schedule_claim_batch: int = Field(default=200, ge=1)
+    schedule_claim_batch: int = Field(default=100, ge=1)
+    schedule_claimers: int = Field(default=4, ge=1)  # claim transactions side by side when many are due
     schedule_republish_after_s: float = Field(default=3.0, gt=0)
 
     @property

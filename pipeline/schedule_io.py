@@ -55,7 +55,11 @@ _DUE = (
 _INSERT_RUN = (
     "INSERT INTO campaign_runs (campaign_id, occurrence, state, reason, launch_id, fired_at)"
     " VALUES ($1, $2, $3::varchar, $4, $5, CASE WHEN $3::varchar = 'fired' THEN clock_timestamp() END)"
-    " ON CONFLICT (campaign_id, occurrence) DO NOTHING RETURNING run_id"
+    " ON CONFLICT (campaign_id, occurrence) DO NOTHING RETURNING run_id, fired_at"
+)
+_ANY_DUE = (
+    "SELECT EXISTS (SELECT 1 FROM campaigns WHERE next_run_at <= $1"
+    " AND (status = 'scheduled' OR (type = 'recurring' AND status IN ('active', 'paused'))))"
 )
 
 
@@ -84,18 +88,38 @@ class Scheduler:
     # ── one tick ──────────────────────────────────────────────────────────────
 
     async def tick(self, now: datetime | None = None) -> list[Fired]:
-        """Claim and fire what is due at ``now`` (default: the clock), publish it, and tidy up."""
+        """Claim and fire what is due at ``now`` (default: the clock), publish it, and tidy up.
+
+        Idle (nothing due), a tick is four indexed queries. When many campaigns are due at once,
+        ``schedule_claimers`` transactions claim disjoint batches side by side (SKIP LOCKED hands each
+        its own rows), each publishing its batch as soon as it committed, until nothing is due."""
         now = now or datetime.now(timezone.utc)
-        fired = await self.claim(now)
-        await self.publish(fired)
+        fired: list[Fired] = []
+        pool = await self.clients.postgres()
+        if await pool.fetchval(_ANY_DUE, now):
+            for batch in await asyncio.gather(*(self._claim_until_done(now)
+                                                for _ in range(self.settings.schedule_claimers))):
+                fired += batch
         await self.republish_stale()
         await self.expire(now)
         await self.settle_empty_runs()
         return fired
 
+    async def _claim_until_done(self, now: datetime) -> list[Fired]:
+        fired: list[Fired] = []
+        while True:
+            batch, claimed = await self._claim(now, None)
+            await self.publish(batch)
+            fired += batch
+            if claimed < self.settings.schedule_claim_batch:
+                return fired
+
     async def claim(self, now: datetime, only: Sequence[int] | None = None) -> list[Fired]:
         """Step 1: in one transaction, the due campaigns' run rows and new ``next_run_at`` (committed).
         ``only``: just these campaigns (a test's clock set ahead must not fire anybody else's)."""
+        return (await self._claim(now, only))[0]
+
+    async def _claim(self, now: datetime, only: Sequence[int] | None) -> tuple[list[Fired], int]:
         pool = await self.clients.postgres()
         fired: list[Fired] = []
         async with pool.acquire() as conn, conn.transaction():
@@ -104,7 +128,7 @@ class Scheduler:
                 one = await self._claim_one(conn, row, now)
                 if one is not None:
                     fired.append(one)
-        return fired
+        return fired, len(rows)
 
     async def _claim_one(self, conn: asyncpg.Connection, row: asyncpg.Record, now: datetime) -> Fired | None:
         cid = row["campaign_id"]
@@ -116,11 +140,10 @@ class Scheduler:
             log.warning("missed occurrences not recorded", campaign_id=cid, count=tick.missed_unrecorded)
         if tick.fire is not None:
             launch_id = plan.run_launch_id(cid, tick.fire)
-            run_id = await conn.fetchval(_INSERT_RUN, cid, tick.fire, "fired", None, launch_id)
-            if run_id is not None:
-                after = await launches.fire(conn, row, launch_id, datetime.now(timezone.utc), tick.next_run_at)
-                fired_at = await conn.fetchval("SELECT fired_at FROM campaign_runs WHERE run_id = $1", run_id)
-                return Fired(after, launch_id, tick.fire, fired_at)
+            run = await conn.fetchrow(_INSERT_RUN, cid, tick.fire, "fired", None, launch_id)
+            if run is not None:
+                after = await launches.fire(conn, row, launch_id, run["fired_at"], tick.next_run_at)
+                return Fired(after, launch_id, tick.fire, run["fired_at"])
         if tick.complete:
             target = campaign_rules.transition(row["status"], "completed")
             after = await conn.fetchrow(
@@ -170,6 +193,10 @@ class Scheduler:
         """Campaigns still sending at their end time: an ``expire`` control record (acknowledged before the
         commit), so every stage drops their unsent messages as "expired"; the aggregate then completes them."""
         pool = await self.clients.postgres()
+        if not await pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM campaigns WHERE end_time <= $1 AND expired_at IS NULL"
+                " AND status IN ('active', 'paused'))", now):
+            return 0
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT * FROM campaigns WHERE end_time <= $1 AND expired_at IS NULL AND status IN ('active', 'paused')"
@@ -279,7 +306,8 @@ async def live_run_counts(redis, campaign_id: int) -> dict[str, float]:
 
 
 async def main(argv: Sequence[str], settings: Settings) -> None:
-    """``--once [--now ISO] [--pause-before-publish S] [--campaign ID ...]``: one tick in this process over clients of its own.
+    """``--forever``: the stage alone, ticking on the clock (bench/schedule.py measures it).
+    ``--once [--now ISO] [--pause-before-publish S] [--campaign ID ...]``: one tick in this process over clients of its own.
     Prints ``{"committed": [...]}`` once the fired runs are committed, then ``{"published": [...]}``
     (launch ids); ``--pause-before-publish`` waits between the two (a test kills it there)."""
     import argparse
@@ -287,7 +315,10 @@ async def main(argv: Sequence[str], settings: Settings) -> None:
     import orjson
 
     parser = argparse.ArgumentParser(description="Run the scheduler once")
-    parser.add_argument("--once", action="store_true", required=True)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--once", action="store_true", help="claim and publish once, then exit")
+    mode.add_argument("--forever", action="store_true",
+                      help="tick every schedule_tick_s until killed (the stage alone; not --loop: Faust reads that)")
     parser.add_argument("--now", type=datetime.fromisoformat, default=None, help="the tick's clock (ISO, UTC)")
     parser.add_argument("--pause-before-publish", type=float, default=0.0)
     parser.add_argument("--campaign", type=int, action="append", help="only this campaign (repeatable)")
@@ -295,6 +326,13 @@ async def main(argv: Sequence[str], settings: Settings) -> None:
     now = plan.utc(args.now) if args.now else datetime.now(timezone.utc)
     clients = WorkerClients(settings)
     scheduler = Scheduler(settings, clients)
+    if args.forever:
+        try:
+            while True:
+                await scheduler.tick()
+                await asyncio.sleep(settings.schedule_tick_s)
+        finally:
+            await clients.close()
     try:
         fired = await scheduler.claim(now, args.campaign)
         print(orjson.dumps({"committed": [str(f.launch_id) for f in fired]}).decode(), flush=True)
