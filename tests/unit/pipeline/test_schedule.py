@@ -140,3 +140,36 @@ def test_a_fired_run_is_republished_only_after_the_grace():
     fired = utc(2026, 1, 5, 9)
     assert not schedule.republish_due(fired, fired + timedelta(seconds=2), 3.0)
     assert schedule.republish_due(fired, fired + timedelta(seconds=3), 3.0)
+
+
+# ---------------------------------------------------------------- end time: expiry across the stages
+
+
+def test_an_expired_campaign_halts_every_stage_and_its_messages_become_expired_events():
+    from pipeline import control
+
+    assert control.status_after("expire") == "expired" and control.halts("expired") and not control.held("expired")
+    events = control.halted_events(9, "send@20260105T090000Z", [(1, None), (2, "B")], ["email"], "expired")
+    assert [(e["user_id"], e["status"], e["reason"]) for e in events] == [(1, "expired", "end_time"),
+                                                                         (2, "expired", "end_time")]
+    batch = {"campaign_id": 9, "step": "send", "channel": "sms", "partition": 0,
+             "recipients": [{"user_id": 5, "variant": None}]}
+    assert [e.status for e in control.cancelled_events(batch, ["sms"], "expired").events] == ["expired"]
+    assert control.DROPPING == {"cancel": "cancelled", "expire": "expired"}
+
+
+def test_an_expired_message_is_an_outcome_counted_once_and_completes_the_campaign():
+    from pipeline import metrics
+
+    first = metrics.outcome(metrics.BIT["queued"], metrics.BIT["expired"])
+    assert first.counted == ("expired",) and first.accounted
+    after_sent = metrics.outcome(metrics.BIT["sent"], metrics.BIT["expired"])
+    assert after_sent.counted == () and not after_sent.accounted  # a sent message is not also expired
+    assert metrics.is_complete(10, 10, "expired") and not metrics.is_complete(10, 9, "expired")
+
+
+def test_a_run_that_ends_with_another_to_come_leaves_the_aggregate_open_set():
+    from pipeline import aggregate
+
+    assert aggregate.forgotten_after_completing("scheduled") and aggregate.forgotten_after_completing("completed")
+    assert not aggregate.forgotten_after_completing("active")
