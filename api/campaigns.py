@@ -589,6 +589,8 @@ async def update_campaign(request: Request) -> Response:
             )
             await audit.record(conn, request.state.caller, "campaign.updated", "campaign", row["campaign_id"],
                                launches.audit_view(row), launches.audit_view(after))
+            if frozen:  # a scheduled campaign's new start or cron: its next occurrence moves with it
+                after = await launches.reschedule(conn, after, now)
         if patch.status is not None and patch.status != after["status"]:
             after = await _change_status(request, conn, after, patch.status, now)
     (live,) = await _live_metrics(request, [after])

@@ -143,6 +143,18 @@ async def schedule(conn: asyncpg.Connection, row: asyncpg.Record, actor: Actor |
     return after
 
 
+async def reschedule(conn: asyncpg.Connection, row: asyncpg.Record, now: datetime) -> asyncpg.Record:
+    """A scheduled campaign whose start, cron or end changed waits for its new first occurrence."""
+    if row["status"] != "scheduled":
+        return row
+    d = definition(row)
+    next_run_at = campaign_rules.first_run(d["type"], d["start_time"], d["schedule"], now)
+    if next_run_at == row["next_run_at"]:
+        return row
+    return await conn.fetchrow("UPDATE campaigns SET next_run_at = $2 WHERE campaign_id = $1 RETURNING *",
+                               row["campaign_id"], next_run_at)
+
+
 async def start(conn: asyncpg.Connection, producer: AIOKafkaProducer, row: asyncpg.Record, actor: Actor | None,
                 audience_size: int | None, now: datetime) -> asyncpg.Record:
     """Start sending: a new ``launch_id``, the audience size frozen, status active, and a

@@ -272,3 +272,19 @@ def test_bad_schedules_and_times_are_422_naming_the_field(settings, worker):
             assert response.status_code == 422, response.text
             error = response.json()["error"]
             assert field in [f["field"] for f in error["fields"]], (field, error)
+
+
+async def test_changing_a_scheduled_campaigns_cron_moves_its_next_run(settings, worker, make_campaign, pipeline_pool):
+    campaign = await make_campaign(users=1)
+    cid = campaign.campaign_id
+    await make_recurring(pipeline_pool, cid, CRON, BERLIN, _a_future_0900(days=9))
+    new = {"cron": "30 7 * * *", "timezone": "America/New_York"}
+
+    def patch() -> dict:
+        with Api(settings) as api:
+            return api.call("PATCH", f"/api/v1/campaigns/{cid}", json={"schedule": new})
+
+    changed = await asyncio.to_thread(patch)
+    expected = schedule.next_occurrence(new["cron"], new["timezone"], datetime.now(timezone.utc))
+    assert datetime.fromisoformat(changed["next_run_at"]) == expected
+    assert await pipeline_pool.fetchval("SELECT next_run_at FROM campaigns WHERE campaign_id = $1", cid) == expected
