@@ -38,6 +38,7 @@ from config import Settings
 from pipeline import audit, launches
 from pipeline import campaigns as campaign_rules
 from pipeline import schedule as plan
+from pipeline.campaign_state import set_campaign_status
 from pipeline.worker_clients import WorkerClients
 from schemas.campaigns import CampaignControl
 from schemas.encoding import from_json, to_json
@@ -224,10 +225,13 @@ class Scheduler:
             "SELECT r.campaign_id, r.launch_id, a.state, a.reason FROM campaign_runs r"
             " JOIN launch_audiences a ON a.launch_id = r.launch_id"
             " WHERE r.state = 'published' AND (a.state = 'skipped' OR (a.state = 'done' AND a.size = 0)) LIMIT 100")
+        redis = self.clients.redis()
         for r in rows:
             async with pool.acquire() as conn, conn.transaction():
-                await finish_run(conn, self.clients.redis(), r["campaign_id"], r["launch_id"],
-                                 skipped_reason=r["reason"] if r["state"] == "skipped" else None)
+                status = await finish_run(conn, redis, r["campaign_id"], r["launch_id"],
+                                          skipped_reason=r["reason"] if r["state"] == "skipped" else None)
+            if status in ("completed", "scheduled"):  # the run is over: its running status says so
+                await set_campaign_status(redis, r["campaign_id"], "completed")
         return len(rows)
 
 

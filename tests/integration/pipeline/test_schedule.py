@@ -21,6 +21,7 @@ import asyncpg
 import orjson
 
 from config import Settings
+from pipeline import campaigns as campaign_rules
 from pipeline import launches, schedule
 from schemas.keys import metrics_key, status_key
 from schemas.topics import CAMPAIGN_LAUNCHES
@@ -288,3 +289,40 @@ async def test_changing_a_scheduled_campaigns_cron_moves_its_next_run(settings, 
     expected = schedule.next_occurrence(new["cron"], new["timezone"], datetime.now(timezone.utc))
     assert datetime.fromisoformat(changed["next_run_at"]) == expected
     assert await pipeline_pool.fetchval("SELECT next_run_at FROM campaigns WHERE campaign_id = $1", cid) == expected
+
+
+async def test_daylight_saving_days_fire_a_skipped_wall_time_once_and_a_repeated_one_once(
+        worker, make_campaign, pipeline_pool):
+    """Berlin 2027: 02:30 does not exist on 28 March (it runs at 03:30 CEST) and happens twice on 31 October
+    (it runs at the first, CEST)."""
+    cron = "30 2 * * *"
+    spring, fall = await make_campaign(users=1), await make_campaign(users=1)
+    spring_run = campaign_rules.next_run({"cron": cron, "timezone": BERLIN},
+                                         datetime(2027, 3, 27, 12, tzinfo=timezone.utc))
+    assert spring_run == datetime(2027, 3, 28, 1, 30, tzinfo=timezone.utc)  # 03:30 CEST
+    fall_run = schedule.next_occurrence(cron, BERLIN, datetime(2027, 10, 30, 12, tzinfo=timezone.utc))
+    assert fall_run == datetime(2027, 10, 31, 0, 30, tzinfo=timezone.utc)  # the first 02:30 (CEST)
+    await make_recurring(pipeline_pool, spring.campaign_id, cron, BERLIN, spring_run)
+    await make_recurring(pipeline_pool, fall.campaign_id, cron, BERLIN, fall_run)
+
+    assert scheduler_once([spring.campaign_id], spring_run - timedelta(seconds=1)) == ([], [])  # not before
+    assert len(scheduler_once([spring.campaign_id], spring_run)[0]) == 1
+    assert len(scheduler_once([fall.campaign_id], fall_run)[0]) == 1
+    second_0230 = datetime(2027, 10, 31, 1, 30, tzinfo=timezone.utc)  # 02:30 CET, the repeated one
+    assert scheduler_once([fall.campaign_id], second_0230 + timedelta(seconds=1)) == ([], [])
+    for campaign, following in ((spring, datetime(2027, 3, 29, 0, 30, tzinfo=timezone.utc)),
+                                (fall, datetime(2027, 11, 1, 1, 30, tzinfo=timezone.utc))):
+        assert [r["state"] for r in await runs(pipeline_pool, campaign.campaign_id)] in (["published"], ["completed"])
+        assert await pipeline_pool.fetchval("SELECT next_run_at FROM campaigns WHERE campaign_id = $1",
+                                            campaign.campaign_id) == following
+
+
+async def test_a_run_with_nobody_to_send_to_completes_and_the_campaign_waits_for_the_next(
+        worker, make_campaign, pipeline_pool):
+    campaign = await make_campaign(users=0)  # a segment empty at this occurrence: no event will ever come
+    at = _a_future_0900(days=10)
+    await make_recurring(pipeline_pool, campaign.campaign_id, CRON, BERLIN, at)
+    assert len(scheduler_once([campaign.campaign_id], at)[0]) == 1
+    done = await _run_completed(pipeline_pool, campaign.campaign_id, at, timeout_s=120)
+    assert done["audience_size"] == 0
+    assert await _status(pipeline_pool, campaign.campaign_id, "scheduled")
