@@ -101,7 +101,8 @@ async def list_runs(request: Request) -> Response:
             "published_at": r["published_at"], "completed_at": r["completed_at"],
             "audience_size": r["audience_size"], "counts": _counts(counts),
         })
-    body = {"runs": runs, "next_cursor": paging.encode_cursor(_CURSOR, page[-1]["run_id"]) if len(rows) > limit else None}
+    next_cursor = paging.encode_cursor(_CURSOR, page[-1]["run_id"]) if len(rows) > limit else None
+    body = {"runs": runs, "next_cursor": next_cursor}
     return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
 
 

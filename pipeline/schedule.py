@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -100,7 +100,6 @@ class Tick:
     next_run_at: datetime | None = None  # when to look again (None: nothing more is scheduled)
     complete: bool = False  # nothing fires and nothing more will: the campaign completes
     missed_unrecorded: int = 0  # skipped occurrences beyond MAX_SKIPS_RECORDED
-    notes: tuple[str, ...] = field(default=())
 
 
 def plan_due(kind: str, status: str, next_run_at: datetime, schedule: Mapping | None,
@@ -152,7 +151,8 @@ def after_run(next_run_at: datetime | None) -> str:
 
 
 def expiring(status: str, end_time: datetime | None, expired_at: datetime | None, now: datetime) -> bool:
-    """Whether a sending campaign has reached its end time and must stop (unsent messages expire)."""
+    """Whether a sending campaign has reached its end time and must stop (unsent messages expire). The
+    expiry query of ``pipeline.schedule_io`` applies this rule in SQL; keep the two in step."""
     return (status in ("active", "paused") and end_time is not None and expired_at is None
             and utc(end_time) <= utc(now))
 
@@ -168,5 +168,6 @@ def run_counts(totals: Mapping[str, float], base: Mapping[str, float]) -> dict[s
 
 
 def republish_due(fired_at: datetime, now: datetime, after_s: float) -> bool:
-    """A run left ``fired`` this long was committed by a worker that died before Kafka acknowledged it."""
+    """A run left ``fired`` this long was committed by a worker that died before Kafka acknowledged it (the
+    re-publish query of ``pipeline.schedule_io`` applies this rule in SQL; keep the two in step)."""
     return utc(now) - utc(fired_at) >= timedelta(seconds=after_s)

@@ -25,6 +25,7 @@ explode processes it once, however many times it was published. The decisions ar
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import uuid
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import asyncpg
+import orjson
 import structlog
 
 from config import Settings
@@ -311,13 +313,10 @@ async def live_run_counts(redis, campaign_id: int) -> dict[str, float]:
 
 async def main(argv: Sequence[str], settings: Settings) -> None:
     """``--forever``: the stage alone, ticking on the clock (bench/schedule.py measures it).
-    ``--once [--now ISO] [--pause-before-publish S] [--campaign ID ...]``: one tick in this process over clients of its own.
+    ``--once [--now ISO] [--pause-before-publish S] [--campaign ID ...]``: one tick in this process over
+    clients of its own.
     Prints ``{"committed": [...]}`` once the fired runs are committed, then ``{"published": [...]}``
     (launch ids); ``--pause-before-publish`` waits between the two (a test kills it there)."""
-    import argparse
-
-    import orjson
-
     parser = argparse.ArgumentParser(description="Run the scheduler once")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--once", action="store_true", help="claim and publish once, then exit")
