@@ -626,9 +626,10 @@ async def launch(
 
     A campaign that starts now gets a new ``launch_id``, its audience size
     frozen, and a ``CampaignLaunch`` on Kafka. One that starts later (a future
-    start_time, or a cron) only becomes ``scheduled``. Whatever fires scheduled
-    campaigns calls this again with ``due=True`` (actor None: Herald itself)
-    inside its own transaction, and commits after it returns.
+    start_time, or a cron) only becomes ``scheduled``, with ``next_run_at`` its
+    first occurrence: the scheduler stage (``agents/schedule.py``) fires it then.
+    ``due=True`` starts a scheduled campaign now (a caller that decided its time
+    has come, inside its own transaction).
     """
     current = row["status"]
     d = launches.definition(row)
