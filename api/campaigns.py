@@ -44,7 +44,7 @@ from pipeline import campaigns as campaign_rules
 from pipeline import launches
 from pipeline import templates  # unresolved_variables and template_syntax_problems (campaign_rules.TemplateChecks)
 from pipeline.money import money_json
-from schemas.encoding import BIGINT_MAX, from_json, to_json
+from schemas.encoding import BIGINT_MAX, to_json
 from schemas.keys import metrics_key
 
 AUTHORS = ("admin", "marketer")
@@ -238,7 +238,7 @@ def campaign_view(row: asyncpg.Record, live: dict[bytes, bytes] | None = None) -
     """
     live = live or {}
     spent = live.get(b"budget_spent")
-    view = {**launches.stored_view(row), "delivery": from_json(row["delivery"])}
+    view = launches.stored_view(row)
     view["metrics"] = {**{name: int(live.get(name.encode(), 0)) for name in _METRICS},
                        "revenue": money_json(live.get(b"revenue", 0)),
                        "suppressed_by_reason": {name[len(_SUPPRESSED_PREFIX):].decode(): int(value)
@@ -559,7 +559,7 @@ async def update_campaign(request: Request) -> Response:
     settings = request.app.state.settings
     async with request.app.state.postgres.acquire() as conn, conn.transaction():
         row = await _locked(request, conn)
-        current = {**launches.definition(row), "delivery": from_json(row["delivery"])}
+        current = launches.definition(row)
         changed = {k: v for k, v in changes.items() if v != current[k]}
         nulls = [k for k in ("name", "type", "channels", "content") if k in changed and changed[k] is None]
         if nulls:
@@ -633,13 +633,13 @@ async def launch(
     """
     current = row["status"]
     d = launches.definition(row)
-    target = campaign_rules.launch_status(d["type"], d["start_time"], now)
+    target = campaign_rules.launch_status(d["type"], d["start_time"], now, d["trigger"])
     if current == "scheduled" and due:
         target = "active"
     if current not in ("draft", "scheduled") or (current, target) == ("scheduled", "scheduled"):
         allowed = ", ".join(campaign_rules.allowed_transitions(current)) or "none (final)"
-        already = (f"it is scheduled and starts {campaign_rules.first_run(d['type'], d['start_time'], d['schedule'], now)}"
-                   if current == "scheduled" else f"it is {current}")
+        starts = campaign_rules.first_run(d["type"], d["start_time"], d["schedule"], now, d["trigger"])
+        already = f"it is scheduled and starts {starts}" if current == "scheduled" else f"it is {current}"
         raise ApiError(
             409,
             "illegal_transition",
@@ -651,7 +651,7 @@ async def launch(
     audience_size = await validate(state, conn, d, now, launching=True)
     if target == "scheduled":
         after = await launches.schedule(conn, row, actor, now)
-        return after, campaign_rules.first_run(d["type"], d["start_time"], d["schedule"], now)
+        return after, campaign_rules.first_run(d["type"], d["start_time"], d["schedule"], now, d["trigger"])
     after = await _published(launches.start(conn, state.kafka, row, actor, audience_size, now))
     return after, None
 

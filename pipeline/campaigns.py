@@ -116,8 +116,10 @@ def transition(current: str, target: str) -> str:
     return target
 
 
-def launch_status(campaign_type: str, start_time: datetime | None, now: datetime) -> str:
+def launch_status(campaign_type: str, start_time: datetime | None, now: datetime,
+                  trigger: Mapping[str, Any] | None = None) -> str:
     """Where a launch takes a campaign: ``scheduled`` if it starts later (or on a cron), else ``active``."""
+    campaign_type, _ = run_plan(campaign_type, None, trigger)
     if campaign_type == "recurring":
         return "scheduled"
     if start_time is not None and start_time > now:
@@ -227,9 +229,11 @@ def start_problems(campaign_type: str, start_time: datetime | None, now: datetim
 
 
 def first_run(
-    campaign_type: str, start_time: datetime | None, schedule: Mapping[str, Any] | None, now: datetime
+    campaign_type: str, start_time: datetime | None, schedule: Mapping[str, Any] | None, now: datetime,
+    trigger: Mapping[str, Any] | None = None,
 ) -> datetime | None:
     """When a campaign launched at ``now`` first sends: its start, or a recurring one's next cron time after it."""
+    campaign_type, schedule = run_plan(campaign_type, schedule, trigger)
     if campaign_type == "recurring" and schedule:
         return next_run(schedule, max(now, _aware(start_time)) if start_time else now)
     if start_time is not None and _aware(start_time) > now:
@@ -271,6 +275,22 @@ def type_problems(
     if (campaign_type != "triggered" or is_date_trigger(trigger)) and segment_id is None:
         problems.append(("target_segment_id", f"a {campaign_type} campaign needs a target segment"))
     return problems
+
+
+# A date trigger runs once a day at 00:00 UTC: each run covers every user's next local hour after it
+# (pipeline/anniversaries.py), so runs 24 h apart cover each user's days once each, whatever their zone.
+# The first run is the first 00:00 UTC after the launch (a run at launch would cover some users' next
+# day twice, with the 00:00 run after it).
+DAILY_RUN = {"cron": "0 0 * * *", "timezone": "UTC"}
+
+
+def run_plan(campaign_type: str, schedule: Mapping[str, Any] | None, trigger: Mapping[str, Any] | None
+             ) -> tuple[str, Mapping[str, Any] | None]:
+    """How the scheduler runs a campaign: as its type says, and a date trigger as a recurring campaign on
+    ``DAILY_RUN``."""
+    if campaign_type == "triggered" and is_date_trigger(trigger):
+        return "recurring", DAILY_RUN
+    return campaign_type, schedule
 
 
 def is_date_trigger(trigger: Mapping[str, Any] | None) -> bool:

@@ -63,6 +63,7 @@ def definition(row: asyncpg.Record) -> dict[str, Any]:
         "schedule": from_json(row["schedule"]) or None,
         "trigger": from_json(row["trigger"]),
         "goals": from_json(row["goals"]) or None,
+        "delivery": from_json(row["delivery"]),
     }
 
 
@@ -133,7 +134,7 @@ async def schedule(conn: asyncpg.Connection, row: asyncpg.Record, actor: Actor |
     """A draft that starts later becomes scheduled, with ``next_run_at`` its first occurrence: the
     scheduler (``pipeline.schedule_io``) fires it then."""
     d = definition(row)
-    next_run_at = campaign_rules.first_run(d["type"], d["start_time"], d["schedule"], now)
+    next_run_at = campaign_rules.first_run(d["type"], d["start_time"], d["schedule"], now, d["trigger"])
     after = await conn.fetchrow(
         "UPDATE campaigns SET status = 'scheduled', next_run_at = $3, version = version + 1, updated_at = $2"
         " WHERE campaign_id = $1 RETURNING *", row["campaign_id"], now, next_run_at,
@@ -148,7 +149,7 @@ async def reschedule(conn: asyncpg.Connection, row: asyncpg.Record, now: datetim
     if row["status"] != "scheduled":
         return row
     d = definition(row)
-    next_run_at = campaign_rules.first_run(d["type"], d["start_time"], d["schedule"], now)
+    next_run_at = campaign_rules.first_run(d["type"], d["start_time"], d["schedule"], now, d["trigger"])
     if next_run_at == row["next_run_at"]:
         return row
     return await conn.fetchrow("UPDATE campaigns SET next_run_at = $2 WHERE campaign_id = $1 RETURNING *",

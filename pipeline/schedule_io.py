@@ -51,7 +51,8 @@ log = structlog.get_logger("herald.schedule")
 
 _DUE = (
     "SELECT * FROM campaigns WHERE next_run_at <= $1"
-    " AND (status = 'scheduled' OR (type = 'recurring' AND status IN ('active', 'paused')))"
+    " AND (status = 'scheduled'"
+    "      OR ((type = 'recurring' OR trigger ? 'date_field') AND status IN ('active', 'paused')))"
     " AND ($3::bigint[] IS NULL OR campaign_id = ANY($3::bigint[]))"
     " ORDER BY next_run_at LIMIT $2 FOR UPDATE SKIP LOCKED"
 )
@@ -62,7 +63,8 @@ _INSERT_RUN = (
 )
 _ANY_DUE = (
     "SELECT EXISTS (SELECT 1 FROM campaigns WHERE next_run_at <= $1"
-    " AND (status = 'scheduled' OR (type = 'recurring' AND status IN ('active', 'paused'))))"
+    " AND (status = 'scheduled'"
+    "      OR ((type = 'recurring' OR trigger ? 'date_field') AND status IN ('active', 'paused'))))"
 )
 
 
@@ -77,8 +79,10 @@ class Fired:
 
 
 def _occurrence_of(row: asyncpg.Record, occurrence: datetime) -> datetime | None:
-    """The launch record's occurrence: set for a recurring run (each run's messages are its own)."""
-    return occurrence if row["type"] == "recurring" else None
+    """The launch record's occurrence: set for a recurring run (each run's messages are its own; a date
+    trigger's daily run also reads it as the instant it covers users from)."""
+    kind, _ = campaign_rules.run_plan(row["type"], None, from_json(row["trigger"]))
+    return occurrence if kind == "recurring" else None
 
 
 class Scheduler:
@@ -135,8 +139,9 @@ class Scheduler:
 
     async def _claim_one(self, conn: asyncpg.Connection, row: asyncpg.Record, now: datetime) -> Fired | None:
         cid = row["campaign_id"]
-        tick = plan.plan_due(row["type"], row["status"], row["next_run_at"], from_json(row["schedule"]) or None,
-                             row["end_time"], now)
+        kind, schedule = campaign_rules.run_plan(row["type"], from_json(row["schedule"]) or None,
+                                                 from_json(row["trigger"]))
+        tick = plan.plan_due(kind, row["status"], row["next_run_at"], schedule, row["end_time"], now)
         if tick.skipped:
             await conn.executemany(_INSERT_RUN, [(cid, at, "skipped", why, None) for at, why in tick.skipped])
         if tick.missed_unrecorded:

@@ -528,6 +528,32 @@ async def test_launch_that_kafka_refuses_is_503_and_changes_nothing(api_settings
         assert [r["action"] for r in await audit_actions(pg, created["campaign_id"])] == ["campaign.created"]
 
 
+async def test_a_birthday_campaign_launches_into_daily_runs_from_the_next_midnight_utc(client, marketer, segment,
+                                                                                      api_settings):
+    body = campaign_body(await segment(1), type="triggered", trigger={"date_field": "attributes.birthday"},
+                         delivery={"local_time": "09:00"})
+    created = create(client, marketer, body)
+    before = await end_offsets(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name)
+
+    response = client.post(f"/api/v1/campaigns/{created['campaign_id']}/launch", headers=bearer(marketer))
+    result = response.json()
+
+    assert response.status_code == 200 and result["status"] == "scheduled", response.text
+    first = datetime.fromisoformat(result["scheduled_for"])
+    now = datetime.now(timezone.utc)
+    assert (first.hour, first.minute, first.second) == (0, 0, 0) and now < first <= now + timedelta(days=1)
+    after = await end_offsets(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name)
+    records = await records_between(api_settings.kafka_brokers, CAMPAIGN_LAUNCHES.name, before, after)
+    assert not [r for _, r in records if r["campaign_id"] == created["campaign_id"]]  # the scheduler fires it
+
+
+def test_a_birthday_campaign_needs_a_profile_date_and_a_local_hour(client, marketer):
+    body = campaign_body(None, type="triggered", trigger={"date_field": "birthday"})
+    response = client.post("/api/v1/campaigns", headers=bearer(marketer), json=body)
+    fields = {f["field"] for f in assert_error(response, 422, "validation_error")["fields"]}
+    assert {"trigger.date_field", "delivery.local_time", "target_segment_id"} <= fields
+
+
 async def test_scheduled_campaign_whose_time_has_come_launches(client, marketer, segment, pg, api_settings):
     created = create(client, marketer, campaign_body(await segment(2), type="scheduled",
                                                      start_time=iso(FUTURE - timedelta(days=1))))
