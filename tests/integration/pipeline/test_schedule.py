@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -24,9 +26,9 @@ from config import Settings
 from pipeline import campaigns as campaign_rules
 from pipeline import launches, schedule
 from schemas.keys import metrics_key, status_key
-from schemas.topics import CAMPAIGN_LAUNCHES
+from schemas.topics import CAMPAIGN_LAUNCHES, MESSAGE_REQUESTS, USER_PROFILES
 from tests.helpers.e2e import Api
-from tests.helpers.kafka import end_offsets, eventually, records_between
+from tests.helpers.kafka import end_offsets, eventually, produce, read_campaign_range, records_between
 from tests.helpers.schedule import make_recurring, runs, scheduler_once, scheduler_process
 
 BERLIN = "Europe/Berlin"
@@ -326,3 +328,41 @@ async def test_a_run_with_nobody_to_send_to_completes_and_the_campaign_waits_for
     done = await _run_completed(pipeline_pool, campaign.campaign_id, at, timeout_s=120)
     assert done["audience_size"] == 0
     assert await _status(pipeline_pool, campaign.campaign_id, "scheduled")
+
+
+async def test_each_run_of_a_dynamic_segment_goes_to_its_members_at_that_occurrence(
+        settings, worker, make_campaign, pipeline_pool):
+    """Run 1 goes to who matches then; between the runs two members stop matching and three new users
+    start: run 2 goes to the segment as it is at its own occurrence."""
+    token = uuid.uuid4().hex
+    base = random.randrange(10**12, 9 * 10**15)
+    first, newcomers = [base + i for i in range(5)], [base + 100 + i for i in range(3)]
+
+    def profiles(user_ids: list[int], probe: str) -> list[tuple[bytes, bytes]]:
+        return [(str(u).encode(), orjson.dumps({"user_id": u, "email": f"r{u}@example.test",
+                                                "attributes": {"segment_probe": probe},
+                                                "updated_at": datetime.now(timezone.utc).isoformat()}))
+                for u in user_ids]
+
+    campaign = await make_campaign(users=0, channels=["email"])
+    criteria = {"conditions": [{"field": "segment_probe", "operator": "equals", "value": token}], "logic": "AND"}
+    await pipeline_pool.execute("UPDATE segments SET kind = 'dynamic', dynamic = true, criteria = $2::jsonb"
+                                " WHERE segment_id = $1", campaign.segment_id, orjson.dumps(criteria).decode())
+    at = _a_future_0900()
+    await make_recurring(pipeline_pool, campaign.campaign_id, CRON, BERLIN, at)
+    try:
+        await produce(settings.kafka_brokers, USER_PROFILES.name, profiles(first, token))
+        audiences = {}
+        for occurrence in (at, schedule.next_occurrence(CRON, BERLIN, at)):
+            if occurrence != at:  # between the runs: two members leave the segment, three users join it
+                await produce(settings.kafka_brokers, USER_PROFILES.name,
+                              profiles(first[:2], "left") + profiles(newcomers, token))
+            start = await end_offsets(settings.kafka_brokers, MESSAGE_REQUESTS.name)
+            (launch_id,), _ = scheduler_once([campaign.campaign_id], occurrence + timedelta(milliseconds=100))
+            done = await _run_completed(pipeline_pool, campaign.campaign_id, occurrence)
+            assert str(done["launch_id"]) == launch_id
+            batches = await read_campaign_range(settings, start, campaign.campaign_id)
+            audiences[occurrence] = sorted(r["user_id"] for _, b in batches for r in b["recipients"])
+        assert list(audiences.values()) == [first, sorted(first[2:] + newcomers)]
+    finally:
+        await pipeline_pool.execute("DELETE FROM users WHERE user_id = ANY($1::bigint[])", first + newcomers)
