@@ -202,14 +202,19 @@ def schedule_problems(schedule: Mapping[str, Any] | None) -> list[Problem]:
         problems.append(("schedule.cron", "a cron expression such as '0 9 * * MON' is required"))
     elif len(cron.split()) != 5 or not croniter.is_valid(cron):
         problems.append(("schedule.cron", f"{cron!r} is not a five-field cron expression"))
-    tz = schedule.get("timezone", "UTC")
+    problems += zone_problems("schedule.timezone", schedule.get("timezone", "UTC"))
+    return problems
+
+
+def zone_problems(field: str, tz: object) -> list[Problem]:
+    """``tz`` must name an IANA time zone (``field`` is where it was given)."""
     try:
         if not isinstance(tz, str) or not tz:
             raise ZoneInfoNotFoundError(tz)
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        problems.append(("schedule.timezone", f"{tz!r} is not an IANA time zone such as 'Europe/Paris'"))
-    return problems
+        return [(field, f"{tz!r} is not an IANA time zone such as 'Europe/Paris'")]
+    return []
 
 
 def next_run(schedule: Mapping[str, Any], after: datetime) -> datetime:
@@ -338,14 +343,8 @@ def delivery_problems(delivery: Mapping[str, Any] | None, campaign_type: str,
     if_passed = delivery.get("if_passed", "next_day")
     if if_passed not in IF_PASSED:
         problems.append(("delivery.if_passed", f"unknown value {if_passed!r}; known: {', '.join(IF_PASSED)}"))
-    tz = delivery.get("timezone")
-    if tz is not None:
-        try:
-            if not isinstance(tz, str) or not tz:
-                raise ZoneInfoNotFoundError(tz)
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            problems.append(("delivery.timezone", f"{tz!r} is not an IANA time zone such as 'Europe/Paris'"))
+    if delivery.get("timezone") is not None:
+        problems += zone_problems("delivery.timezone", delivery["timezone"])
     return problems
 
 
