@@ -28,6 +28,14 @@ Delivery, per channel:
 People:
 
     inbox:{user}                      a user's in-app inbox
+
+Flows (journeys "j{id}", triggered campaigns "c{id}"; pipeline/journeys):
+
+    flow:{flow}:progress              entered, at:{node}, exited:{reason}, timed_out, converted
+    flow:{flow}:entries               entries counted against the entry limit
+    flow:{flow}:exit:{user}           the entry a goal or stop ended: its queued messages are dropped
+    flows:changed                     bumped when what the trigger stages load changes
+    test:clock:offset_s               how far the flows' clock runs ahead, on test workers only
 """
 
 from __future__ import annotations
@@ -142,3 +150,26 @@ DEFERRED = "gate:deferred"
 
 def inbox_key(user_id: int | str) -> str:
     return f"inbox:{user_id}"
+
+
+# ── flows: journeys ("j{id}") and triggered campaigns ("c{id}") ───────────────
+
+
+def flow_progress_key(flow: str) -> str:
+    """Hash of a flow's live progress: entered, at:{node}, exited:{reason}, timed_out, converted, refused:{why}."""
+    return f"flow:{flow}:progress"
+
+
+def flow_entries_key(flow: str) -> str:
+    """Entries counted against the flow's entry limit (INCR per entry)."""
+    return f"flow:{flow}:entries"
+
+
+def flow_exit_key(flow: str, user_id: int) -> str:
+    """The entry number (k) of the user's last goal exit or stop: their messages of that entry still
+    queued are not sent (the gate and the senders read it)."""
+    return f"flow:{flow}:exit:{user_id}"
+
+
+FLOWS_CHANGED = "flows:changed"  # bumped when a journey is published or stopped, or a trigger changes
+TEST_CLOCK = "test:clock:offset_s"  # seconds the flows' clock runs ahead (HERALD_TEST_CLOCK workers only)
