@@ -127,7 +127,12 @@ class _Definition(BaseModel):
     budget: Budget | None = None
     ab_test: AbTest | None = None
     schedule: Schedule | None = Field(default=None, description="Recurring campaigns only")
-    trigger: dict[str, Any] | None = Field(default=None, description="Triggered campaigns only: {event, ...}")
+    trigger: dict[str, Any] | None = Field(
+        default=None,
+        description="Triggered campaigns only: an event rule {event, topic?, where? (segment DSL conditions on the"
+        " event's properties), reentry? (once, every, window + reentry_window such as '7_days'), dedup_key?,"
+        " limit?} (the audience is target_segment_id, optional) or a profile date {date_field}",
+    )
     goals: dict[str, Any] | None = None
     delivery: Delivery | None = Field(default=None, description="Immediate, scheduled and recurring campaigns:"
                                       " deliver at a local hour in each recipient's time zone")

@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadCronError, croniter
 
 from pipeline.anniversaries import date_field_problem
+from pipeline.journeys.model import DefinitionError, parse_rule
 from pipeline.schedule import next_occurrence
 
 Problem = tuple[str, str]
@@ -83,7 +84,6 @@ REQUIRED_PARTS: Mapping[str, tuple[tuple[str, ...], ...]] = {
 # Keys of a channel's content that are not template text.
 CONTENT_SETTINGS = frozenset({"template_id", "variables", "language"})
 
-_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 _VARIANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _CENT = Decimal("0.0001")
 
@@ -253,7 +253,8 @@ def type_problems(
     trigger: Mapping[str, Any] | None,
     segment_id: int | None,
 ) -> list[Problem]:
-    """What each campaign type needs: a start for scheduled, a cron for recurring, an event for triggered."""
+    """What each campaign type needs: a start for scheduled, a cron for recurring, an event rule or a
+    profile date for triggered."""
     problems: list[Problem] = []
     if campaign_type not in CAMPAIGN_TYPES:
         return [("type", f"unknown campaign type {campaign_type!r}; known: {', '.join(CAMPAIGN_TYPES)}")]
@@ -264,7 +265,6 @@ def type_problems(
     if campaign_type != "recurring" and schedule is not None:
         problems.append(("schedule", "only recurring campaigns have a cron schedule"))
     if campaign_type == "triggered":
-        event = (trigger or {}).get("event")
         if trigger is None:
             problems.append(("trigger", "a triggered campaign needs a trigger {event, ...} or {date_field}"))
         elif is_date_trigger(trigger):
@@ -273,12 +273,37 @@ def type_problems(
             problem = date_field_problem(trigger["date_field"])
             if problem:
                 problems.append(("trigger.date_field", problem))
-        elif not isinstance(event, str) or not _EVENT_NAME.match(event):
-            problems.append(("trigger.event", "an event name such as 'cart_abandoned' is required"))
+        else:
+            problems += event_trigger_problems(trigger)
     elif trigger is not None:
         problems.append(("trigger", "only triggered campaigns have a trigger"))
     if (campaign_type != "triggered" or is_date_trigger(trigger)) and segment_id is None:
         problems.append(("target_segment_id", f"a {campaign_type} campaign needs a target segment"))
+    return problems
+
+
+EVENT_TRIGGER_FIELDS = ("event", "topic", "where", "reentry", "reentry_window", "dedup_key", "limit")
+
+
+def event_trigger_problems(trigger: object) -> list[Problem]:
+    """An event trigger is an entry rule as journeys read it (``pipeline.journeys.model.parse_rule``):
+    ``event``, ``topic`` (default user-events), ``where`` (segment DSL conditions on the event's
+    properties), ``reentry`` (once, every, window with ``reentry_window``), ``dedup_key`` and ``limit``.
+    It has no ``segment_id``: the campaign's own ``target_segment_id`` is the audience the user must
+    also be in (optional for an event trigger)."""
+    problems: list[Problem] = []
+    if isinstance(trigger, Mapping):
+        for key in trigger:
+            if key == "segment_id":
+                problems.append(("trigger.segment_id", "a campaign's audience is its target_segment_id,"
+                                                       " not a trigger field"))
+            elif key not in EVENT_TRIGGER_FIELDS:
+                problems.append((f"trigger.{key}", f"unknown field; allowed: {', '.join(EVENT_TRIGGER_FIELDS)}"))
+        trigger = {k: v for k, v in trigger.items() if k in EVENT_TRIGGER_FIELDS}
+    try:
+        parse_rule(trigger, "trigger")
+    except DefinitionError as exc:
+        problems += exc.problems
     return problems
 
 

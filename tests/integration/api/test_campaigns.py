@@ -159,6 +159,11 @@ async def test_every_validation_problem_is_named_in_one_answer(client, marketer)
         ({"type": "recurring", "schedule": {"cron": "every day", "timezone": "UTC"}}, "schedule.cron"),
         ({"type": "recurring", "schedule": {"cron": "0 9 * * *", "timezone": "Moon/Base"}}, "schedule.timezone"),
         ({"type": "triggered", "trigger": {"event": "Not An Event"}}, "trigger.event"),
+        ({"type": "triggered", "trigger": {"event": "purchase", "where": [{"field": "amount", "operator": "bigger",
+                                                                           "value": 5}]}},
+         "trigger.where.conditions.0.operator"),
+        ({"type": "triggered", "trigger": {"event": "purchase", "reentry": "sometimes"}}, "trigger.reentry"),
+        ({"type": "triggered", "trigger": {"event": "purchase", "segment_id": 3}}, "trigger.segment_id"),
         ({"end_time": "2001-01-01T00:00:00Z"}, "end_time"),
         ({"budget": {"max_spend": 5, "currency": "ZZZ"}}, "budget.currency"),
         ({"ab_test": {"enabled": True, "variants": [{"id": "A", "weight": 50}, {"id": "A", "weight": 50}]}},
@@ -214,9 +219,11 @@ async def test_a_template_of_another_channel_is_refused(client, marketer, segmen
 
 
 async def test_triggered_campaign_needs_no_segment(client, marketer):
-    body = campaign_body(None, type="triggered", trigger={"event": "cart_abandoned", "delay": "1h"}, ab_test=None)
+    trigger = {"event": "cart_abandoned", "where": [{"field": "total", "operator": "greater_than", "value": 20}],
+               "reentry": "window", "reentry_window": "7_days", "dedup_key": "cart_id"}
+    body = campaign_body(None, type="triggered", trigger=trigger, ab_test=None)
     created = create(client, marketer, body)
-    assert created["trigger"] == {"event": "cart_abandoned", "delay": "1h"}
+    assert created["trigger"] == trigger
     assert created["estimated_recipients"] is None
 
 

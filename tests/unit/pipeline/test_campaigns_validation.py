@@ -102,6 +102,38 @@ def test_each_type_asks_for_what_it_needs():
     assert fields(type_problems("weekly", None, None, None, 1)) == ["type"]
 
 
+def test_an_event_trigger_is_a_rule_as_journeys_read_it():
+    rule = {"event": "purchase", "topic": "user-events", "where": [{"field": "amount", "operator": "greater_than",
+                                                                     "value": 50}],
+            "reentry": "window", "reentry_window": "7_days", "dedup_key": "order_id", "limit": 1000}
+    assert type_problems("triggered", None, None, rule, None) == []
+    assert type_problems("triggered", None, None, {"event": "purchase", "reentry": "every"}, 7) == []
+
+
+@pytest.mark.parametrize("trigger, field", [
+    ({"event": "purchase", "where": [{"field": "amount", "operator": "bigger", "value": 5}]}, "trigger.where"),
+    ({"event": "purchase", "where": [{"field": "events.purchase.count", "operator": "at_least", "value": 1}]},
+     "trigger.where"),
+    ({"event": "purchase", "reentry": "sometimes"}, "trigger.reentry"),
+    ({"event": "purchase", "reentry": "window"}, "trigger.reentry_window"),
+    ({"event": "purchase", "reentry_window": "7_days"}, "trigger.reentry_window"),
+    ({"event": "purchase", "dedup_key": "order id"}, "trigger.dedup_key"),
+    ({"event": "purchase", "limit": 0}, "trigger.limit"),
+    ({"event": "purchase", "topic": "no spaces allowed"}, "trigger.topic"),
+    ({"event": "purchase", "delay": "1h"}, "trigger.delay"),
+    ({"where": [{"field": "amount", "operator": "greater_than", "value": 5}]}, "trigger.event"),
+])
+def test_a_bad_event_trigger_names_the_rules_field(trigger, field):
+    problems = type_problems("triggered", None, None, trigger, None)
+    assert problems and all(f.startswith(field) for f in fields(problems)), problems
+
+
+def test_a_campaign_trigger_has_no_segment_of_its_own():
+    problems = type_problems("triggered", None, None, {"event": "purchase", "segment_id": 7}, None)
+    assert fields(problems) == ["trigger.segment_id"]
+    assert "target_segment_id" in problems[0][1]
+
+
 def test_a_date_trigger_names_a_profile_date_needs_a_segment_and_a_local_hour():
     birthday = {"date_field": "attributes.birthday"}
     assert type_problems("triggered", None, None, birthday, 1) == []
