@@ -44,16 +44,14 @@ import structlog
 
 from agents._io import send_dead_letters
 from pipeline import explode_io
-from pipeline.app import app, clients, settings
+from pipeline.app import app, audience, clients, settings
 from pipeline.batch_consumer import run_forever
 from pipeline.codecs import RawRecord, dead_letter, decode_batch
-from pipeline.launch_audience import WorkerAudience
 from pipeline.worker_clients import StartedOnce
 from schemas.campaigns import CampaignLaunch
 from schemas.topics import CAMPAIGN_LAUNCHES
 
 log = structlog.get_logger("herald.explode")
-audience = WorkerAudience(settings)
 _exploder = StartedOnce(lambda: explode_io.Exploder(settings, clients, audience))
 
 

@@ -122,11 +122,14 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
         history=_users(gate_history, buckets), profiles=await stores.profiles(uids),
     )
     asks, verdicts = {}, {}
+    gone = await stores.exited(campaign.journey_id, batch.step, uids) if campaign.journey_id else set()
     for ch in channels:
         asks[ch] = gate_rules.Ask(batch.campaign_id, ch, batch.step, batch.category, batch.transactional,
                              f"{partition}:{offset}", now, campaign.quiet_hours, stores.policy,
                              local=campaign.local, launched_at=batch.launched_at.timestamp())
         verdicts[ch] = gate_rules.screen(asks[ch], uids, view)
+        if gone:
+            verdicts[ch] = gate_rules.drop_users(verdicts[ch], gone, "journey_exit")
     if campaign.max_spend is not None:
         wanted = {ch: len(gate_rules.releases(v)) for ch, v in verdicts.items()}
         allowed = await stores.reserve_budget(batch.campaign_id, f"{partition}:{offset}", campaign.max_spend,

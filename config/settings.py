@@ -45,6 +45,15 @@ class Settings(BaseSettings):
     # One PostgreSQL pool per worker process, shared by every stage (pipeline/worker_clients.py).
     worker_postgres_pool: int = Field(default=10, ge=1)
 
+    # The trigger stages (agents/match_triggers.py, agents/advance_journeys.py).
+    # How long a journey's sends wait to be sent on together (one message-requests record per
+    # campaign, step and partition), and how often the timers and the flows' definitions are checked.
+    journey_flush_s: float = Field(default=0.03, gt=0)
+    journey_tick_s: float = Field(default=0.25, gt=0)
+    journey_reload_s: float = Field(default=30.0, gt=0)
+    # Test workers only: the flows' clock runs ahead by Redis ``test:clock:offset_s`` (tests wait days in seconds).
+    test_clock: bool = False
+
     # `make run`: how many worker processes, and the demo audience it loads.
     workers: int = Field(default=2, ge=1)
     demo_users: int = Field(default=100_000, ge=0)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import faust
 
 from config import get_settings
+from pipeline.launch_audience import WorkerAudience
 from pipeline.worker_clients import WorkerClients
 from schemas.topics import (
-    CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES, DEAD_LETTERS, DELIVERY_EVENTS, MESSAGE_REQUESTS, OUTBOX, PREFERENCE_UPDATES,
-    USER_EVENTS, USER_PROFILES, TopicSpec,
+    CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES, DEAD_LETTERS, DELIVERY_EVENTS, JOURNEY_SIGNALS, MESSAGE_REQUESTS, OUTBOX,
+    PREFERENCE_UPDATES, USER_EVENTS, USER_PROFILES, TopicSpec,
 )
 
 settings = get_settings()
@@ -55,6 +56,9 @@ app = faust.App(
 # The worker's clients (one PostgreSQL pool, Redis client, Cassandra session and Kafka producer),
 # opened on first use and handed to every stage; closed when the worker stops.
 clients = WorkerClients(settings)
+# The worker's live audience store (segments), opened by agents/explode.py's ``follow_audience`` task
+# and read by the stages that resolve segments (explode; advance_journeys' segment tests and entries).
+audience = WorkerAudience(settings)
 
 
 @app.on_before_shutdown.connect
@@ -75,3 +79,5 @@ preference_updates_topic = _topic(PREFERENCE_UPDATES)
 message_requests_topic = _topic(MESSAGE_REQUESTS)
 outbox_topics = {channel: _topic(spec) for channel, spec in OUTBOX.items()}
 delivery_events_topic = _topic(DELIVERY_EVENTS)
+# advance_journeys reads both, co-partitioned by user: signals, and the engagement of its messages.
+journey_inputs_topic = app.topic(JOURNEY_SIGNALS.name, DELIVERY_EVENTS.name, partitions=JOURNEY_SIGNALS.partitions)

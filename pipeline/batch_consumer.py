@@ -15,7 +15,7 @@ the batch; a crash replays the uncommitted tail, and the writers are idempotent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 from aiokafka import AIOKafkaConsumer
@@ -42,11 +42,18 @@ GROUP_TIMEOUTS = {
 }
 
 
-async def consume_in_batches(settings: Settings, topic: str, stage: str, handle: Handler,
+Topics = str | Callable[[], Sequence[str]]
+
+
+async def consume_in_batches(settings: Settings, topic: Topics, stage: str, handle: Handler,
                              stop: asyncio.Event | None = None) -> None:
-    """Feed ``handle`` batches of raw records from ``topic`` until cancelled or ``stop`` is set."""
+    """Feed ``handle`` batches of raw records from ``topic`` until cancelled or ``stop`` is set.
+
+    ``topic`` may be a function giving the topics to read: when what it gives changes, the
+    consumer returns (``run_forever`` starts it again on the new topics)."""
+    topics = (topic,) if isinstance(topic, str) else tuple(sorted(topic()))
     consumer = AIOKafkaConsumer(
-        topic,
+        *topics,
         bootstrap_servers=settings.kafka_brokers,
         group_id=f"{settings.app_id}.{stage}",
         client_id=f"{settings.app_id}.{stage}",
@@ -60,6 +67,9 @@ async def consume_in_batches(settings: Settings, topic: str, stage: str, handle:
     log.info("bulk consumer started", topic=topic, stage=stage)
     try:
         while stop is None or not stop.is_set():
+            if not isinstance(topic, str) and tuple(sorted(topic())) != topics:
+                log.info("bulk consumer's topics changed; restarting", stage=stage, topics=sorted(topic()))
+                return
             batch = await consumer.getmany(
                 timeout_ms=int(settings.worker_batch_seconds * 1000), max_records=settings.worker_batch_size
             )
@@ -81,12 +91,14 @@ async def consume_in_batches(settings: Settings, topic: str, stage: str, handle:
         await consumer.stop()
 
 
-async def run_forever(settings: Settings, topic: str, stage: str, handle: Handler) -> None:
+async def run_forever(settings: Settings, topic: Topics, stage: str, handle: Handler) -> None:
     """``consume_in_batches``, restarted with backoff if Kafka or a handler fails."""
     delay = 0.5
     while True:
         try:
             await consume_in_batches(settings, topic, stage, handle)
+            delay = 0.5
+            continue
         except asyncio.CancelledError:
             raise
         except (KafkaError, OSError) as exc:

@@ -70,6 +70,7 @@ class CampaignRuntime:
     segment_id: int | None
     launch_id: uuid.UUID | None
     webhook_url: str | None
+    journey_id: int | None = None  # a journey's send node: its messages are dropped for users who left it
     loaded_at: float = field(default_factory=time.monotonic, compare=False)
 
     def unit_cost(self, channel: str) -> float:
@@ -108,10 +109,12 @@ def runtime_from(row: Mapping[str, Any], templates: Mapping[str, Mapping[str, An
         segment_id=row["segment_id"],
         launch_id=row["launch_id"],
         webhook_url=webhook.get("url") if isinstance(webhook, Mapping) else None,
+        journey_id=row.get("journey_id"),
     )
 
 
-_COLUMNS = "campaign_id, name, type, status, version, channels, content, ab_test_config, budget, segment_id, launch_id"
+_COLUMNS = ("campaign_id, name, type, status, version, channels, content, ab_test_config, budget, segment_id, launch_id,"
+            " journey_id")
 _campaigns: dict[int, tuple[float, CampaignRuntime]] = {}  # campaign_id -> (checked at, runtime)
 _locks: dict[int, asyncio.Lock] = {}
 

@@ -430,6 +430,11 @@ def screen(ask: Ask, user_ids: Sequence[int], view: GateView) -> list[Verdict]:
     return verdicts
 
 
+def drop_users(verdicts: list[Verdict], users: set[int], reason: str) -> list[Verdict]:
+    """``users`` suppressed with ``reason`` whatever was decided for them (a journey they left)."""
+    return [Verdict(v.user_id, "suppressed", reason) if v.user_id in users else v for v in verdicts]
+
+
 def releases(verdicts: Iterable[Verdict]) -> list[Verdict]:
     return [v for v in verdicts if v.status != "suppressed"]
 

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 
 from config import Settings
 from pipeline import gate as gate_rules
+from pipeline import journey_exits
 from pipeline.release_windows import ReleaseWindow
 from pipeline.campaign_state import campaign_status, load_campaign
 from pipeline.control_io import HeldBatches
@@ -84,6 +85,7 @@ class GateCampaign:
     unit_costs: dict[str, float]
     quiet_hours: tuple[clock, clock] | None
     local: gate_rules.LocalDelivery | None = None  # delivery.local_time: each recipient's local hour
+    journey_id: int | None = None  # a journey's send node (pipeline/journey_exits.py)
 
 
 class GateIO:
@@ -141,7 +143,12 @@ class GateIO:
             unit_costs=dict(runtime.unit_costs),
             quiet_hours=cached[1],
             local=cached[2],
+            journey_id=runtime.journey_id,
         )
+
+    async def exited(self, journey_id: int | None, step: str, user_ids: list[int]) -> set[int]:
+        """Users of a journey step who left the journey by its goal (or a stop) since it was queued."""
+        return await journey_exits.exited(self.redis, journey_id, step, user_ids)
 
     async def lag(self, channel: str) -> float:
         """The channel's queue lag as its senders last reported it (0 when none did lately), read at

@@ -7,6 +7,7 @@ app turns them into Faust topics.
     upstream ─► user-profiles (compacted) · user-events
     API ─────► campaign-launches · campaign-control · preference-updates (compacted)
     explode ─► message-requests ─► gate ─► outbox.<channel> ─► senders ─► delivery-events
+    rule topics ─► match_triggers ─► journey-signals ─► advance_journeys ─► message-requests
     anything that cannot be processed ─► dead-letters
     Faust tables ─► <app_id>-<table>-changelog (compacted)
 """
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 
 from config import get_settings
 from schemas.campaigns import CampaignControl, CampaignLaunch
+from schemas.journeys import JourneySignal
 from schemas.messages import CHANNELS, DeliveryEventBatch, MessageBatch
 from schemas.preferences import FREQUENCY_CAP_WINDOW_DAYS, PreferenceUpdate
 from schemas.records import DeadLetter, UserEvent, UserProfile
@@ -80,6 +82,8 @@ DEAD_LETTERS = TopicSpec("dead-letters", _P, DeadLetter, retention_ms=4 * WEEK_M
 MESSAGE_REQUESTS = TopicSpec("message-requests", _P, MessageBatch, retention_ms=WEEK_MS)
 OUTBOX = {channel: TopicSpec(f"outbox.{channel}", _P, MessageBatch, retention_ms=WEEK_MS) for channel in CHANNELS}
 DELIVERY_EVENTS = TopicSpec("delivery-events", _P, DeliveryEventBatch, retention_ms=4 * WEEK_MS)
+# The trigger stages (schemas/journeys.py): events some flow listens to, and due timers, per partition.
+JOURNEY_SIGNALS = TopicSpec("journey-signals", _P, JourneySignal, retention_ms=WEEK_MS)
 
 # Changelogs of Faust tables (tables/), declared here like the rest.
 DEAD_LETTER_COUNTS = changelog("dead_letter_counts")
@@ -92,6 +96,8 @@ GATE_SUPPRESSIONS = changelog("gate_suppressions")
 _HISTORY_KEEP_MS = (max(max(settings.gate_cap_window_days, FREQUENCY_CAP_WINDOW_DAYS) * 86400,
                         settings.gate_dedup_window_s) + 86400) * 1000
 GATE_HISTORY = changelog("gate_history", retention_ms=_HISTORY_KEEP_MS)
+# Each user's place in every flow (tables/journey_state.py): compacted, kept while the user is.
+JOURNEY_STATE = changelog("journey_state")
 
 TOPICS: tuple[TopicSpec, ...] = (
     USER_PROFILES,
@@ -104,9 +110,11 @@ TOPICS: tuple[TopicSpec, ...] = (
     MESSAGE_REQUESTS,
     *OUTBOX.values(),
     DELIVERY_EVENTS,
+    JOURNEY_SIGNALS,
     GATE_PREFERENCES,
     GATE_SUPPRESSIONS,
     GATE_HISTORY,
+    JOURNEY_STATE,
 )
 
 

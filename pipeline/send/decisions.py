@@ -105,6 +105,7 @@ class SendPlan:
     variables: dict[str, Any]
     unit_cost: float
     url: str | None = None  # the webhook channel's target
+    journey_id: int | None = None  # a journey's send node: users who left the journey get nothing more
 
 
 def plan_content(channel: str, entry: Mapping[str, Any], template: Mapping[str, Any] | None) -> TemplateContent:

@@ -45,6 +45,7 @@ from redis.asyncio import Redis
 
 from config import Settings
 from pipeline import control
+from pipeline import journey_exits
 from pipeline.campaign_state import campaign_status, load_campaign
 from pipeline.channels import Channel, Message, SendResult, email_provider
 from pipeline.channels.base import SENT, TRANSIENT
@@ -116,6 +117,7 @@ class CampaignPlans:
             variables=dict(entry.get("variables") or {}),
             unit_cost=campaign.unit_cost(self.channel),
             url=campaign.webhook_url if self.channel == "webhook" else None,
+            journey_id=campaign.journey_id,
         )
 
 
@@ -290,6 +292,15 @@ class Sender:
             report.events += [self._plain_event(batch, batch.recipients[i], "failed", reason) for i in todo]
             report.dead.append(dead_letter(raw, self.stage, reason))
             return
+        if plan.journey_id is not None:  # a goal reached since this was queued: not sent (pipeline/journey_exits.py)
+            gone = await journey_exits.exited(self.redis, plan.journey_id, batch.step,
+                                              [batch.recipients[i].user_id for i in todo])
+            if gone:
+                report.events += [self._plain_event(batch, batch.recipients[i], "suppressed", "journey_exit")
+                                  for i in todo if batch.recipients[i].user_id in gone]
+                todo = [i for i in todo if batch.recipients[i].user_id not in gone]
+                if not todo:
+                    return
         needs_profile = self.channel != "webhook" or bool(plan.template.content.parts)
         profiles = await self.profiles.fetch([batch.recipients[i].user_id for i in todo]) if needs_profile else {}
         outs: list[_Out] = []

@@ -28,7 +28,8 @@ PURE = (
     "pipeline.anniversaries", "pipeline.campaigns", "pipeline.explode", "pipeline.gate", "pipeline.lanes",
     "pipeline.metrics", "pipeline.control", "pipeline.aggregate", "pipeline.send.decisions", "pipeline.segments.dsl",
     "pipeline.segments.compile", "pipeline.content.engine", "pipeline.content.model", "pipeline.partitioning",
-    "pipeline.schedule",
+    "pipeline.schedule", "pipeline.journeys.model", "pipeline.journeys.rules", "pipeline.journeys.engine",
+    "pipeline.journeys.flows", "pipeline.journeys.timers", "pipeline.journeys.matching",
 )
 
 

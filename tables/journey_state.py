@@ -1,0 +1,21 @@
+"""Each user's place in every flow: one Faust table keyed by user id, written by agents/advance_journeys.py.
+
+    journey_state  "<user_id>" → {"<flow>": member}   (member: pipeline/journeys/engine.py)
+
+Keyed per user, not grouped per bucket as the gate's tables are: a journey moves one user at a
+time (an event, a timer), so a bucket would rewrite hundreds of users' state for each move. The
+table is written while processing a ``journey-signals`` or ``delivery-events`` record of the
+user's partition, so Faust writes the changelog record to that partition and a restarted worker
+restores exactly the users of the partitions it is assigned. Values are JSON (lists, str keys).
+"""
+
+from pipeline.app import app
+from schemas.topics import JOURNEY_STATE
+
+journey_state = app.Table(
+    JOURNEY_STATE.table_name,
+    default=None,
+    partitions=JOURNEY_STATE.partitions,
+    key_type=str,
+    value_type=None,
+)
