@@ -1,0 +1,161 @@
+"""Journeys end to end: real Kafka, PostgreSQL, Redis, a real worker and recording provider peers.
+
+The worker runs with a controllable clock (HERALD_TEST_CLOCK=1: the flows' clock runs ahead by
+Redis ``test:clock:offset_s``), so "wait 1 day" passes when a test moves the clock a day ahead.
+
+The spec's workflow (MultiChannelOrchestrator): send an email, wait a day, if not opened send a push,
+wait two days, if still not converted send an SMS; a purchase (the goal) ends the journey at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from config import Settings
+from schemas.keys import flow_progress_key
+from tests.helpers.e2e import redis_hash
+from tests.helpers.journeys import (
+    DAY, advance_clock, engage, fresh_ids, publish_flow, remove_flow, reset_clock, send_events, stop_flow,
+)
+from tests.helpers.pipeline import insert_users
+from tests.peers import FcmPeer, SmtpPeer, TwilioPeer
+
+SPEC = {
+    "name": "spec workflow",
+    "goal": {"event": "purchase"},
+    "nodes": [
+        {"id": "start", "type": "entry", "event": "signup", "next": "welcome"},
+        {"id": "welcome", "type": "send", "channel": "email", "template_id": 1, "next": "day"},
+        {"id": "day", "type": "wait", "duration": "1_day", "next": "opened"},
+        {"id": "opened", "type": "condition", "if": {"opened": "welcome"}, "then": "two_days", "else": "nudge"},
+        {"id": "nudge", "type": "send", "channel": "push", "template_id": 2, "next": "two_days"},
+        {"id": "two_days", "type": "wait", "duration": "2_days", "next": "converted"},
+        {"id": "converted", "type": "condition", "if": {"converted": True}, "then": "done", "else": "last_call"},
+        {"id": "last_call", "type": "send", "channel": "sms", "template_id": 3, "next": "done"},
+        {"id": "done", "type": "exit"},
+    ],
+}
+
+
+class Providers:
+    def __init__(self) -> None:
+        self.smtp, self.sms, self.push = SmtpPeer().start(), TwilioPeer().start(), FcmPeer().start()
+
+    def env(self) -> dict[str, str]:
+        return {"HERALD_SMTP_HOST": self.smtp.host, "HERALD_SMTP_PORT": str(self.smtp.port), "HERALD_SMS_URL": self.sms.url,
+                "HERALD_PUSH_URL": self.push.url, "HERALD_EMAIL_PROVIDER": "smtp", "HERALD_TEST_CLOCK": "1"}
+
+    def received(self, users: set[int]) -> Counter:
+        """(user, channel) → messages the providers got for these users."""
+        got: Counter = Counter()
+        for m in list(self.smtp.messages):
+            for rcpt in m.rcpt_tos:
+                local = rcpt.split("@")[0].removeprefix("u")
+                if local.isdigit() and int(local) in users:
+                    got[(int(local), "email")] += 1
+        for r in list(self.push.requests):
+            token = (r.json().get("message") or {}).get("token", "")
+            uid = token.removeprefix("token-")
+            if uid.isdigit() and int(uid) in users:
+                got[(int(uid), "push")] += 1
+        by_phone = {f"+1555{u % 10**7:07d}": u for u in users}
+        for r in list(self.sms.requests):
+            uid = by_phone.get(r.form().get("To", ""))
+            if uid is not None:
+                got[(uid, "sms")] += 1
+        return got
+
+    def stop(self) -> None:
+        for peer in (self.smtp, self.sms, self.push):
+            peer.stop()
+
+
+@pytest.fixture(scope="module")
+def providers() -> Iterator[Providers]:
+    peers = Providers()
+    yield peers
+    peers.stop()
+
+
+@pytest.fixture
+async def journey_worker(workers, providers: Providers, pipeline_redis):
+    await reset_clock(pipeline_redis)
+    proc = workers.ensure(providers.env(), "journey-worker")
+    yield proc
+    await reset_clock(pipeline_redis)
+
+
+@pytest.fixture
+async def flows(pipeline_pool, pipeline_redis):
+    made: list[int] = []
+    yield made
+    for journey_id in made:
+        await remove_flow(pipeline_pool, pipeline_redis, journey_id)
+
+
+async def until(check, timeout_s: float = 60.0, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {timeout_s} s: {value!r}")
+        await asyncio.sleep(every_s)
+
+
+async def progress(settings: Settings, journey_id: int) -> dict[str, float]:
+    return await redis_hash(settings, flow_progress_key(f"j{journey_id}"))
+
+
+async def test_spec_workflow_sends_what_each_user_earns(settings, pipeline_pool, pipeline_redis, providers,
+                                                        journey_worker, flows):
+    opener, clicker, buyer_early, buyer_late, ignorer = users = fresh_ids(5)
+    async with pipeline_pool.acquire() as conn:
+        await insert_users(conn, users, lambda u: "en")
+    journey_id, _, steps = await publish_flow(pipeline_pool, pipeline_redis, SPEC)
+    flows.append(journey_id)
+    who = set(users)
+
+    await send_events(settings, [(u, "signup", {"plan": "free"}) for u in users])
+    await until(lambda: _count(providers, who, "email", 5))
+    await engage(settings, opener, steps["welcome"], "email", "welcome#1", "opened")
+    await engage(settings, clicker, steps["welcome"], "email", "welcome#1", "clicked")
+    await send_events(settings, [(buyer_early, "purchase", {"amount": 30})])
+    await until(lambda: _field(settings, journey_id, "exited:goal", 1))
+    await asyncio.sleep(1.0)  # the opens reach the worker (no counter shows an open)
+
+    await advance_clock(pipeline_redis, DAY + 5)
+    await until(lambda: _count(providers, who, "push", 2))
+    await send_events(settings, [(buyer_late, "purchase", {"amount": 50})])
+    await until(lambda: _field(settings, journey_id, "exited:goal", 2))
+
+    await advance_clock(pipeline_redis, 2 * DAY + 5)
+    await until(lambda: _count(providers, who, "sms", 3))
+    await until(lambda: _field(settings, journey_id, "exited:exit", 3))
+    await asyncio.sleep(2.0)  # anything more would have come by now
+    assert providers.received(who) == Counter({
+        (opener, "email"): 1, (opener, "sms"): 1,
+        (clicker, "email"): 1, (clicker, "sms"): 1,
+        (buyer_early, "email"): 1,
+        (buyer_late, "email"): 1, (buyer_late, "push"): 1,
+        (ignorer, "email"): 1, (ignorer, "push"): 1, (ignorer, "sms"): 1,
+    })
+    counts = await progress(settings, journey_id)
+    assert counts["entered"] == 5 and counts["converted"] == 2
+    assert not any(v for k, v in counts.items() if k.startswith("at:")), counts  # nobody left inside
+
+
+async def _count(providers: Providers, users: set[int], channel: str, n: int) -> bool:
+    return sum(v for (_, ch), v in providers.received(users).items() if ch == channel) >= n
+
+
+async def _field(settings: Settings, journey_id: int, name: str, n: float) -> bool:
+    return (await progress(settings, journey_id)).get(name, 0) >= n
