@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import time
 from collections import Counter
@@ -22,16 +23,18 @@ from config import Settings
 from schemas.keys import flow_progress_key
 from tests.helpers.e2e import redis_hash
 from tests.helpers.journeys import (
-    DAY, advance_clock, engage, fresh_ids, publish_flow, remove_flow, reset_clock, send_events, stop_flow,
+    DAY, advance_clock, engage, fresh_ids, publish_flow, remove_flow, reset_clock, send_events,
 )
 from tests.helpers.pipeline import insert_users
 from tests.peers import FcmPeer, SmtpPeer, TwilioPeer
 
-SPEC = {
+def spec(run: str) -> dict:
+    """The spec's workflow, its events named for this run (other tests' live journeys must not hear them)."""
+    return {
     "name": "spec workflow",
-    "goal": {"event": "purchase"},
+    "goal": {"event": f"purchase.{run}"},
     "nodes": [
-        {"id": "start", "type": "entry", "event": "signup", "next": "welcome"},
+        {"id": "start", "type": "entry", "event": f"signup.{run}", "next": "welcome"},
         {"id": "welcome", "type": "send", "channel": "email", "template_id": 1, "next": "day"},
         {"id": "day", "type": "wait", "duration": "1_day", "next": "opened"},
         {"id": "opened", "type": "condition", "if": {"opened": "welcome"}, "then": "two_days", "else": "nudge"},
@@ -41,7 +44,7 @@ SPEC = {
         {"id": "last_call", "type": "send", "channel": "sms", "template_id": 3, "next": "done"},
         {"id": "done", "type": "exit"},
     ],
-}
+    }
 
 
 class Providers:
@@ -93,6 +96,11 @@ async def journey_worker(workers, providers: Providers, pipeline_redis):
 
 
 @pytest.fixture
+def run() -> str:
+    return secrets.token_hex(4)
+
+
+@pytest.fixture
 async def flows(pipeline_pool, pipeline_redis):
     made: list[int] = []
     yield made
@@ -116,25 +124,25 @@ async def progress(settings: Settings, journey_id: int) -> dict[str, float]:
 
 
 async def test_spec_workflow_sends_what_each_user_earns(settings, pipeline_pool, pipeline_redis, providers,
-                                                        journey_worker, flows):
+                                                        journey_worker, flows, run):
     opener, clicker, buyer_early, buyer_late, ignorer = users = fresh_ids(5)
     async with pipeline_pool.acquire() as conn:
         await insert_users(conn, users, lambda u: "en")
-    journey_id, _, steps = await publish_flow(pipeline_pool, pipeline_redis, SPEC)
+    journey_id, _, steps = await publish_flow(pipeline_pool, pipeline_redis, spec(run))
     flows.append(journey_id)
     who = set(users)
 
-    await send_events(settings, [(u, "signup", {"plan": "free"}) for u in users])
+    await send_events(settings, [(u, f"signup.{run}", {"plan": "free"}) for u in users])
     await until(lambda: _count(providers, who, "email", 5))
     await engage(settings, opener, steps["welcome"], "email", "welcome#1", "opened")
     await engage(settings, clicker, steps["welcome"], "email", "welcome#1", "clicked")
-    await send_events(settings, [(buyer_early, "purchase", {"amount": 30})])
+    await send_events(settings, [(buyer_early, f"purchase.{run}", {"amount": 30})])
     await until(lambda: _field(settings, journey_id, "exited:goal", 1))
     await asyncio.sleep(1.0)  # the opens reach the worker (no counter shows an open)
 
     await advance_clock(pipeline_redis, DAY + 5)
     await until(lambda: _count(providers, who, "push", 2))
-    await send_events(settings, [(buyer_late, "purchase", {"amount": 50})])
+    await send_events(settings, [(buyer_late, f"purchase.{run}", {"amount": 50})])
     await until(lambda: _field(settings, journey_id, "exited:goal", 2))
 
     await advance_clock(pipeline_redis, 2 * DAY + 5)
@@ -159,3 +167,115 @@ async def _count(providers: Providers, users: set[int], channel: str, n: int) ->
 
 async def _field(settings: Settings, journey_id: int, name: str, n: float) -> bool:
     return (await progress(settings, journey_id)).get(name, 0) >= n
+
+
+def wait_then_mail(run: str) -> dict:
+    return {
+        "name": "wait then mail",
+        "goal": {"event": f"purchase.{run}"},
+        "nodes": [
+            {"id": "start", "type": "entry", "event": f"browse.{run}", "next": "pause"},
+            {"id": "pause", "type": "wait", "duration": "1_day", "next": "mail"},
+            {"id": "mail", "type": "send", "channel": "email", "template_id": 1, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ],
+    }
+
+
+async def test_a_goal_drops_what_was_already_queued_for_the_user(settings, pipeline_pool, pipeline_redis, providers,
+                                                                  journey_worker, flows, run):
+    """The welcome email is held (its campaign paused) when the user buys: on resume it is not sent to them,
+    while another user of the same batch, who did not buy, gets it."""
+    buyer, other = users = fresh_ids(2)
+    async with pipeline_pool.acquire() as conn:
+        await insert_users(conn, users, lambda u: "en")
+    journey_id, _, steps = await publish_flow(pipeline_pool, pipeline_redis, spec(run))
+    flows.append(journey_id)
+    welcome = steps["welcome"]
+    await _control(settings, welcome, "pause", "active", "paused")
+    await until(lambda: _status(pipeline_redis, welcome, "paused"))
+    await send_events(settings, [(u, f"signup.{run}", {}) for u in users])
+    await until(lambda: _held(pipeline_redis, welcome))
+    await send_events(settings, [(buyer, f"purchase.{run}", {"amount": 10})])
+    await until(lambda: _field(settings, journey_id, "exited:goal", 1))
+    await _control(settings, welcome, "resume", "paused", "active")
+    await until(lambda: _count(providers, {other}, "email", 1))
+    await asyncio.sleep(2.0)
+    assert providers.received(set(users)) == Counter({(other, "email"): 1})
+
+
+async def test_users_waiting_through_a_sigkill_continue_on_time_once(settings, pipeline_pool, pipeline_redis, providers,
+                                                                      journey_worker, flows, workers, run):
+    users = fresh_ids(40)
+    async with pipeline_pool.acquire() as conn:
+        await insert_users(conn, users, lambda u: "en")
+    journey_id, _, _ = await publish_flow(pipeline_pool, pipeline_redis, wait_then_mail(run))
+    flows.append(journey_id)
+    await send_events(settings, [(u, f"browse.{run}", {}) for u in users])
+    await until(lambda: _field(settings, journey_id, "at:pause", len(users)))
+
+    os.killpg(journey_worker.pid, signal.SIGKILL)
+    journey_worker.wait()
+    await advance_clock(pipeline_redis, DAY / 2)
+    workers.ensure(providers.env(), "journey-worker")  # a new worker: the table and its timers come back
+    await asyncio.sleep(3.0)
+    assert providers.received(set(users)) == Counter()  # half a day: nobody is due yet
+    await advance_clock(pipeline_redis, DAY / 2 + 5)
+    await until(lambda: _count(providers, set(users), "email", len(users)), timeout_s=120)
+    await asyncio.sleep(2.0)
+    assert providers.received(set(users)) == Counter({(u, "email"): 1 for u in users})
+
+
+async def test_a_published_edit_leaves_earlier_entrants_on_their_version(settings, pipeline_pool, pipeline_redis,
+                                                                          providers, journey_worker, flows, run):
+    early, late = fresh_ids(3), fresh_ids(3)
+    async with pipeline_pool.acquire() as conn:
+        await insert_users(conn, early + late, lambda u: "en")
+    journey_id, _, _ = await publish_flow(pipeline_pool, pipeline_redis, wait_then_mail(run))
+    flows.append(journey_id)
+    await send_events(settings, [(u, f"browse.{run}", {}) for u in early])
+    await until(lambda: _field(settings, journey_id, "at:pause", 3))
+
+    edited = {**wait_then_mail(run), "nodes": [
+        {"id": "start", "type": "entry", "event": f"browse.{run}", "next": "pause"},
+        {"id": "pause", "type": "wait", "duration": "2_days", "next": "ping"},
+        {"id": "ping", "type": "send", "channel": "push", "template_id": 2, "next": "done"},
+        {"id": "done", "type": "exit"},
+    ]}
+    await publish_flow(pipeline_pool, pipeline_redis, edited, journey_id=journey_id)
+    await send_events(settings, [(u, f"browse.{run}", {}) for u in late])
+    await until(lambda: _field(settings, journey_id, "at:pause", 6))
+
+    await advance_clock(pipeline_redis, DAY + 5)  # version 1's wait is over, version 2's is not
+    await until(lambda: _count(providers, set(early), "email", 3))
+    await asyncio.sleep(2.0)
+    assert providers.received(set(late)) == Counter()
+    await advance_clock(pipeline_redis, DAY)
+    await until(lambda: _count(providers, set(late), "push", 3))
+    await asyncio.sleep(2.0)
+    assert providers.received(set(early + late)) == Counter(
+        {**{(u, "email"): 1 for u in early}, **{(u, "push"): 1 for u in late}})
+
+
+async def _control(settings: Settings, campaign_id: int, action: str, previous: str, status: str) -> None:
+    import uuid
+    from datetime import datetime, timezone
+
+    from schemas.campaigns import CampaignControl
+    from schemas.encoding import encode
+    from schemas.topics import CAMPAIGN_CONTROL
+    from tests.helpers.kafka import produce
+
+    record = CampaignControl(control_id=uuid.uuid4(), campaign_id=campaign_id, action=action, previous_status=previous,
+                             status=status, launch_id=None, issued_at=datetime.now(timezone.utc))
+    await produce(settings.kafka_brokers, CAMPAIGN_CONTROL.name, [(str(campaign_id).encode(), encode(record))])
+
+
+async def _status(redis, campaign_id: int, status: str) -> bool:
+    from schemas.keys import status_key
+    return (await redis.get(status_key(campaign_id))) in (status, status.encode())
+
+
+async def _held(redis, campaign_id: int) -> bool:
+    from schemas.keys import held_key
+    return await redis.llen(held_key(campaign_id)) > 0
