@@ -57,6 +57,10 @@ _DEFINITION_FIELDS = frozenset(
      "schedule", "trigger", "goals", "delivery"}
 )
 
+# The types a campaign is created with, and 'journey': the campaigns publishing a journey makes, one per
+# send node (api/journeys.py), which list, read and pause like any other.
+LISTED_TYPES = (*campaign_rules.CAMPAIGN_TYPES, "journey")
+
 Status = Literal["draft", "scheduled", "active", "paused", "completed", "cancelled"]
 
 
@@ -498,14 +502,15 @@ def decode_cursor(cursor: str) -> int:
 @require_role(*ROLES)
 @operation("List campaigns", responses={200: CampaignList})
 async def list_campaigns(request: Request) -> Response:
-    """Newest first, a page at a time (``limit`` ≤ 200, ``cursor``), optionally by ``status``, ``type``, ``channel``."""
+    """Newest first, a page at a time (``limit`` ≤ 200, ``cursor``), optionally by ``status``, ``type`` (a journey's
+    send nodes are campaigns of type ``journey``), ``channel``."""
     q = request.query_params
     problems: list[tuple[str, str]] = []
     status, ctype, channel = q.get("status"), q.get("type"), q.get("channel")
     if status is not None and status not in campaign_rules.STATUSES:
         problems.append(("status", f"unknown status {status!r}; known: {', '.join(campaign_rules.STATUSES)}"))
-    if ctype is not None and ctype not in campaign_rules.CAMPAIGN_TYPES:
-        problems.append(("type", f"unknown type {ctype!r}; known: {', '.join(campaign_rules.CAMPAIGN_TYPES)}"))
+    if ctype is not None and ctype not in LISTED_TYPES:
+        problems.append(("type", f"unknown type {ctype!r}; known: {', '.join(LISTED_TYPES)}"))
     if channel is not None and channel not in campaign_rules.CHANNELS:
         problems.append(("channel", f"unknown channel {channel!r}; known: {', '.join(campaign_rules.CHANNELS)}"))
     limit = paging.page_limit(q, problems)

@@ -318,7 +318,8 @@ async def publish_journey(request: Request) -> Response:
             raise ApiError(503, "unavailable", f"could not set the step campaigns' status in Redis"
                            f" ({exc.__class__.__name__}); nothing changed, retry") from None
     await _tell_workers(request, after["journey_id"])
-    view = {**journey_store.journey_view(after), "step_campaigns": journey_store.version_view(published)["step_campaigns"]}
+    steps = journey_store.version_view(published)["step_campaigns"]
+    view = {**journey_store.journey_view(after), "step_campaigns": steps}
     return _answer(view, headers={"ETag": _etag(after["version"])})
 
 

@@ -337,6 +337,25 @@ async def test_publishing_again_makes_version_2_and_leaves_version_1_untouched(c
     assert versions[1]["step_campaigns"] == first["step_campaigns"]
 
 
+async def test_step_campaigns_are_read_and_listed_through_the_campaigns_api(client, marketer, templates, redis):
+    created = create(client, marketer, journey_body(templates))
+    steps = publish(client, marketer, created["journey_id"])["step_campaigns"]
+    key = metrics_key(steps["welcome"])
+    try:
+        await redis.hset(key, mapping={"sent": 12, "opened": 4})
+        got = client.get(f"/api/v1/campaigns/{steps['welcome']}", headers=bearer(marketer))
+    finally:
+        await redis.delete(key)
+
+    assert got.status_code == 200, got.text
+    campaign = got.json()
+    assert (campaign["type"], campaign["status"], campaign["channels"]) == ("journey", "active", ["email"])
+    assert (campaign["metrics"]["sent"], campaign["metrics"]["opened"]) == (12, 4)
+    listed = client.get("/api/v1/campaigns?type=journey&limit=200", headers=bearer(marketer)).json()["campaigns"]
+    assert all(c["type"] == "journey" for c in listed)
+    assert set(steps.values()) <= {c["campaign_id"] for c in listed}
+
+
 async def test_publish_validates_the_draft_again(client, marketer, templates, pg):
     created = create(client, marketer, journey_body(templates))
     await pg.execute("DELETE FROM templates WHERE template_id = $1", templates["sms"])
@@ -344,7 +363,8 @@ async def test_publish_validates_the_draft_again(client, marketer, templates, pg
     error = assert_error(client.post(f"/api/v1/journeys/{created['journey_id']}/publish", headers=bearer(marketer)),
                          422, "validation_error")
 
-    assert error["fields"] == [{"field": "nodes.3.template_id", "reason": f"node 'nudge': no template {templates['sms']}"}]
+    assert error["fields"] == [{"field": "nodes.3.template_id",
+                                "reason": f"node 'nudge': no template {templates['sms']}"}]
     assert await step_rows(pg, created["journey_id"]) == []
     assert client.get(f"/api/v1/journeys/{created['journey_id']}", headers=bearer(marketer)).json()["status"] == "draft"
 
@@ -425,7 +445,8 @@ async def test_progress_reads_the_workers_counters_and_each_versions_campaigns(c
     progress = response.json()
     assert Progress.model_validate(progress).model_dump(mode="json").keys() == progress.keys()
     assert (progress["status"], progress["live_version"]) == ("live", 2)
-    assert (progress["entered"], progress["inside"], progress["conversions"], progress["timed_out"]) == (120, 33, 41, 25)
+    counts = (progress["entered"], progress["inside"], progress["conversions"], progress["timed_out"])
+    assert counts == (120, 33, 41, 25)
     assert progress["exited"] == {"goal": 40, "exit": 45, "stopped": 2}
     nodes = {n["id"]: n for n in progress["nodes"]}
     assert [n["id"] for n in progress["nodes"]] == ["start", "welcome", "opened", "nudge", "done"]
