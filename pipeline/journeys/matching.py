@@ -38,12 +38,15 @@ def route(records: Sequence[tuple[str, bytes | None, bytes | None]], index: Flow
         except orjson.JSONDecodeError:
             out.bad.append((i, "not JSON"))
             continue
-        event = event_of(record, key, now)
-        if isinstance(event, str):
-            out.bad.append((i, event))
-            continue
-        if index.forward(topic, event, now):
-            chosen.append((topic, event))
+        try:
+            event = event_of(record, key, now)
+            if isinstance(event, str):
+                out.bad.append((i, event))
+                continue
+            if index.forward(topic, event, now):
+                chosen.append((topic, event))
+        except (TypeError, ValueError, OverflowError) as exc:  # one odd record must not stop the stage
+            out.bad.append((i, f"{type(exc).__name__}: {exc}"))
     if not chosen:
         return out
     parts = user_partitions(np.fromiter((e.user_id for _, e in chosen), dtype=np.int64, count=len(chosen)),

@@ -3,8 +3,10 @@ the records upstream systems and the tracking API write (user events, opens and 
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +21,7 @@ from schemas.messages import message_id
 from schemas.topics import DELIVERY_EVENTS, USER_EVENTS
 from tests.helpers.kafka import produce
 from tests.helpers.pipeline import DEFAULT_CONTENT
+from tests.peers import FcmPeer, SmtpPeer, TwilioPeer
 
 DAY = 86_400
 
@@ -105,3 +108,47 @@ async def engage(settings: Settings, uid: int, campaign_id: int, channel: str, s
 
 async def reset_clock(redis: aioredis.Redis) -> None:
     await redis.delete(TEST_CLOCK)
+
+
+class Providers:
+    def __init__(self) -> None:
+        self.smtp, self.sms, self.push = SmtpPeer().start(), TwilioPeer().start(), FcmPeer().start()
+
+    def env(self) -> dict[str, str]:
+        return {"HERALD_SMTP_HOST": self.smtp.host, "HERALD_SMTP_PORT": str(self.smtp.port), "HERALD_SMS_URL": self.sms.url,
+                "HERALD_PUSH_URL": self.push.url, "HERALD_EMAIL_PROVIDER": "smtp", "HERALD_TEST_CLOCK": "1"}
+
+    def received(self, users: set[int]) -> Counter:
+        """(user, channel) → messages the providers got for these users."""
+        got: Counter = Counter()
+        for m in list(self.smtp.messages):
+            for rcpt in m.rcpt_tos:
+                local = rcpt.split("@")[0].removeprefix("u")
+                if local.isdigit() and int(local) in users:
+                    got[(int(local), "email")] += 1
+        for r in list(self.push.requests):
+            token = (r.json().get("message") or {}).get("token", "")
+            uid = token.removeprefix("token-")
+            if uid.isdigit() and int(uid) in users:
+                got[(int(uid), "push")] += 1
+        by_phone = {f"+1555{u % 10**7:07d}": u for u in users}
+        for r in list(self.sms.requests):
+            uid = by_phone.get(r.form().get("To", ""))
+            if uid is not None:
+                got[(uid, "sms")] += 1
+        return got
+
+    def stop(self) -> None:
+        for peer in (self.smtp, self.sms, self.push):
+            peer.stop()
+
+
+async def until(check, timeout_s: float = 60.0, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {timeout_s} s: {value!r}")
+        await asyncio.sleep(every_s)

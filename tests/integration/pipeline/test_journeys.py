@@ -13,7 +13,6 @@ import asyncio
 import os
 import secrets
 import signal
-import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -23,10 +22,9 @@ from config import Settings
 from schemas.keys import flow_progress_key
 from tests.helpers.e2e import redis_hash
 from tests.helpers.journeys import (
-    DAY, advance_clock, engage, fresh_ids, publish_flow, remove_flow, reset_clock, send_events,
+    DAY, Providers, advance_clock, engage, fresh_ids, publish_flow, remove_flow, reset_clock, send_events, until,
 )
 from tests.helpers.pipeline import insert_users
-from tests.peers import FcmPeer, SmtpPeer, TwilioPeer
 
 def spec(run: str) -> dict:
     """The spec's workflow, its events named for this run (other tests' live journeys must not hear them)."""
@@ -45,39 +43,6 @@ def spec(run: str) -> dict:
         {"id": "done", "type": "exit"},
     ],
     }
-
-
-class Providers:
-    def __init__(self) -> None:
-        self.smtp, self.sms, self.push = SmtpPeer().start(), TwilioPeer().start(), FcmPeer().start()
-
-    def env(self) -> dict[str, str]:
-        return {"HERALD_SMTP_HOST": self.smtp.host, "HERALD_SMTP_PORT": str(self.smtp.port), "HERALD_SMS_URL": self.sms.url,
-                "HERALD_PUSH_URL": self.push.url, "HERALD_EMAIL_PROVIDER": "smtp", "HERALD_TEST_CLOCK": "1"}
-
-    def received(self, users: set[int]) -> Counter:
-        """(user, channel) → messages the providers got for these users."""
-        got: Counter = Counter()
-        for m in list(self.smtp.messages):
-            for rcpt in m.rcpt_tos:
-                local = rcpt.split("@")[0].removeprefix("u")
-                if local.isdigit() and int(local) in users:
-                    got[(int(local), "email")] += 1
-        for r in list(self.push.requests):
-            token = (r.json().get("message") or {}).get("token", "")
-            uid = token.removeprefix("token-")
-            if uid.isdigit() and int(uid) in users:
-                got[(int(uid), "push")] += 1
-        by_phone = {f"+1555{u % 10**7:07d}": u for u in users}
-        for r in list(self.sms.requests):
-            uid = by_phone.get(r.form().get("To", ""))
-            if uid is not None:
-                got[(uid, "sms")] += 1
-        return got
-
-    def stop(self) -> None:
-        for peer in (self.smtp, self.sms, self.push):
-            peer.stop()
 
 
 @pytest.fixture(scope="module")
@@ -106,17 +71,6 @@ async def flows(pipeline_pool, pipeline_redis):
     yield made
     for journey_id in made:
         await remove_flow(pipeline_pool, pipeline_redis, journey_id)
-
-
-async def until(check, timeout_s: float = 60.0, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout_s} s: {value!r}")
-        await asyncio.sleep(every_s)
 
 
 async def progress(settings: Settings, journey_id: int) -> dict[str, float]:
