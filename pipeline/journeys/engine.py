@@ -172,14 +172,13 @@ def on_event(flow: Flow, member: list, uid: int, event: Event, now: float, facts
     m = _copy(member)
     out = Outcome(m, m[NODE])
     when = datetime.fromtimestamp(now, tz=timezone.utc)
+    changed = False
     if journey.goal is not None and matches(journey.goal, event, when):
-        out.converted = not (m[MARKS] or {}).get("g")
+        out.converted = changed = not (m[MARKS] or {}).get("g")
         if journey.goal_exits:
             _leave(m, out, "goal")
             return out
-        m[MARKS] = {**(m[MARKS] or {}), "g": 1}
-        return out if out.converted else None
-    changed = False
+        m[MARKS] = {**(m[MARKS] or {}), "g": 1}  # noted; the event may also be one a wait or a condition reads
     if event.name in _tested_events(journey):
         marks = m[MARKS] = dict(m[MARKS] or {})
         if event.name not in marks.get("e", ()):
@@ -187,6 +186,7 @@ def on_event(flow: Flow, member: list, uid: int, event: Event, now: float, facts
             changed = True
     node = journey.nodes[m[NODE]]
     if isinstance(node, WaitForEvent) and node.event == event.name and event.at >= m[SINCE] \
+            and (m[WAKE] is None or event.at <= m[WAKE]) \
             and (node.where is None or criteria_hold(node.where, event.properties, when)):
         _go(flow, m, node.next, max(event.at, m[SINCE]))
         _run(flow, m, uid, now, facts, out)
@@ -267,7 +267,7 @@ def _run(flow: Flow, m: list, uid: int, now: float, facts: Facts, out: Outcome) 
             if due is not None and due > now:
                 m[WAKE] = due
                 return
-            _go(flow, m, node.next, due if due is not None else m[SINCE])
+            _go(flow, m, node.next, max(due, m[SINCE]) if due is not None else m[SINCE])  # a past date: from arrival
         elif isinstance(node, WaitForEvent):
             marks = m[MARKS] or {}
             if node.of is not None and node.of in marks.get("o" if node.event == "opened" else "c", ()):

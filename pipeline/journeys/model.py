@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import time
 from typing import Any, Literal
 
-from pipeline.segments.dsl import Condition, Criteria, CriteriaError, Group, parse_criteria
+from pipeline.segments.dsl import BUILTINS, Condition, Criteria, CriteriaError, Group, parse_criteria
 from schemas.messages import CHANNELS
 
 Problem = tuple[str, str]
@@ -223,7 +223,7 @@ def _where(raw: object, path: str, out: _Problems) -> Criteria | None:
     if isinstance(raw, list):
         raw = {"conditions": raw, "logic": "AND"}
     try:
-        criteria = parse_criteria(raw)
+        criteria = parse_criteria(_as_properties(raw))
     except CriteriaError as exc:
         for p, reason in exc.problems:
             out.add(path + p.removeprefix("criteria"), reason)
@@ -238,6 +238,18 @@ def _where(raw: object, path: str, out: _Problems) -> Criteria | None:
         elif node.target.source != "attribute":
             out.add(f"{path}", f"{node.field!r} is not an event property (write the property's name)")
     return criteria
+
+
+def _as_properties(raw: object) -> object:
+    """A bare built-in user field name ('country', 'created_at') in an event filter is the event's property."""
+    if not isinstance(raw, Mapping):
+        return raw
+    out = dict(raw)
+    if isinstance(out.get("conditions"), list):
+        out["conditions"] = [_as_properties(c) for c in out["conditions"]]
+    if isinstance(out.get("field"), str) and out["field"] in BUILTINS:
+        out["field"] = f"attributes.{out['field']}"
+    return out
 
 
 def parse_rule(raw: object, path: str, *, entry: bool = True, problems: _Problems | None = None) -> Rule | None:
@@ -357,7 +369,12 @@ def parse_journey(raw: object, templates: Mapping[int, str] | None = None,
 def _allowed(item: Mapping, path: str, fields: set[str], out: _Problems) -> None:
     for key in item:
         if key not in fields | {"id", "type", "name"}:
-            out.add(f"{path}.{key}", f"unknown field for a node of type {item.get('type')!r}")
+            out.add(f"{path}.{key}", f"node {item.get('id')!r}: unknown field for a node of type {item.get('type')!r}")
+
+
+def _naming(label: str, out: _Problems, since: int) -> None:
+    """Prefix the problems added since ``since`` (by parse_rule, _where) with the node's label."""
+    out.items[since:] = [(p, f"{label}: {r}") for p, r in out.items[since:]]
 
 
 def _node(item: Mapping, node_id: str, path: str, out: _Problems, templates: Mapping[int, str] | None,
@@ -374,7 +391,9 @@ def _node(item: Mapping, node_id: str, path: str, out: _Problems, templates: Map
     if kind == "entry":
         fields = {"event", "topic", "where", "segment_id", "reentry", "reentry_window", "dedup_key", "limit"}
         _allowed(item, path, fields | {"next"}, out)
+        since = len(out.items)
         rule = parse_rule({k: v for k, v in item.items() if k in fields}, path, problems=out)
+        _naming(label, out, since)
         if rule is not None and rule.segment_id is not None and segments is not None:
             if rule.segment_id not in segments:
                 out.add(f"{path}.segment_id", f"{label}: no segment {rule.segment_id}")
@@ -443,7 +462,9 @@ def _node(item: Mapping, node_id: str, path: str, out: _Problems, templates: Map
             out.add(f"{path}.of", f"{label}: the send node whose message is {event}")
         elif event not in ENGAGEMENT and of is not None:
             out.add(f"{path}.of", f"{label}: only 'opened' and 'clicked' name a send node")
+        since = len(out.items)
         where = _where(item.get("where"), f"{path}.where", out)
+        _naming(label, out, since)
         timeout = parse_seconds(item.get("timeout"))
         if timeout is None:
             out.add(f"{path}.timeout", f"{label}: how long to wait, such as '1_day'")

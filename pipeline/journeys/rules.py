@@ -49,7 +49,7 @@ def event_of(record: object, key: bytes | None, read_at: float) -> Event | str:
             uid = None
     if isinstance(uid, str) and uid.isdigit():
         uid = int(uid)
-    if not is_bigint_id(uid):
+    if isinstance(uid, bool) or not isinstance(uid, int) or not is_bigint_id(uid):
         return "no user_id (a positive integer) in the record or its key"
     name = record.get("name", record.get("event"))
     if not isinstance(name, str) or not name:
