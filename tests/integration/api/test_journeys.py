@@ -31,6 +31,18 @@ async def redis(api_settings):
     await client.aclose()
 
 
+@pytest.fixture(autouse=True)
+async def no_journey_left_live(pg, redis):
+    """Stop what a test published: a live journey on "signup" would enter other tests' users (workers run
+    later in the same session) and send them its messages."""
+    first = await pg.fetchval("SELECT coalesce(max(journey_id), 0) FROM journeys")
+    yield
+    stopped = await pg.fetch("UPDATE journeys SET status = 'stopped', stopped_at = now()"
+                             " WHERE journey_id > $1 AND status = 'live' RETURNING journey_id", first)
+    if stopped:
+        await redis.incr(FLOWS_CHANGED)
+
+
 @pytest.fixture(scope="session")
 def marketer(issue_key) -> str:
     return issue_key("marketer")["key"]
