@@ -3,6 +3,8 @@
 Input, co-partitioned by user: ``journey-signals`` (``JourneySignal``: events from
 agents/match_triggers.py, due timers from this file's ``journey_timers``) and ``delivery-events``
 (opens and clicks of journeys' own messages; everything else is skipped unread).
+A segment-entry journey's users arrive as entry events of their own (``segment_entries``: who is in
+the dynamic segment now and was not at the last look, per partition this worker owns).
 Output: ``message-requests`` (``MessageBatch``, one per campaign, step "<node>#<k>" and partition
 of the sends decided within ``journey_flush_s``), then the gate applies preferences, caps, quiet
 hours and dedup as for any campaign. Redis: ``flow:{flow}:progress`` counters, ``flow:{flow}:exit:{user}``
@@ -93,6 +95,14 @@ async def journey_timers() -> None:
     producer = await clients.producer()
     for partition, value in await advancer.wake_records():
         await producer.send_and_wait(JOURNEY_SIGNALS.name, value, key=b"wake", partition=partition)
+
+
+@app.timer(settings.journey_segment_s)
+async def segment_entries() -> None:
+    """Users who entered a segment-entry journey's dynamic segment enter the journey."""
+    entered = await advancer.watch_segments()
+    if entered:
+        log.info("users entered journeys by entering segments", users=entered)
 
 
 @journey_state.on_recover

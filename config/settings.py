@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     journey_flush_s: float = Field(default=0.03, gt=0)
     journey_tick_s: float = Field(default=0.25, gt=0)
     journey_reload_s: float = Field(default=30.0, gt=0)
+    # How often a journey that users enter by entering a dynamic segment looks at the segment's members.
+    journey_segment_s: float = Field(default=10.0, gt=0)
     # Test workers only: the flows' clock runs ahead by Redis ``test:clock:offset_s`` (tests wait days in seconds).
     test_clock: bool = False
 

@@ -33,7 +33,7 @@ from pipeline.campaign_state import load_campaign
 from pipeline.explode import assign_variants
 from pipeline.journeys import engine
 from pipeline.journeys.engine import NODE, WAKE, Facts, Flow, NeedFacts, Outcome
-from pipeline.journeys.flows import FlowIndex
+from pipeline.journeys.flows import SEGMENT_TOPIC, FlowIndex, segment_event
 from pipeline.journeys.model import DefinitionError, WaitForEvent, parse_journey, parse_rule
 from pipeline.journeys.rules import Event, dedup_value
 from pipeline.journeys.timers import TimerIndex
@@ -42,7 +42,9 @@ from pipeline.partitioning import user_partitions
 from pipeline.worker_clients import WorkerClients
 from schemas.encoding import from_json
 from schemas.journeys import JourneySignal
-from schemas.keys import FLOWS_CHANGED, TEST_CLOCK, flow_entries_key, flow_exit_key, flow_progress_key
+from schemas.keys import (
+    FLOWS_CHANGED, TEST_CLOCK, flow_entries_key, flow_exit_key, flow_progress_key, flow_segment_key,
+)
 from schemas.topics import JOURNEY_SIGNALS, MESSAGE_REQUESTS
 
 log = structlog.get_logger("herald.journeys")
@@ -158,8 +160,14 @@ class FactSource:
                 "created_at": row["created_at"], "attributes": from_json(row["attributes"]) or {}}
 
     async def in_segment(self, segment_id: int, uid: int) -> bool:
+        members = await self.members(segment_id)
+        pos = int(np.searchsorted(members, uid))
+        return pos < len(members) and int(members[pos]) == uid
+
+    async def members(self, segment_id: int, fresh: bool = False) -> np.ndarray:
+        """The segment's members, sorted (cached ``SEGMENT_CACHE_S`` unless ``fresh``)."""
         cached = self._members.get(segment_id)
-        if cached is None or time.monotonic() - cached[0] > SEGMENT_CACHE_S:
+        if fresh or cached is None or time.monotonic() - cached[0] > SEGMENT_CACHE_S:
             store = self.audience.store or await self.audience.current(timeout_s=30)
             try:
                 async with (await self.clients.postgres()).acquire() as conn:
@@ -168,9 +176,7 @@ class FactSource:
                 log.warning("segment cannot be resolved; nobody is in it", segment_id=segment_id, error=str(exc))
                 members = np.empty(0, dtype=np.int64)
             cached = self._members[segment_id] = (time.monotonic(), members)
-        members = cached[1]
-        pos = int(np.searchsorted(members, uid))
-        return pos < len(members) and int(members[pos]) == uid
+        return cached[1]
 
 
 # ── What moves emit ───────────────────────────────────────────────────────────
@@ -418,6 +424,40 @@ class Advancer:
                                                key=batch["batch_id"].encode(), partition=partition))
         for future in futures:
             await future
+
+    # ── segment entries ──
+
+    async def watch_segments(self) -> int:
+        """Enter the users who joined a segment-entry flow's dynamic segment since the last look, in the
+        partitions this worker owns: one entry event each on journey-signals (the engine then applies the
+        flow's re-entry policy, as for any entry). Members at a flow's first look are its baseline: they
+        were in the segment before the journey went live. Returns how many entry events were sent."""
+        index = await self.book.refresh()
+        if not index.segment_entries:
+            return 0
+        redis, producer = self.clients.redis(), await self.clients.producer()
+        now, sent = await self.clock.now(), 0
+        for flow in index.segment_entries:
+            assert flow.rule.segment_id is not None
+            members = await self.facts.members(flow.rule.segment_id, fresh=True)
+            parts = user_partitions(members, JOURNEY_SIGNALS.partitions)
+            for partition in range(JOURNEY_SIGNALS.partitions):
+                if not self.owned(partition):
+                    continue
+                current = members[parts == partition].astype("<i8")
+                key = flow_segment_key(flow.key, partition)
+                before = await redis.get(key)
+                if before is not None:
+                    new = np.setdiff1d(current, np.frombuffer(before, dtype="<i8"), assume_unique=True).tolist()
+                    for i in range(0, len(new), WAKE_CHUNK):
+                        events = [{"u": u, "n": segment_event(flow.key), "t": now, "id": f"seg:{int(now)}:{u}", "p": {}}
+                                  for u in new[i:i + WAKE_CHUNK]]
+                        signal = {"kind": "events", "partition": partition, "topic": SEGMENT_TOPIC, "events": events}
+                        await producer.send_and_wait(JOURNEY_SIGNALS.name, orjson.dumps(signal), key=b"segment",
+                                                     partition=partition)
+                    sent += len(new)
+                await redis.set(key, current.tobytes())
+        return sent
 
     # ── timers ──
 

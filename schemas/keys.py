@@ -34,6 +34,7 @@ Flows (journeys "j{id}", triggered campaigns "c{id}"; pipeline/journeys):
     flow:{flow}:progress              entered, at:{node}, exited:{reason}, timed_out, converted
     flow:{flow}:entries               entries counted against the entry limit
     flow:{flow}:exit:{user}           the entry a goal or stop ended: its queued messages are dropped
+    flow:{flow}:segment:{partition}   a segment-entry flow's members last seen, per partition (packed int64)
     flows:changed                     bumped when what the trigger stages load changes
     test:clock:offset_s               how far the flows' clock runs ahead, on test workers only
 """
@@ -169,6 +170,12 @@ def flow_exit_key(flow: str, user_id: int) -> str:
     """The entry number (k) of the user's last goal exit or stop: their messages of that entry still
     queued are not sent (the gate and the senders read it)."""
     return f"flow:{flow}:exit:{user_id}"
+
+
+def flow_segment_key(flow: str, partition: int) -> str:
+    """The members of a segment-entry flow's segment in ``partition`` at the last look (little-endian int64s):
+    whoever is in the segment now and was not then has entered it."""
+    return f"flow:{flow}:segment:{partition}"
 
 
 FLOWS_CHANGED = "flows:changed"  # bumped when a journey is published or stopped, or a trigger changes

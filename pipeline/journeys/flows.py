@@ -19,6 +19,15 @@ from pipeline.journeys.engine import Flow
 from pipeline.journeys.model import DEFAULT_TOPIC, Branch, WaitForEvent
 from pipeline.journeys.rules import Event, matches
 
+# Entries into a dynamic segment arrive as events of this pseudo topic (pipeline/journeys_io.py's segment
+# watcher writes them to journey-signals): no Kafka topic of that name is read.
+SEGMENT_TOPIC = "herald.segment-entries"
+
+
+def segment_event(flow_key: str) -> str:
+    """The name of the event that enters a user into segment-entry flow ``flow_key``."""
+    return f"segment_entered.{flow_key}"
+
 
 @dataclass
 class FlowIndex:
@@ -58,20 +67,21 @@ class FlowIndex:
             rule = flow.rule
             if rule.event is None:
                 index.segment_entries.append(flow)
+                index.entries.setdefault((SEGMENT_TOPIC, segment_event(key)), []).append(flow)
             else:
                 index.entries.setdefault((rule.topic, rule.event), []).append(flow)
         return index
 
     @property
     def topics(self) -> set[str]:
-        return {topic for topic, _ in self.entries} | {topic for topic, _ in self.listeners}
+        return ({topic for topic, _ in self.entries} | {topic for topic, _ in self.listeners}) - {SEGMENT_TOPIC}
 
     def entering(self, topic: str, event: Event, now: float) -> list[Flow]:
         candidates = self.entries.get((topic, event.name))
         if not candidates:
             return []
         when = datetime.fromtimestamp(now, tz=timezone.utc)
-        return [f for f in candidates if matches(f.rule, event, when)]
+        return [f for f in candidates if (f.rule.event is None and topic == SEGMENT_TOPIC) or matches(f.rule, event, when)]
 
     def listening(self, topic: str, name: str) -> set[str]:
         return self.listeners.get((topic, name), set())

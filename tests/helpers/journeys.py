@@ -116,7 +116,8 @@ class Providers:
 
     def env(self) -> dict[str, str]:
         return {"HERALD_SMTP_HOST": self.smtp.host, "HERALD_SMTP_PORT": str(self.smtp.port), "HERALD_SMS_URL": self.sms.url,
-                "HERALD_PUSH_URL": self.push.url, "HERALD_EMAIL_PROVIDER": "smtp", "HERALD_TEST_CLOCK": "1"}
+                "HERALD_PUSH_URL": self.push.url, "HERALD_EMAIL_PROVIDER": "smtp", "HERALD_TEST_CLOCK": "1",
+                "HERALD_JOURNEY_SEGMENT_S": "1"}
 
     def received(self, users: set[int]) -> Counter:
         """(user, channel) → messages the providers got for these users."""

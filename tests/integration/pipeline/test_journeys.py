@@ -16,6 +16,7 @@ import signal
 from collections import Counter
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
 from config import Settings
@@ -233,3 +234,45 @@ async def _status(redis, campaign_id: int, status: str) -> bool:
 async def _held(redis, campaign_id: int) -> bool:
     from schemas.keys import held_key
     return await redis.llen(held_key(campaign_id)) > 0
+
+
+async def test_users_entering_a_dynamic_segment_enter_the_journey(settings, pipeline_pool, pipeline_redis, providers,
+                                                                   journey_worker, flows, run):
+    """Members when the journey goes live are its baseline; those who join the segment later enter it, once."""
+    from schemas.keys import flow_segment_key
+    from schemas.topics import JOURNEY_SIGNALS
+    from tests.helpers.e2e import profile, publish_profiles
+
+    tier = f"tier_{run}"
+    already, stays, joins, joins_too = users = fresh_ids(4)
+    await publish_profiles(settings, [profile(u, run, "en", **{tier: "gold" if u == already else "silver"})
+                                      for u in users])
+    segment_id = await pipeline_pool.fetchval(
+        "INSERT INTO segments (name, criteria, dynamic, kind) VALUES ($1, $2::jsonb, true, 'dynamic') RETURNING segment_id",
+        f"test-journey-segment-{run}", orjson.dumps({"conditions": [
+            {"field": f"attributes.{tier}", "operator": "equals", "value": "gold"}], "logic": "AND"}).decode())
+    try:
+        await asyncio.sleep(2.0)  # the worker's audience store has the profiles
+        journey_id, _, _ = await publish_flow(pipeline_pool, pipeline_redis, {
+            "name": "gold welcome", "nodes": [
+                {"id": "start", "type": "entry", "segment_id": segment_id, "next": "mail"},
+                {"id": "mail", "type": "send", "channel": "email", "template_id": 1, "next": "done"},
+                {"id": "done", "type": "exit"}]})
+        flows.append(journey_id)
+
+        async def baseline() -> bool:
+            keys = [flow_segment_key(f"j{journey_id}", p) for p in range(JOURNEY_SIGNALS.partitions)]
+            return all(await asyncio.gather(*(pipeline_redis.exists(k) for k in keys)))
+        await until(baseline)
+
+        await publish_profiles(settings, [profile(u, run, "en", **{tier: "gold"}) for u in (joins, joins_too)])
+        await until(lambda: _count(providers, set(users), "email", 2))
+        await publish_profiles(settings, [profile(joins, run, "en", **{tier: "silver"})])  # leaves, comes back
+        await asyncio.sleep(2.5)
+        await publish_profiles(settings, [profile(joins, run, "en", **{tier: "gold"})])
+        await asyncio.sleep(3.0)
+        assert providers.received(set(users)) == Counter({(joins, "email"): 1, (joins_too, "email"): 1})
+        counts = await progress(settings, journey_id)
+        assert counts["entered"] == 2 and counts.get("refused:entered_before", 0) >= 1
+    finally:
+        await pipeline_pool.execute("DELETE FROM segments WHERE segment_id = $1", segment_id)
