@@ -35,7 +35,7 @@ from pipeline.journeys import engine
 from pipeline.journeys.engine import NODE, WAKE, Facts, Flow, NeedFacts, Outcome
 from pipeline.journeys.flows import SEGMENT_TOPIC, FlowIndex, segment_event
 from pipeline.journeys.model import DefinitionError, WaitForEvent, parse_journey, parse_rule
-from pipeline.journeys.rules import Event, dedup_value
+from pipeline.journeys.rules import Event, dedup_value, moment_of
 from pipeline.journeys.timers import TimerIndex
 from pipeline.launch_audience import AudienceError, WorkerAudience, resolve_members
 from pipeline.partitioning import user_partitions
@@ -132,6 +132,11 @@ async def load_flows(pool: asyncpg.Pool) -> FlowIndex:
         flows.append(flow)
         current[flow.key] = 1
     return FlowIndex.build(flows, current, stopped)
+
+
+def _epoch(raw: object) -> float | None:
+    moment = moment_of(raw)
+    return None if moment is None else moment.timestamp()
 
 
 # ── Facts ─────────────────────────────────────────────────────────────────────
@@ -310,14 +315,14 @@ class Advancer:
             if found is None or node != found[1] or not k.isdigit():
                 continue
             key, kind = found[0], ev["status"]
-            uid = int(ev["user_id"])
+            uid, at = int(ev["user_id"]), _epoch(ev.get("at"))
 
-            def decide(state, facts, key=key, node=node, k=int(k), kind=kind, uid=uid):
+            def decide(state, facts, key=key, node=node, k=int(k), kind=kind, uid=uid, at=at):
                 member = state.get(key)
                 if member is None or member[1] != k or member[NODE] is None:
                     return []
                 flow = index.version(key, member[0])
-                moved = engine.on_engagement(flow, member, uid, node, kind, now, facts) if flow else None
+                moved = engine.on_engagement(flow, member, uid, node, kind, now, facts, at) if flow else None
                 return [(key, moved, False)] if moved is not None else []
             await self._move(partition, uid, now, decide)
 

@@ -195,8 +195,9 @@ def on_event(flow: Flow, member: list, uid: int, event: Event, now: float, facts
 
 
 def on_engagement(flow: Flow, member: list, uid: int, node_id: str, kind: str, now: float,
-                  facts: Facts) -> Outcome | None:
-    """The user opened or clicked the message of send node ``node_id`` (this entry's)."""
+                  facts: Facts, at: float | None = None) -> Outcome | None:
+    """The user opened or clicked the message of send node ``node_id`` (this entry's) at ``at`` (default
+    ``now``); an open that came after a wait-for-it's timeout was due leaves the timeout to decide."""
     if member[NODE] is None or kind not in ("opened", "clicked"):
         return None
     m = _copy(member)
@@ -210,8 +211,10 @@ def on_engagement(flow: Flow, member: list, uid: int, node_id: str, kind: str, n
             changed = True
     out = Outcome(m, m[NODE])
     node = flow.journey.nodes[m[NODE]]
-    if isinstance(node, WaitForEvent) and node.of == node_id and (node.event == kind or node.event == "opened"):
-        _go(flow, m, node.next, now)
+    when = now if at is None else min(at, now)
+    if isinstance(node, WaitForEvent) and node.of == node_id and (node.event == kind or node.event == "opened") \
+            and (m[WAKE] is None or when <= m[WAKE]):
+        _go(flow, m, node.next, max(when, m[SINCE]))
         _run(flow, m, uid, now, facts, out)
         return out
     return out if changed else None

@@ -626,3 +626,21 @@ def test_the_engine_never_mutates_a_member_with_marks():
 
 def test_the_engine_module_exports_its_api():
     assert {"admit", "start", "on_wake", "on_event", "on_engagement", "leave", "campaign_flow"} <= set(engine.__all__)
+
+
+def test_an_open_after_the_timeout_was_due_leaves_the_timeout_to_decide():
+    journey = parse_journey({"name": "open within a day", "nodes": [
+        {"id": "start", "type": "entry", "event": "signup", "next": "mail"},
+        {"id": "mail", "type": "send", "channel": "email", "template_id": 1, "next": "w"},
+        {"id": "w", "type": "wait_for_event", "event": "opened", "of": "mail", "timeout": "1_day",
+         "next": "thanks", "timeout_next": "nudge"},
+        {"id": "thanks", "type": "exit"},
+        {"id": "nudge", "type": "send", "channel": "push", "template_id": 2, "next": "done"},
+        {"id": "done", "type": "exit"}]})
+    E = engine
+    flow = E.Flow("j9", 1, journey, {"mail": 1, "nudge": 2})
+    entered = E.start(flow, None, 7, ["e:1"], 1000.0, E.Facts(profile=None))
+    late = E.on_engagement(flow, entered.member, 7, "mail", "opened", 1000.0 + 2 * 86400, E.Facts(), at=1000.0 + 90000)
+    assert late is not None and late.node == "w" and not late.sends  # noted, not moved: the timer decides
+    in_time = E.on_engagement(flow, entered.member, 7, "mail", "opened", 1000.0 + 2 * 86400, E.Facts(), at=1000.0 + 60)
+    assert in_time is not None and in_time.exit == "exit" and not in_time.sends
