@@ -336,7 +336,7 @@ async def stop_journey(request: Request) -> Response:
             raise ApiError(409, "illegal_transition", f"only a live journey can be stopped; journey"
                            f" {row['journey_id']} is {row['status']}: {why}",
                            fields=[FieldProblem(field="status", reason=f"is {row['status']}, must be live")])
-        after = await journey_store.stop(conn, row, request.state.caller, now)
+        after = await journey_store.stop(conn, row, request.state.caller, now, request.app.state.redis)
     await _tell_workers(request, after["journey_id"])
     return _answer(journey_store.journey_view(after), headers={"ETag": _etag(after["version"])})
 

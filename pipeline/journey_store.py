@@ -224,12 +224,19 @@ async def publish(conn: asyncpg.Connection, redis: Any, row: asyncpg.Record, jou
     return after, published
 
 
-async def stop(conn: asyncpg.Connection, row: asyncpg.Record, actor: Actor, now: datetime) -> asyncpg.Record:
-    """Nobody enters a locked live journey any more; the workers take the users inside out."""
+async def stop(conn: asyncpg.Connection, row: asyncpg.Record, actor: Actor, now: datetime,
+               redis: Any = None) -> asyncpg.Record:
+    """Nobody enters a locked live journey any more; the workers take the users inside out (at their next
+    timer or event), and its step campaigns are cancelled, so what was queued for anyone is not sent."""
     after = await conn.fetchrow(
         "UPDATE journeys SET status = 'stopped', stopped_at = $2, version = version + 1, updated_at = $2"
         " WHERE journey_id = $1 RETURNING *", row["journey_id"], now,
     )
+    steps = await conn.fetch("UPDATE campaigns SET status = 'cancelled', cancelled_at = $2, updated_at = $2"
+                             " WHERE journey_id = $1 AND status = 'active' RETURNING campaign_id", row["journey_id"], now)
+    if redis is not None:
+        for step in steps:
+            await set_campaign_status(redis, step["campaign_id"], "cancelled")
     await audit.record(conn, actor, "journey.stopped", "journey", row["journey_id"], audit_view(row), audit_view(after))
     return after
 

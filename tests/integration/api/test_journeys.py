@@ -405,6 +405,9 @@ async def test_stop_ends_entries_and_publishing_makes_it_live_again(client, mark
     assert stopped.json()["status"] == "stopped" and stopped.json()["stopped_at"] is not None
     assert stopped.json()["live_version"] == 1
     assert flows_changed_stamp(await redis.get(FLOWS_CHANGED)) > before
+    steps = await pg.fetch("SELECT campaign_id, status FROM campaigns WHERE journey_id = $1", journey_id)
+    assert steps and {r["status"] for r in steps} == {"cancelled"}  # what was queued is not sent
+    assert {await redis.get(status_key(r["campaign_id"])) for r in steps} == {b"cancelled"}
     assert_error(client.post(f"{url}/stop", headers=bearer(marketer)), 409, "illegal_transition")
 
     again = publish(client, marketer, journey_id)
