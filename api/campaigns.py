@@ -29,7 +29,9 @@ from typing import Any, Literal
 
 import asyncpg
 import orjson
+import structlog
 from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
 from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import Response
@@ -45,7 +47,9 @@ from pipeline import launches
 from pipeline import templates  # unresolved_variables and template_syntax_problems (campaign_rules.TemplateChecks)
 from pipeline.money import money_json
 from schemas.encoding import BIGINT_MAX, to_json
-from schemas.keys import metrics_key
+from schemas.keys import FLOWS_CHANGED, metrics_key
+
+log = structlog.get_logger()
 
 AUTHORS = ("admin", "marketer")
 _METRICS = ("sent", "delivered", "bounced", "failed", "opened", "clicked", "converted", "unsubscribed",
@@ -603,6 +607,8 @@ async def update_campaign(request: Request) -> Response:
                 after = await launches.reschedule(conn, after, now)
         if patch.status is not None and patch.status != after["status"]:
             after = await _change_status(request, conn, after, patch.status, now)
+    if after["type"] == "triggered" and after["status"] != row["status"]:
+        await _rules_changed(request)
     (live,) = await _live_metrics(request, [after])
     return _answer(campaign_view(after, live), headers={"ETag": _etag(after["version"])})
 
@@ -626,6 +632,15 @@ async def delete_campaign(request: Request) -> Response:
         await audit.record(conn, request.state.caller, "campaign.deleted", "campaign", row["campaign_id"],
                            launches.audit_view(row), None)
     return Response(status_code=204)
+
+
+async def _rules_changed(request: Request) -> None:
+    """An event-triggered campaign started or stopped listening: the trigger stages reload their rules now
+    (else within ``journey_reload_s``)."""
+    try:
+        await request.app.state.redis.incr(FLOWS_CHANGED)
+    except (RedisError, OSError) as exc:
+        log.warning("flows:changed not bumped; workers reload within journey_reload_s", error=repr(exc))
 
 
 async def launch(
@@ -678,6 +693,8 @@ async def launch_campaign(request: Request) -> Response:
     async with request.app.state.postgres.acquire() as conn, conn.transaction():
         row = await _locked(request, conn)
         after, starts = await launch(request.app.state, conn, row, request.state.caller, now)
+    if after["type"] == "triggered":
+        await _rules_changed(request)
     result = LaunchResult(
         campaign_id=after["campaign_id"], status=after["status"], launched_at=after["launched_at"],
         launch_id=after["launch_id"], audience_size=after["audience_size"], scheduled_for=starts,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -191,3 +192,41 @@ async def _has(providers: Providers, users: set[int], n: int) -> bool:
 async def _clock(redis) -> float:
     from tests.helpers.journeys import clock_now
     return await clock_now(redis)
+
+
+def test_a_triggered_campaign_authored_launched_and_paused_over_the_api(settings, providers, workers, run):
+    """The author's path: create with a rule, launch (it listens at once), pause (it stops listening)."""
+    from tests.helpers.api import bearer
+    from tests.helpers.e2e import Api
+
+    workers.ensure(providers.env(), "trigger-worker")
+    (buyer,) = fresh_ids(1)
+
+    async def users() -> None:
+        import asyncpg
+        conn = await asyncpg.connect(settings.postgres_dsn)
+        try:
+            await insert_users(conn, [buyer], lambda u: "en")
+        finally:
+            await conn.close()
+    asyncio.run(users())
+    with Api(settings) as api:
+        created = api.client.post("/api/v1/campaigns", headers=bearer(api.key), json={
+            "name": f"cart rescue {run}", "type": "triggered", "channels": ["email"],
+            "content": {"email": DEFAULT_CONTENT["email"]},
+            "trigger": {"event": f"cart_abandoned.{run}", "reentry": "every",
+                        "where": [{"field": "value", "operator": "greater_than", "value": 20}]}})
+        assert created.status_code == 201, created.text
+        url = f"/api/v1/campaigns/{created.json()['campaign_id']}"
+        launched = api.client.post(f"{url}/launch", headers=bearer(api.key))
+        assert launched.status_code == 200 and launched.json()["status"] == "active", launched.text
+        asyncio.run(send_events(settings, [(buyer, f"cart_abandoned.{run}", {"value": 45})]))
+        asyncio.run(until(lambda: _has(providers, {buyer}, 1)))
+
+        paused = api.client.patch(url, headers=bearer(api.key), json={"status": "paused"})
+        assert paused.status_code == 200, paused.text
+        time.sleep(1.0)
+        asyncio.run(send_events(settings, [(buyer, f"cart_abandoned.{run}", {"value": 99})]))
+        time.sleep(3.0)
+        assert providers.received({buyer}) == Counter({(buyer, "email"): 1})
+        assert api.client.patch(url, headers=bearer(api.key), json={"status": "cancelled"}).status_code == 200
