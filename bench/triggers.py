@@ -434,7 +434,7 @@ async def sample_lags(settings, stop_at: asyncio.Event, every_s: float = 2.0) ->
 def profile(pids: list[int], seconds: float, out_dir: Path) -> list[subprocess.Popen]:
     """py-spy (``--profile``) on each worker for ``seconds``: collapsed stacks in ``out_dir``."""
     spy = os.environ.get("PY_SPY", "py-spy")
-    return [subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "50", "-f", "raw",
+    return [subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "50", "--nonblocking", "-f", "raw",
                               "-o", str(out_dir / f"triggers-worker-{i}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i, pid in enumerate(pids)]
 
