@@ -169,7 +169,7 @@ def step_name(journey_name: str, version: int, node_id: str) -> str:
     return name + tail
 
 
-def step_campaign(journey_name: str, version: int, send: Send) -> dict[str, Any]:
+def step_campaign(journey_name: str, version: int, send: Send, quiet_hours: object = None) -> dict[str, Any]:
     """The campaign that carries one send node's messages: its channel, template, variables and variants.
     It has no audience, schedule or trigger: the journey workers hand it one user at a time."""
     return {
@@ -179,6 +179,8 @@ def step_campaign(journey_name: str, version: int, send: Send) -> dict[str, Any]
         "ab_test": ({"enabled": True, "variants": [{"id": v, "weight": w} for v, w in send.variants]}
                     if send.variants else {}),
         "journey_node": send.id,
+        # The journey's quiet hours, as the gate reads a campaign's (pipeline/gate.py quiet_window).
+        "schedule": {} if quiet_hours is None else {"quiet_hours": quiet_hours},
     }
 
 
@@ -194,15 +196,15 @@ async def publish(conn: asyncpg.Connection, redis: Any, row: asyncpg.Record, jou
         "SELECT COALESCE(MAX(version), 0) + 1 FROM journey_versions WHERE journey_id = $1", journey_id)
     steps: dict[str, int] = {}
     for send in journey.sends():
-        step = step_campaign(journey.name, version, send)
+        step = step_campaign(journey.name, version, send, journey.quiet_hours)
         campaign = await conn.fetchrow(
             "INSERT INTO campaigns (name, description, type, status, channels, content, schedule, ab_test_config,"
             " goals, created_by, launched_at, journey_id, journey_version, journey_node)"
-            " VALUES ($1, $2, 'journey', 'active', $3, $4::jsonb, '{}'::jsonb, $5::jsonb, '{}'::jsonb, $6, $7, $8, $9,"
+            " VALUES ($1, $2, 'journey', 'active', $3, $4::jsonb, $11::jsonb, $5::jsonb, '{}'::jsonb, $6, $7, $8, $9,"
             " $10) RETURNING *",
             step["name"], f"Messages of send node {send.id!r} of journey {journey_id}, version {version}",
             step["channels"], to_json(step["content"]), to_json(step["ab_test"]), actor.key_id, now, journey_id,
-            version, send.id,
+            version, send.id, to_json(step["schedule"]),
         )
         steps[send.id] = campaign["campaign_id"]
         await audit.record(conn, actor, "campaign.created", "campaign", campaign["campaign_id"], None,

@@ -147,6 +147,9 @@ class Journey:
     entry: str
     goal: Rule | None = None
     goal_exits: bool = True  # False: reaching the goal marks the user converted, and they carry on
+    # The gate's quiet hours for every send of the journey, as a campaign's schedule.quiet_hours: true (the
+    # configured window), {"start": "21:00", "end": "08:00"} (the user's local time), false, or None (the default).
+    quiet_hours: object = None
 
     @property
     def entry_rule(self) -> Rule:
@@ -314,8 +317,15 @@ def parse_journey(raw: object, templates: Mapping[int, str] | None = None,
     if not isinstance(raw, Mapping):
         raise DefinitionError([("definition", "an object with name and nodes")])
     for key in raw:
-        if key not in ("name", "description", "goal", "nodes"):
-            out.add(key, "unknown field; allowed: name, description, goal, nodes")
+        if key not in ("name", "description", "goal", "nodes", "quiet_hours"):
+            out.add(key, "unknown field; allowed: name, description, goal, nodes, quiet_hours")
+    quiet = raw.get("quiet_hours")
+    if quiet is not None and not isinstance(quiet, bool):
+        bounds = [quiet.get(k) for k in ("start", "end")] if isinstance(quiet, Mapping) else None
+        if bounds is None or set(quiet) - {"start", "end"} or not all(isinstance(b, str) and _CLOCK.match(b)
+                                                                       for b in bounds):
+            out.add("quiet_hours", "true (the configured window), false, or {\"start\": \"21:00\", \"end\": \"08:00\"}"
+                    " in the user's local time")
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 255:
         out.add("name", "a name of 1 to 255 characters")
@@ -363,7 +373,8 @@ def parse_journey(raw: object, templates: Mapping[int, str] | None = None,
             out.add(paths[node.id], f"node {node.id!r} tests 'converted', but the journey has no goal")
     if out.items:
         raise DefinitionError(out.items)
-    return Journey(name=name.strip(), nodes=nodes, entry=entries[0], goal=goal, goal_exits=goal_exits is not False)
+    return Journey(name=name.strip(), nodes=nodes, entry=entries[0], goal=goal, goal_exits=goal_exits is not False,
+                   quiet_hours=quiet)
 
 
 def _allowed(item: Mapping, path: str, fields: set[str], out: _Problems) -> None:

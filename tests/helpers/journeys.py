@@ -44,9 +44,11 @@ async def publish_flow(pool: asyncpg.Pool, redis: aioredis.Redis, definition: Ma
             ab = {"enabled": True, "variants": [{"id": v, "weight": w} for v, w in node.variants]} if node.variants else {}
             steps[node.id] = await conn.fetchval(
                 "INSERT INTO campaigns (name, type, status, channels, content, ab_test_config, journey_id, journey_version,"
-                " journey_node) VALUES ($1, 'journey', 'active', $2, $3::jsonb, $4::jsonb, $5, $6, $7) RETURNING campaign_id",
+                " journey_node, schedule) VALUES ($1, 'journey', 'active', $2, $3::jsonb, $4::jsonb, $5, $6, $7, $8::jsonb)"
+                " RETURNING campaign_id",
                 f"test-journey-{journey_id}-v{version}-{node.id}", [node.channel],
-                orjson.dumps({node.channel: body}).decode(), orjson.dumps(ab).decode(), journey_id, version, node.id)
+                orjson.dumps({node.channel: body}).decode(), orjson.dumps(ab).decode(), journey_id, version, node.id,
+                orjson.dumps({} if journey.quiet_hours is None else {"quiet_hours": journey.quiet_hours}).decode())
         await conn.execute("INSERT INTO journey_versions (journey_id, version, definition, step_campaigns)"
                            " VALUES ($1, $2, $3::jsonb, $4::jsonb)", journey_id, version,
                            orjson.dumps(definition).decode(), orjson.dumps(steps).decode())

@@ -276,3 +276,61 @@ async def test_users_entering_a_dynamic_segment_enter_the_journey(settings, pipe
         assert counts["entered"] == 2 and counts.get("refused:entered_before", 0) >= 1
     finally:
         await pipeline_pool.execute("DELETE FROM segments WHERE segment_id = $1", segment_id)
+
+
+async def test_the_gate_screens_every_journey_send(settings, pipeline_pool, pipeline_redis, providers, journey_worker,
+                                                    flows, run):
+    """Preferences, frequency caps and quiet hours apply to journey sends as to campaigns: an unsubscribed
+    user gets no email, a user capped at one email a week gets the first of two, and a journey whose quiet
+    hours cover now defers its sends (to their end) instead of sending them."""
+    from datetime import datetime, timedelta, timezone
+
+    from schemas.topics import DELIVERY_EVENTS, PREFERENCE_UPDATES
+    from tests.helpers.kafka import end_offsets, of_campaign, produce, read
+
+    optout, capped, free = users = fresh_ids(3)
+    async with pipeline_pool.acquire() as conn:
+        await insert_users(conn, users, lambda u: "en")
+
+    def prefs(uid: int, unsubscribed: list[str], cap: dict[str, int]) -> tuple[bytes, bytes]:
+        return str(uid).encode(), orjson.dumps({
+            "user_id": uid, "channels": {ch: ch not in unsubscribed for ch in ("email", "sms", "push", "in_app")},
+            "frequency_cap": cap, "frequency_cap_window_days": 7, "categories": {}, "unsubscribed": unsubscribed,
+            "updated_at": datetime.now(timezone.utc).isoformat(), "version": 1})
+    await produce(settings.kafka_brokers, PREFERENCE_UPDATES.name, [prefs(optout, ["email"], {}),
+                                                                   prefs(capped, [], {"email": 1})])
+    await asyncio.sleep(2.0)  # the gate's replica has them
+    two_mails = {"name": "two mails", "nodes": [
+        {"id": "start", "type": "entry", "event": f"joined.{run}", "next": "first"},
+        {"id": "first", "type": "send", "channel": "email", "template_id": 1, "next": "second"},
+        {"id": "second", "type": "send", "channel": "email", "template_id": 1, "next": "done"},
+        {"id": "done", "type": "exit"}]}
+    journey_id, _, steps = await publish_flow(pipeline_pool, pipeline_redis, two_mails)
+    flows.append(journey_id)
+    await send_events(settings, [(u, f"joined.{run}", {}) for u in users])
+    await until(lambda: _count(providers, set(users), "email", 3))
+    await asyncio.sleep(2.0)
+    assert providers.received(set(users)) == Counter({(free, "email"): 2, (capped, "email"): 1})
+
+    now = datetime.now(timezone.utc)
+    window = {"start": (now - timedelta(hours=1)).strftime("%H:%M"), "end": (now + timedelta(hours=1)).strftime("%H:%M")}
+    (night_owl,) = fresh_ids(1)
+    async with pipeline_pool.acquire() as conn:
+        await insert_users(conn, [night_owl], lambda u: "en")
+    quiet, _, quiet_steps = await publish_flow(pipeline_pool, pipeline_redis, {
+        "name": "quiet", "quiet_hours": window, "nodes": [
+            {"id": "start", "type": "entry", "event": f"late.{run}", "next": "mail"},
+            {"id": "mail", "type": "send", "channel": "email", "template_id": 1, "next": "done"},
+            {"id": "done", "type": "exit"}]})
+    flows.append(quiet)
+    before = await end_offsets(settings.kafka_brokers, DELIVERY_EVENTS.name)
+    await send_events(settings, [(night_owl, f"late.{run}", {})])
+    deferred = await read(settings.kafka_brokers, before, keep=of_campaign(quiet_steps["mail"]),
+                          until=lambda kept: any(e["status"] == "deferred" for r in kept for e in r.value["events"]))
+    assert [e["user_id"] for r in deferred for e in r.value["events"] if e["status"] == "deferred"] == [night_owl]
+    await asyncio.sleep(2.0)
+    assert providers.received({night_owl}) == Counter()
+    from schemas.keys import DEFERRED
+    for member in await pipeline_redis.zrange(DEFERRED, 0, -1):  # not to be released after the test is gone
+        if orjson.loads(member).get("campaign_id") == quiet_steps["mail"]:
+            await pipeline_redis.zrem(DEFERRED, member)

@@ -38,7 +38,9 @@ def test_each_send_node_becomes_a_campaign_of_its_channel_template_and_variants(
 
     assert step_campaign(journey.name, 3, mail) == {
         "name": "Welcome · v3 · mail", "channels": ["email"], "journey_node": "mail",
-        "content": {"email": {"template_id": 11, "variables": {"code": "X"}}}, "ab_test": {}}
+        "content": {"email": {"template_id": 11, "variables": {"code": "X"}}}, "ab_test": {}, "schedule": {}}
+    assert step_campaign(journey.name, 3, mail, {"start": "22:00", "end": "07:00"})["schedule"] == {
+        "quiet_hours": {"start": "22:00", "end": "07:00"}}  # the journey's quiet hours, as the gate reads them
     assert step_campaign(journey.name, 3, sms)["ab_test"] == {
         "enabled": True, "variants": [{"id": "A", "weight": 30.0}, {"id": "B", "weight": 70.0}]}
     assert step_campaign(journey.name, 3, sms)["content"] == {"sms": {"template_id": 12, "variables": {}}}

@@ -567,3 +567,17 @@ def test_entry_and_node_types():
     j = parse_journey(spec_journey())
     assert isinstance(j.nodes["start"], Entry) and j.nodes["start"].next == "email"
     assert not isinstance(j.nodes["done"], (Entry, Send, Wait, WaitForEvent, Branch, Split))
+
+
+def test_a_journeys_quiet_hours_are_true_false_or_a_local_window():
+    from pipeline.journeys.model import DefinitionError, parse_journey
+    base = {"name": "q", "nodes": [{"id": "s", "type": "entry", "event": "signup", "next": "e"},
+                                   {"id": "e", "type": "exit"}]}
+    assert parse_journey({**base, "quiet_hours": True}).quiet_hours is True
+    assert parse_journey({**base, "quiet_hours": {"start": "21:30", "end": "08:00"}}).quiet_hours == {
+        "start": "21:30", "end": "08:00"}
+    assert parse_journey(base).quiet_hours is None
+    for bad in ({"start": "9pm", "end": "08:00"}, {"start": "21:00"}, "night", {"start": "21:00", "end": "08:00", "x": 1}):
+        with pytest.raises(DefinitionError) as caught:
+            parse_journey({**base, "quiet_hours": bad})
+        assert [p for p, _ in caught.value.problems] == ["quiet_hours"]
