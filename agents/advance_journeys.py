@@ -80,11 +80,13 @@ async def _handle(event) -> None:
 
 
 async def _flush_when_due() -> None:
+    """``journey_flush_s`` after the first record that waits for a flush; asleep while nothing does."""
     while True:
-        await asyncio.sleep(settings.journey_flush_s / 3)
+        await advancer.waiting.wait()
+        await asyncio.sleep(settings.journey_flush_s)
+        advancer.waiting.clear()
         try:
-            if advancer.due():
-                await advancer.flush()
+            await advancer.flush()
         except Exception:  # flush retries stores itself; anything else must not stop the loop
             log.exception("advance_journeys: flush failed")
 

@@ -18,6 +18,7 @@ the gate's dedup and the senders' ledger keep to one message.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -134,6 +135,12 @@ async def load_flows(pool: asyncpg.Pool) -> FlowIndex:
     return FlowIndex.build(flows, current, stopped)
 
 
+def _token(text: str) -> str:
+    """A dedup value or event id as the member keeps it: 40 bits of its hash (a user's few recent entries
+    are told apart; the state stays small)."""
+    return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
+
+
 def _epoch(raw: object) -> float | None:
     moment = moment_of(raw)
     return None if moment is None else moment.timestamp()
@@ -220,7 +227,7 @@ def outcome_counts(flow: str, outcome: Outcome, timed_out: bool) -> Iterable[tup
 
 class Advancer:
     def __init__(self, settings: Settings, clients: WorkerClients, audience: WorkerAudience,
-                 table: MutableMapping[str, dict], owned: Callable[[int], bool] = lambda p: True) -> None:
+                 table: MutableMapping[str, bytes], owned: Callable[[int], bool] = lambda p: True) -> None:
         self.settings = settings
         self.clients = clients
         self.table = table
@@ -230,6 +237,7 @@ class Advancer:
         self.facts = FactSource(clients, audience)
         self.timers = TimerIndex()
         self.pending = Pending()
+        self.waiting = asyncio.Event()  # set when handled records wait for a flush
         self._flushing = asyncio.Lock()
 
     # ── records in ──
@@ -246,6 +254,7 @@ class Advancer:
             await self._engagement(partition, orjson.loads(raw).get("events") or [])
         if self.pending.first_at is None:
             self.pending.first_at = time.monotonic()
+            self.waiting.set()
 
     async def _events(self, partition: int, topic: str, signal: JourneySignal) -> None:
         index, now = await self.book.refresh(), await self.clock.now()
@@ -272,7 +281,7 @@ class Advancer:
             if flow.key in done:
                 prev = next(o.member for k, o, _ in out if k == flow.key and isinstance(o, Outcome))
             dedup = dedup_value(flow.rule, event)
-            seen = ([f"d:{dedup}"] if dedup is not None else []) + [f"e:{event.event_id}"]
+            seen = ([_token(f"d:{dedup}")] if dedup is not None else []) + [_token(f"e:{event.event_id}")]
             why = engine.admit(flow, prev, seen, now, facts)
             out.append((flow.key, why if why else engine.start(flow, prev, event.user_id, seen, now, facts), False))
         return out
@@ -332,7 +341,8 @@ class Advancer:
                     decide: Callable[[Mapping[str, list], Facts], list[tuple[str, Outcome | str, bool]]]) -> None:
         """Decide with the user's places (fetching facts the engine asks for), then apply: entry
         limits, the table, and what the moves emit."""
-        state = self.table.get(str(uid)) or {}
+        raw = self.table.get(str(uid))
+        state = orjson.loads(raw) if raw else {}
         facts = Facts()
         for _ in range(4):
             try:
@@ -365,16 +375,12 @@ class Advancer:
             if moved.wake_at is not None:
                 self.timers.add(partition, uid, moved.wake_at)
         if new_state != state:
-            self.table[str(uid)] = new_state
+            self.table[str(uid)] = orjson.dumps(new_state)
 
     async def _within_limit(self, key: str, limit: int) -> bool:
         return await self.clients.redis().incr(flow_entries_key(key)) <= limit
 
     # ── out ──
-
-    def due(self) -> bool:
-        started = self.pending.first_at
-        return started is not None and time.monotonic() - started >= self.settings.journey_flush_s
 
     async def flush(self) -> None:
         """Emit what the handled records decided, then acknowledge them."""
@@ -483,8 +489,9 @@ class Advancer:
         keep = set(partitions)
         self.timers.clear()
         uids, dues = [], []
-        for key, state in self.table.items():
-            wakes = [m[WAKE] for m in (state or {}).values() if m[NODE] is not None and m[WAKE] is not None]
+        for key, raw in self.table.items():
+            wakes = [m[WAKE] for m in (orjson.loads(raw) if raw else {}).values()
+                     if m[NODE] is not None and m[WAKE] is not None]
             if wakes:
                 uids.append(int(key))
                 dues.append(min(wakes))
