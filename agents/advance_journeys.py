@@ -5,7 +5,7 @@ agents/match_triggers.py, due timers from this file's ``journey_timers``) and ``
 (opens and clicks of journeys' own messages; everything else is skipped unread).
 A segment-entry journey's users arrive as entry events of their own (``segment_entries``: who is in
 the dynamic segment now and was not at the last look, per partition this worker owns).
-Output: ``message-requests`` (``MessageBatch``, one per campaign, step "<node>#<k>" and partition
+Output: ``message-requests`` (``MessageBatch``, one per campaign, step "<node>@<entry tag>" and partition
 of the sends decided within ``journey_flush_s``), then the gate applies preferences, caps, quiet
 hours and dedup as for any campaign. Redis: ``flow:{flow}:progress`` counters, ``flow:{flow}:exit:{user}``
 (a goal reached or the journey stopped: what was queued for that entry is dropped by the gate and

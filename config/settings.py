@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # The trigger stages (agents/match_triggers.py, agents/advance_journeys.py).
     # How long a journey's sends wait to be sent on together (one message-requests record per
     # campaign, step and partition), and how often the timers and the flows' definitions are checked.
-    journey_flush_s: float = Field(default=0.03, gt=0)
+    journey_flush_s: float = Field(default=0.25, gt=0)
     journey_tick_s: float = Field(default=0.25, gt=0)
     journey_reload_s: float = Field(default=30.0, gt=0)
     # How often a journey that users enter by entering a dynamic segment looks at the segment's members.

@@ -1,8 +1,9 @@
 """Messages of users who left a journey: a goal reached (or the journey stopped) drops what was
 already queued for that entry, wherever it waits (message-requests, a quiet-hours deferral, an outbox).
 
-advance_journeys writes ``flow:j{id}:exit:{user}`` = the entry number k it ended; a message of step
-"<node>#<k>" for that user is dropped by the gate and, last, by the sender before its provider call.
+advance_journeys writes ``flow:j{id}:exit:{user}`` = the entry tag (the second the entry began) it ended; a
+message of step "<node>@<tag>" for that user, of that entry or an earlier one, is dropped by the gate and,
+last, by the sender before its provider call.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ def journey_flow(journey_id: int | None) -> str | None:
 
 
 def entry_of(step: str) -> int | None:
-    """k of a journey step "<node>#<k>" (None: not a journey step)."""
-    _, sep, k = step.rpartition("#")
-    return int(k) if sep and k.isdigit() else None
+    """The entry tag of a journey step "<node>@<tag>" (None: not a journey step); as
+    ``pipeline.journeys.engine.step_tag``."""
+    _, sep, tag = step.rpartition("@")
+    return int(tag) if sep and tag.isdigit() else None
 
 
 async def exited(redis: Any, journey_id: int | None, step: str, user_ids: Sequence[int]) -> set[int]:

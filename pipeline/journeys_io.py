@@ -11,7 +11,7 @@ places from the table, lets pipeline/journeys/engine.py decide, writes the place
 what the moves emit in ``Pending`` until ``flush``: one message-requests record per (campaign,
 step, partition), the counters in one Redis round trip, then the records it came from are
 acknowledged. A crash before that replays them; the engine recognises a replayed event (its id is
-in the member's ``seen``), and a replayed send has the same message id (step "<node>#<k>"), which
+in the member's ``seen``), and a replayed send has the same message id (step "<node>@<entry tag>"), which
 the gate's dedup and the senders' ledger keep to one message.
 """
 
@@ -200,7 +200,7 @@ class Pending:
 
     sends: dict[tuple[int, str, str | None, int], list[int]] = field(default_factory=lambda: defaultdict(list))
     counts: Counter = field(default_factory=Counter)  # (flow, field) → delta
-    exits: dict[tuple[str, int], int] = field(default_factory=dict)  # (flow, user) → entry k
+    exits: dict[tuple[str, int], int] = field(default_factory=dict)  # (flow, user) → entry tag
     acks: list[Callable[[], None]] = field(default_factory=list)
     first_at: float | None = None
 
@@ -283,7 +283,8 @@ class Advancer:
             dedup = dedup_value(flow.rule, event)
             seen = ([_token(f"d:{dedup}")] if dedup is not None else []) + [_token(f"e:{event.event_id}")]
             why = engine.admit(flow, prev, seen, now, facts)
-            out.append((flow.key, why if why else engine.start(flow, prev, event.user_id, seen, now, facts), False))
+            out.append((flow.key, why if why else engine.start(flow, prev, event.user_id, seen, now, facts, event.at),
+                        False))
         return out
 
     async def _wake(self, partition: int, users: list[int]) -> None:
@@ -299,7 +300,10 @@ class Advancer:
             if member[NODE] is None or member[WAKE] is None or member[WAKE] > now:
                 continue
             flow = index.version(key, member[0])
-            if flow is None:
+            if flow is None:  # the flow was deleted: the user leaves it, and its timer with it
+                moved = engine.leave(member, "gone") if key not in index.versions else None
+                if moved is not None:
+                    out.append((key, moved, False))
                 continue
             if key in index.stopped:
                 moved = engine.leave(member, "stopped")
@@ -320,15 +324,16 @@ class Advancer:
             if ev.get("status") not in ("opened", "clicked"):
                 continue
             found = index.step_of(ev.get("campaign_id"))
-            node, _, k = str(ev.get("step") or "").rpartition("#")
-            if found is None or node != found[1] or not k.isdigit():
+            step = str(ev.get("step") or "")
+            node, tag = step.rpartition("@")[0], engine.step_tag(step)
+            if found is None or node != found[1] or tag is None:
                 continue
             key, kind = found[0], ev["status"]
             uid, at = int(ev["user_id"]), _epoch(ev.get("at"))
 
-            def decide(state, facts, key=key, node=node, k=int(k), kind=kind, uid=uid, at=at):
+            def decide(state, facts, key=key, node=node, tag=tag, kind=kind, uid=uid, at=at):
                 member = state.get(key)
-                if member is None or member[1] != k or member[NODE] is None:
+                if member is None or engine.entry_tag(member) != tag or member[NODE] is None:
                     return []
                 flow = index.version(key, member[0])
                 moved = engine.on_engagement(flow, member, uid, node, kind, now, facts, at) if flow else None
@@ -371,7 +376,7 @@ class Advancer:
             for send in moved.sends:
                 self.pending.sends[(send.campaign_id, send.step, send.channel, partition)].append(uid)
             if moved.exit in EXITS_THAT_DROP:
-                self.pending.exits[(key, uid)] = moved.member[1]
+                self.pending.exits[(key, uid)] = engine.entry_tag(moved.member)
             if moved.wake_at is not None:
                 self.timers.add(partition, uid, moved.wake_at)
         if new_state != state:

@@ -6,8 +6,9 @@ in it (a "member") is a compact list, as the journey table stores it per user an
     [version, k, node, entered_at, since, wake_at, marks, last_entry_at, seen]
 
     version     the flow version the user entered with (they finish on it, whatever is published later)
-    k           how many times the user has entered (each entry's messages have their own ids: step
-                "<node>#<k>", so a re-entry is a new message and a replay of one the same message)
+    k           how many times the user has entered
+    entered_at  when the entering event happened; each entry's messages have their own ids (step
+                "<node>@<entered second>": a re-entry is a new message, a replay the same message)
     node        where the user is, None once they left (the rest is kept for the re-entry policy)
     since       when the user reached ``node`` (a wait counts from it)
     wake_at     when the timer of a wait (or a wait-for-event's timeout) is due, None if not waiting
@@ -38,6 +39,7 @@ from pipeline.journeys.rules import Event, condition_holds, criteria_hold, match
 
 V, K, NODE, ENTERED, SINCE, WAKE, MARKS, LAST, SEEN = range(9)
 SEEN_KEPT = 8  # dedup values and event ids remembered per user and flow
+LATE_ENTRY_S = 3600  # an entering event older than this enters the user now (a backfill, a long outage)
 MAX_STEPS = 500  # nodes one call may pass (a validated journey parks or exits long before)
 UNKNOWN = object()
 
@@ -87,7 +89,7 @@ class NeedFacts(Exception):
 class SendAction:
     node: str
     campaign_id: int
-    step: str  # "<node>#<k>"
+    step: str  # "<node>@<entry tag>"
     channel: str | None  # None: every channel of the campaign
 
 
@@ -135,15 +137,36 @@ def admit(flow: Flow, prev: list | None, seen: list[str], now: float, facts: Fac
     return None
 
 
-def start(flow: Flow, prev: list | None, uid: int, seen: list[str], now: float, facts: Facts) -> Outcome:
-    """Enter the user (``admit`` said yes, the entry limit too) and run them to their first stop."""
+def start(flow: Flow, prev: list | None, uid: int, seen: list[str], now: float, facts: Facts,
+          at: float | None = None) -> Outcome:
+    """Enter the user (``admit`` said yes, the entry limit too) and run them to their first stop.
+
+    ``at``: when the entering event happened. The entry counts from it (a replay of the event enters at the
+    same instant, so its messages are the same messages: ``entry_tag``), unless it is in the future or
+    over ``LATE_ENTRY_S`` old (a backfilled event does not run a user through their waits at once)."""
+    when = now if at is None or at > now or now - at > LATE_ENTRY_S else at
+    if prev is not None and int(when) <= int(prev[ENTERED]):  # a re-entry within the second of the last one:
+        when = float(int(prev[ENTERED]) + 1)                 # the next second, so its messages are new ones
     k = (prev[K] if prev is not None else 0) + 1
     kept = ([s for s in (prev[SEEN] or ()) if s not in seen] if prev is not None else []) + seen
-    member = [flow.version, k, flow.journey.entry, now, now, None, None, now, kept[-SEEN_KEPT:]]
+    member = [flow.version, k, flow.journey.entry, when, when, None, None, when, kept[-SEEN_KEPT:]]
     out = Outcome(member, None, entered=True)
-    _go(flow, member, flow.journey.nodes[flow.journey.entry].next, now)
+    _go(flow, member, flow.journey.nodes[flow.journey.entry].next, when)
     _run(flow, member, uid, now, facts, out)
     return out
+
+
+def entry_tag(member: list) -> int:
+    """The entry a member's messages belong to: the second it entered. A send's step is "<node>@<tag>", so a
+    re-entry's messages are new messages and the users who entered in the same second share one step (their
+    sends travel together in one message-requests record)."""
+    return int(member[ENTERED])
+
+
+def step_tag(step: str) -> int | None:
+    """The entry tag of a journey step "<node>@<tag>" (None: not a journey step)."""
+    _, sep, tag = step.rpartition("@")
+    return int(tag) if sep and tag.isdigit() else None
 
 
 # ── What moves a user ─────────────────────────────────────────────────────────
@@ -262,7 +285,7 @@ def _run(flow: Flow, m: list, uid: int, now: float, facts: Facts, out: Outcome) 
             _leave(m, out, "exit")
             return
         if isinstance(node, Send):
-            out.sends.append(SendAction(node.id, flow.campaigns[node.id], f"{node.id}#{m[K]}",
+            out.sends.append(SendAction(node.id, flow.campaigns[node.id], f"{node.id}@{entry_tag(m)}",
                                         None if flow.whole_campaign else node.channel))
             _go(flow, m, node.next, m[SINCE])
         elif isinstance(node, Wait):

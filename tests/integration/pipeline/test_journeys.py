@@ -13,6 +13,7 @@ import asyncio
 import os
 import secrets
 import signal
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -87,10 +88,11 @@ async def test_spec_workflow_sends_what_each_user_earns(settings, pipeline_pool,
     flows.append(journey_id)
     who = set(users)
 
-    await send_events(settings, [(u, f"signup.{run}", {"plan": "free"}) for u in users])
+    signed_up = time.time()  # the entry's tag: its messages' step is "<node>@<that second>"
+    await send_events(settings, [(u, f"signup.{run}", {"plan": "free"}) for u in users], at=signed_up)
     await until(lambda: _count(providers, who, "email", 5))
-    await engage(settings, opener, steps["welcome"], "email", "welcome#1", "opened")
-    await engage(settings, clicker, steps["welcome"], "email", "welcome#1", "clicked")
+    await engage(settings, opener, steps["welcome"], "email", f"welcome@{int(signed_up)}", "opened")
+    await engage(settings, clicker, steps["welcome"], "email", f"welcome@{int(signed_up)}", "clicked")
     await send_events(settings, [(buyer_early, f"purchase.{run}", {"amount": 30})])
     await until(lambda: _field(settings, journey_id, "exited:goal", 1))
     await asyncio.sleep(1.0)  # the opens reach the worker (no counter shows an open)

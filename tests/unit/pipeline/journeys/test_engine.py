@@ -103,7 +103,7 @@ def sent(out) -> list[tuple[str, str, str | None]]:
 def test_entering_sends_the_email_and_parks_at_the_first_wait():
     out = begin(seen=["d:x", "e:1"])
     assert out.entered and out.before is None and out.exit is None and not out.converted
-    assert out.sends == [SendAction("email", CAMPAIGN["email"], "email#1", "email")]
+    assert out.sends == [SendAction("email", CAMPAIGN["email"], f"email@{int(T0)}", "email")]
     m = out.member
     assert (m[V], m[K], m[NODE], m[ENTERED], m[SINCE], m[WAKE], m[MARKS], m[LAST], m[SEEN]) == \
         (1, 1, "wait1", T0, T0, T0 + DAY, None, T0, ["d:x", "e:1"])
@@ -114,11 +114,11 @@ def test_a_user_who_ignores_everything_gets_email_then_push_a_day_later_then_sms
     m = begin().member
     assert wake(SPEC, m, T0 + DAY - 1) is None  # not due yet
     out = wake(SPEC, m, T0 + DAY)
-    assert out.before == "wait1" and sent(out) == [("push", "push#1", "push")]
+    assert out.before == "wait1" and sent(out) == [("push", f"push@{int(T0)}", "push")]
     assert (out.node, out.member[SINCE], out.wake_at) == ("wait2", T0 + DAY, T0 + 3 * DAY)
     assert wake(SPEC, out.member, T0 + 3 * DAY - 1) is None
     out = wake(SPEC, out.member, T0 + 3 * DAY)
-    assert sent(out) == [("sms", "sms#1", "sms")] and out.exit == "exit"
+    assert sent(out) == [("sms", f"sms@{int(T0)}", "sms")] and out.exit == "exit"
     assert (out.node, out.wake_at, out.member[MARKS]) == (None, None, None)
     assert out.member[K] == 1 and out.member[LAST] == T0  # kept for the re-entry policy
     assert wake(SPEC, out.member, T0 + 9 * DAY) is None  # left: nothing more
@@ -133,7 +133,7 @@ def test_a_user_who_opens_gets_no_push_and_then_the_sms_since_they_did_not_conve
     out = wake(SPEC, out.member, T0 + DAY)
     assert out.sends == [] and out.node == "wait2" and out.wake_at == T0 + 3 * DAY
     out = wake(SPEC, out.member, T0 + 3 * DAY)
-    assert sent(out) == [("sms", "sms#1", "sms")] and out.exit == "exit"
+    assert sent(out) == [("sms", f"sms@{int(T0)}", "sms")] and out.exit == "exit"
 
 
 def test_a_user_who_clicks_gets_no_push_either():
@@ -161,7 +161,7 @@ def test_a_goal_that_does_not_exit_marks_the_user_converted_and_skips_the_sms():
     assert out.converted and out.exit is None and out.node == "wait1" and out.member[MARKS] == {"g": 1}
     assert event(flow, out.member, "purchase", T0 + 2 * HOUR) is None  # converted once
     out = wake(flow, out.member, T0 + DAY)
-    assert sent(out) == [("push", "push#1", "push")]
+    assert sent(out) == [("push", f"push@{int(T0)}", "push")]
     out = wake(flow, out.member, T0 + 3 * DAY)
     assert out.sends == [] and out.exit == "exit"
 
@@ -202,13 +202,13 @@ def test_listens_names_the_events_members_care_about():
 def test_a_late_wake_moves_the_user_at_the_timers_time():
     m = begin().member
     out = wake(SPEC, m, T0 + DAY + 5 * HOUR)
-    assert sent(out) == [("push", "push#1", "push")]
+    assert sent(out) == [("push", f"push@{int(T0)}", "push")]
     assert out.member[SINCE] == T0 + DAY and out.wake_at == T0 + 3 * DAY  # not 5 hours later
 
 
 def test_a_very_late_wake_catches_up_on_the_schedule():
     out = wake(SPEC, begin().member, T0 + 10 * DAY)
-    assert sent(out) == [("push", "push#1", "push"), ("sms", "sms#1", "sms")] and out.exit == "exit"
+    assert sent(out) == [("push", f"push@{int(T0)}", "push"), ("sms", f"sms@{int(T0)}", "sms")] and out.exit == "exit"
 
 
 def test_on_wake_ignores_a_member_without_a_timer():
@@ -230,16 +230,16 @@ def test_an_open_within_the_wait_takes_the_next_branch():
     m = begin(OPENED).member
     assert (m[NODE], m[WAKE]) == ("w", T0 + DAY)
     out = engage(OPENED, m, "a", "opened", T0 + HOUR)
-    assert [s.step for s in out.sends] == ["thanks#1"] and out.exit == "exit" and out.before == "w"
+    assert [s.step for s in out.sends] == [f"thanks@{int(T0)}"] and out.exit == "exit" and out.before == "w"
     out = engage(OPENED, m, "a", "clicked", T0 + HOUR)  # a click is an open too
-    assert [s.step for s in out.sends] == ["thanks#1"]
+    assert [s.step for s in out.sends] == [f"thanks@{int(T0)}"]
 
 
 def test_no_open_within_the_wait_takes_the_timeout_branch():
     m = begin(OPENED).member
     assert wake(OPENED, m, T0 + DAY - 1) is None
     out = wake(OPENED, m, T0 + DAY)
-    assert sent(out) == [("nudge", "nudge#1", "push")] and out.exit == "exit"
+    assert sent(out) == [("nudge", f"nudge@{int(T0)}", "push")] and out.exit == "exit"
 
 
 def test_engagement_with_another_message_or_kind_does_not_end_the_wait():
@@ -258,7 +258,7 @@ def test_a_wait_for_a_click_is_not_ended_by_an_open():
     out = engage(flow, m, "a", "opened", T0 + HOUR)
     assert out.sends == [] and out.node == "w"
     out = engage(flow, out.member, "a", "clicked", T0 + 2 * HOUR)
-    assert [s.step for s in out.sends] == ["thanks#1"]
+    assert [s.step for s in out.sends] == [f"thanks@{int(T0)}"]
 
 
 def test_an_open_before_the_user_reaches_the_wait_counts():
@@ -268,7 +268,7 @@ def test_an_open_before_the_user_reaches_the_wait_counts():
          "timeout_next": "done"}, send("thanks")))
     m = engage(flow, begin(flow).member, "a", "opened", T0 + 60).member
     out = wake(flow, m, T0 + HOUR)
-    assert [s.step for s in out.sends] == ["thanks#1"] and out.exit == "exit"
+    assert [s.step for s in out.sends] == [f"thanks@{int(T0)}"] and out.exit == "exit"
 
 
 APP_OPEN = flow_of(body_of(
@@ -283,13 +283,13 @@ def test_a_wait_for_a_user_event_reads_its_filter():
     assert event(APP_OPEN, m, "app_open", T0 + HOUR, platform="android") is None
     assert event(APP_OPEN, m, "app_close", T0 + HOUR, platform="ios") is None
     out = event(APP_OPEN, m, "app_open", T0 + HOUR, now=T0 + 2 * HOUR, platform="ios")
-    assert [s.step for s in out.sends] == ["yes#1"]
+    assert [s.step for s in out.sends] == [f"yes@{int(T0)}"]
     assert out.node == "later" and out.member[SINCE] == T0 + HOUR and out.wake_at == T0 + HOUR + DAY
 
 
 def test_a_wait_for_a_user_event_times_out():
     out = wake(APP_OPEN, begin(APP_OPEN).member, T0 + 2 * DAY)
-    assert [s.step for s in out.sends] == ["no#1"] and out.exit == "exit"
+    assert [s.step for s in out.sends] == [f"no@{int(T0)}"] and out.exit == "exit"
 
 
 def test_an_event_after_the_timeout_does_not_end_the_wait_even_when_the_timer_has_not_fired_yet():
@@ -298,7 +298,7 @@ def test_an_event_after_the_timeout_does_not_end_the_wait_even_when_the_timer_ha
     out = event(APP_OPEN, m, "app_open", T0 + 3 * DAY, platform="ios")
     assert out is None or out.sends == []
     out = wake(APP_OPEN, (out.member if out else m), T0 + 3 * DAY)
-    assert [s.step for s in out.sends] == ["no#1"]
+    assert [s.step for s in out.sends] == [f"no@{int(T0)}"]
 
 
 # ── Conditions ────────────────────────────────────────────────────────────────
@@ -457,7 +457,7 @@ def test_need_facts_leaves_nothing_half_done():
     with pytest.raises(NeedFacts):
         begin(flow)
     out = begin(flow, facts=Facts(profile={"timezone": "Europe/Paris"}))
-    assert [s.step for s in out.sends] == ["a#1"] and out.wake_at == utc(2026, 3, 3, 8, 0)
+    assert [s.step for s in out.sends] == [f"a@{int(T0)}"] and out.wake_at == utc(2026, 3, 3, 8, 0)
 
 
 # ── Admission and re-entry ────────────────────────────────────────────────────
@@ -485,11 +485,11 @@ def test_every_lets_a_user_in_each_time_with_new_message_steps():
     assert first[K] == 1
     assert admit(flow, first, ["e:2"], T0 + 60, NO_FACTS) is None
     second = begin(flow, prev=first, now=T0 + 60, seen=["e:2"])
-    assert [s.step for s in second.sends] == ["a#2"] and second.member[K] == 2
+    assert [s.step for s in second.sends] == [f"a@{int(T0) + 60}"] and second.member[K] == 2
     assert second.member[ENTERED] == T0 + 60 and second.member[LAST] == T0 + 60
     assert second.member[SEEN] == ["e:1", "e:2"]
     third = begin(flow, prev=second.member, now=T0 + 120, seen=["e:3"])
-    assert [s.step for s in third.sends] == ["a#3"]
+    assert [s.step for s in third.sends] == [f"a@{int(T0) + 120}"]
 
 
 def test_window_lets_a_user_in_once_per_window():
@@ -596,10 +596,10 @@ def test_a_campaign_flow_sends_the_whole_campaign_once_then_exits():
     flow = campaign_flow(55, 3, rule)
     assert flow.key == "c55" and flow.version == 3 and flow.rule is rule and flow.whole_campaign and flow.live
     out = begin(flow, seen=["e:p1"])
-    assert out.sends == [SendAction("send", 55, "send#1", None)]
+    assert out.sends == [SendAction("send", 55, f"send@{int(T0)}", None)]
     assert out.exit == "exit" and out.node is None and out.member[V] == 3
     again = begin(flow, prev=out.member, now=T0 + 60, seen=["e:p2"])
-    assert again.sends == [SendAction("send", 55, "send#2", None)]
+    assert again.sends == [SendAction("send", 55, f"send@{int(T0) + 60}", None)]
     assert admit(campaign_flow(55, 3, rule, live=False), None, ["e:p3"], T0, NO_FACTS) == "not_live"
     assert listens(flow, Event(1, "purchase", T0, {}, "e")) and not listens(flow, Event(1, "view", T0, {}, "e"))
 
@@ -640,7 +640,27 @@ def test_an_open_after_the_timeout_was_due_leaves_the_timeout_to_decide():
     E = engine
     flow = E.Flow("j9", 1, journey, {"mail": 1, "nudge": 2})
     entered = E.start(flow, None, 7, ["e:1"], 1000.0, E.Facts(profile=None))
+    assert [a.step for a in entered.sends] == ["mail@1000"]
     late = E.on_engagement(flow, entered.member, 7, "mail", "opened", 1000.0 + 2 * 86400, E.Facts(), at=1000.0 + 90000)
     assert late is not None and late.node == "w" and not late.sends  # noted, not moved: the timer decides
     in_time = E.on_engagement(flow, entered.member, 7, "mail", "opened", 1000.0 + 2 * 86400, E.Facts(), at=1000.0 + 60)
     assert in_time is not None and in_time.exit == "exit" and not in_time.sends
+
+
+def test_an_entry_counts_from_its_event_unless_the_event_is_old_or_ahead():
+    """A replayed event enters at the same instant, so its messages are the same messages (step "<node>@<tag>");
+    a backfilled one (over an hour old) or one stamped in the future enters now."""
+    for at, tag in ((T0 - 30, int(T0) - 30), (T0 - 2 * HOUR, int(T0)), (T0 + 60, int(T0))):
+        out = start(SPEC, None, UID, ["e:x"], T0, NO_FACTS, at)
+        assert [s.step for s in out.sends] == [f"email@{tag}"] and out.member[ENTERED] == tag + (T0 % 1)
+        assert engine.entry_tag(out.member) == tag and engine.step_tag(out.sends[0].step) == tag
+    assert engine.step_tag("send") is None and engine.step_tag("a@x") is None
+
+
+def test_a_reentry_within_the_same_second_gets_a_tag_of_its_own():
+    flow = campaign_flow(55, 1, parse_rule({"event": "purchase", "reentry": "every"}, "trigger"))
+    first = start(flow, None, UID, ["e:1"], T0, NO_FACTS, T0)
+    second = start(flow, first.member, UID, ["e:2"], T0 + 0.3, NO_FACTS, T0 + 0.3)
+    third = start(flow, second.member, UID, ["e:3"], T0 + 0.6, NO_FACTS, T0 + 0.6)
+    assert [o.sends[0].step for o in (first, second, third)] == [
+        f"send@{int(T0)}", f"send@{int(T0) + 1}", f"send@{int(T0) + 2}"]
