@@ -30,6 +30,7 @@ from pipeline.app import app, audience, clients, journey_inputs_topic, settings
 from pipeline.codecs import RawRecord, dead_letter, explain
 from pipeline.journeys_io import Advancer
 from pipeline.lanes import InOrderAcks
+from pipeline.memory import AfterBursts, give_back
 from schemas.topics import JOURNEY_SIGNALS
 from tables.journey_state import journey_state
 
@@ -43,6 +44,7 @@ def _owned(partition: int) -> bool:
 
 
 advancer = Advancer(settings, clients, audience, journey_state, owned=_owned)
+handled = AfterBursts(threshold=32 * 2**20)  # bytes of records handled since memory was last given back
 
 
 @app.agent(journey_inputs_topic)
@@ -53,6 +55,7 @@ async def advance_journeys(stream):
         async for event in stream.noack().events():
             ticket = acks.track(event.message.tp, event)
             await _handle(event)
+            handled.add(len(event.value or b""))
             advancer.pending.acks.append(lambda ticket=ticket: acks.finish(ticket, True))
             if len(advancer.pending.sends) >= FLUSH_AT_SENDS:
                 await advancer.flush()
@@ -105,6 +108,14 @@ async def segment_entries() -> None:
     entered = await advancer.watch_segments()
     if entered:
         log.info("users entered journeys by entering segments", users=entered)
+
+
+@app.timer(10.0)
+async def give_memory_back() -> None:
+    """After a burst (a million users entering a journey), hand the heap the burst freed back to the system:
+    the worker's resident size is then what it holds (the parked users' places), not the burst's peak."""
+    if handled.due():
+        give_back()
 
 
 @journey_state.on_recover

@@ -8,8 +8,9 @@ campaigns are created on three event names of this run (``bt<run>.a|b|c``, each 
 reentry "every"), and events are produced to ``user-events`` at ``--rate`` per second for ``--seconds``
 (aiokafka, a batch per 10 ms tick; names a/b/c 40 %, a fifth name 60 %, amount uniform 0-99, so about a
 fifth of the events match one rule; a unique event_id each; occurred_at = the tick's produce time).
-Every matching event must give exactly one email: the k-th match of (user, campaign) is the message
-id of step ``send#k`` (schemas/messages.message_id). The provider peers run in their own process
+Every matching event must give exactly one email: a match of (user, campaign) is the message of step
+``send@<tag>``, the tag the event's second, or the second after the previous match's tag when two match
+in one second (pipeline/journeys/engine.py ``start``; schemas/messages.message_id). The provider peers run in their own process
 (bench/pipeline.py ``--serve-peers``: SendGrid-shaped batch email by default, each message id with its
 arrival time). Latency = arrival at the peer - occurred_at; ``to_queued`` is occurred_at -> the gate's
 "queued" delivery event (match_triggers, advance_journeys, gate), ``queued_to_peer`` the rest (senders).
@@ -122,7 +123,7 @@ async def insert_bench_users(dsn: str, ids: range) -> None:
         await conn.close()
 
 
-async def create_triggered(dsn: str, redis_url: str, prefix: str) -> dict[str, int]:
+async def create_triggered(dsn: str, redis_url: str, prefix: str, topic: str) -> dict[str, int]:
     """One active triggered email campaign per rule name: name -> campaign_id."""
     from tests.helpers.pipeline import DEFAULT_CONTENT
 
@@ -130,7 +131,7 @@ async def create_triggered(dsn: str, redis_url: str, prefix: str) -> dict[str, i
     out = {}
     try:
         for rule in RULES:
-            trigger = {"event": f"{prefix}.{rule}", "reentry": "every",
+            trigger = {"event": f"{prefix}.{rule}", "topic": topic, "reentry": "every",
                        "where": {"conditions": [{"field": "amount", "operator": "greater_than", "value": 49}],
                                  "logic": "AND"}}
             out[rule] = await conn.fetchval(
@@ -148,22 +149,22 @@ async def create_triggered(dsn: str, redis_url: str, prefix: str) -> dict[str, i
     return out
 
 
-def park_journey(prefix: str) -> dict:
+def park_journey(prefix: str, topic: str) -> dict:
     return {"name": f"bench {prefix} park", "nodes": [
-        {"id": "start", "type": "entry", "event": f"{prefix}.park", "next": "pause"},
+        {"id": "start", "type": "entry", "event": f"{prefix}.park", "topic": topic, "next": "pause"},
         {"id": "pause", "type": "wait", "duration": "1_day", "next": "mail"},
         {"id": "mail", "type": "send", "channel": "email", "template_id": 1, "next": "done"},
         {"id": "done", "type": "exit"},
     ]}
 
 
-async def publish_park_journey(dsn: str, redis_url: str, prefix: str) -> tuple[int, dict]:
+async def publish_park_journey(dsn: str, redis_url: str, prefix: str, topic: str) -> tuple[int, dict]:
     from tests.helpers.journeys import publish_flow
 
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     r = aioredis.from_url(redis_url)
     try:
-        journey_id, _, steps = await publish_flow(pool, r, park_journey(prefix))
+        journey_id, _, steps = await publish_flow(pool, r, park_journey(prefix, topic))
         return journey_id, steps
     finally:
         await r.aclose()
@@ -271,7 +272,7 @@ def iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).isoformat()
 
 
-async def produce_paced(brokers: str, prefix: str, users: range, rate: float, seconds: float, id_base: int
+async def produce_paced(brokers: str, topic: str, prefix: str, users: range, rate: float, seconds: float, id_base: int
                         ) -> tuple[int, dict[tuple[str, int], list[float]], float]:
     """Paced events; returns (events produced, (rule, user) -> occurred_at of each matching event, end epoch)."""
     from aiokafka import AIOKafkaProducer
@@ -301,7 +302,7 @@ async def produce_paced(brokers: str, prefix: str, users: range, rate: float, se
                     value = orjson.dumps({"user_id": uid, "name": f"{prefix}.{rule}", "occurred_at": at_iso,
                                           "properties": {"amount": amount, "sku": f"s{i % 1000}"},
                                           "event_id": str(uuid.UUID(int=id_base + i))})
-                    futures.append(await producer.send(USER_EVENTS.name, value, key=str(uid).encode()))
+                    futures.append(await producer.send(topic, value, key=str(uid).encode()))
                 sent = due
                 if len(futures) > 20_000:
                     await asyncio.gather(*futures)
@@ -321,7 +322,7 @@ async def produce_paced(brokers: str, prefix: str, users: range, rate: float, se
     return sent, matches, time.time()
 
 
-async def produce_entries(brokers: str, prefix: str, users: range, id_base: int) -> float:
+async def produce_entries(brokers: str, topic: str, prefix: str, users: range, id_base: int) -> float:
     """One entry event per user, as fast as the producer goes; returns seconds."""
     from aiokafka import AIOKafkaProducer
 
@@ -335,7 +336,7 @@ async def produce_entries(brokers: str, prefix: str, users: range, id_base: int)
                 at_iso = iso(time.time())
             value = orjson.dumps({"user_id": uid, "name": name, "occurred_at": at_iso, "properties": {},
                                   "event_id": str(uuid.UUID(int=id_base + i))})
-            futures.append(await producer.send(USER_EVENTS.name, value, key=str(uid).encode()))
+            futures.append(await producer.send(topic, value, key=str(uid).encode()))
             if len(futures) >= 50_000:
                 await asyncio.gather(*futures)
                 futures = []
@@ -343,6 +344,28 @@ async def produce_entries(brokers: str, prefix: str, users: range, id_base: int)
     finally:
         await producer.stop()
     return time.monotonic() - t0
+
+
+async def create_topic(brokers: str, topic: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, JOURNEY_STATE.partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def delete_topic(brokers: str, topic: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
 
 
 # ---------------------------------------------------------------- waiting
@@ -482,12 +505,18 @@ def run(args: argparse.Namespace) -> dict:
         for suffix in GROUPS:
             asyncio.run(wait_group_stable(settings, settings.app_id + suffix, timeout_s=180, members=args.workers))
         figures["workers_ready_s"] = round(time.perf_counter() - t0, 1)
-        campaigns = asyncio.run(create_triggered(settings.postgres_dsn, settings.redis_url, prefix))
+        event_topic = USER_EVENTS.name if args.event_topic == "user-events" else f"{prefix}-events"
+        figures["event_topic"] = args.event_topic
+        if event_topic != USER_EVENTS.name:
+            asyncio.run(create_topic(settings.kafka_brokers, event_topic))
+        campaigns = asyncio.run(create_triggered(settings.postgres_dsn, settings.redis_url, prefix, event_topic))
         cids = list(campaigns.values())
         say(f"workers ready in {figures['workers_ready_s']}s; campaigns {campaigns}")
         events_before = asyncio.run(end_offsets(settings.kafka_brokers, DELIVERY_EVENTS.name))
         # Warm-up: one matching event per rule, until the three emails are sent (flows loaded, every stage up).
-        asyncio.run(send_warmup(settings.kafka_brokers, prefix, warm))
+        if event_topic != USER_EVENTS.name:
+            time.sleep(15.0)  # match_triggers re-subscribes to the new topic (a rebalance of its group)
+        warm_at = asyncio.run(send_warmup(settings.kafka_brokers, event_topic, prefix, warm))
         warm_sent = asyncio.run(wait_sent(settings.redis_url, cids, len(RULES), 60))
         say(f"warm-up: {warm_sent:.0f}/{len(RULES)} sent")
         time.sleep(2.0)
@@ -498,7 +527,7 @@ def run(args: argparse.Namespace) -> dict:
         async def part1():
             stop_at = asyncio.Event()
             lags = asyncio.create_task(sample_lags(settings, stop_at))
-            made = await produce_paced(settings.kafka_brokers, prefix, users, args.rate, args.seconds,
+            made = await produce_paced(settings.kafka_brokers, event_topic, prefix, users, args.rate, args.seconds,
                                        random.randrange(2**100))
             say(f"produced {made[0]} events, {sum(len(v) for v in made[1].values())} matching; draining")
             await wait_sent(settings.redis_url, cids, sum(len(v) for v in made[1].values()) + len(RULES), args.drain)
@@ -517,7 +546,8 @@ def run(args: argparse.Namespace) -> dict:
         metrics = {rule: asyncio.run(redis_hash(settings.redis_url, keys.metrics_key(cid)))
                    for rule, cid in campaigns.items()}
         stop(peers)
-        figures.update(latency_figures(settings, campaigns, matches, peers_out, events_before, warm))
+        figures.update(latency_figures(settings, campaigns, matches, peers_out, events_before, warm,
+                                       warm_at))
         peers_out.unlink(missing_ok=True)
         figures.update({"events": produced, "matching": matching,
                         "entered": int(sum(p.get("entered", 0) for p in progress.values())) - len(RULES),
@@ -525,6 +555,8 @@ def run(args: argparse.Namespace) -> dict:
                         "suppressed": int(sum(m.get("suppressed", 0) for m in metrics.values())),
                         "refused": {k: int(v) for p in progress.values() for k, v in p.items()
                                     if k.startswith("refused:")}})
+        if event_topic != USER_EVENTS.name:
+            asyncio.run(delete_topic(settings.kafka_brokers, event_topic))
         say(f"part 1: {orjson.dumps(figures).decode()}")
         if args.parked <= 0:
             return figures
@@ -533,10 +565,14 @@ def run(args: argparse.Namespace) -> dict:
         time.sleep(args.settle)
         figures["rss_before_mb"] = [round(rss_mb(p), 1) for p in pids]
         figures["idle_cpu_floor_pct"], figures["idle_cpu_floor_each"] = asyncio.run(idle_cpu_pct(pids, args.idle_s))
-        journey_id, _ = asyncio.run(publish_park_journey(settings.postgres_dsn, settings.redis_url, prefix))
-        time.sleep(1.0)
+        park_topic = USER_EVENTS.name if args.park_topic == "user-events" else f"{prefix}-park"
+        if park_topic != USER_EVENTS.name:
+            asyncio.run(create_topic(settings.kafka_brokers, park_topic))
+        figures["park_topic"] = args.park_topic
+        journey_id, _ = asyncio.run(publish_park_journey(settings.postgres_dsn, settings.redis_url, prefix, park_topic))
+        time.sleep(1.0 if park_topic == USER_EVENTS.name else 15.0)  # match_triggers re-subscribes (a rebalance)
         say(f"journey {journey_id} live; producing {args.parked} entry events")
-        produce_s = asyncio.run(produce_entries(settings.kafka_brokers, prefix, parked_users, random.randrange(2**100)))
+        produce_s = asyncio.run(produce_entries(settings.kafka_brokers, park_topic, prefix, parked_users, random.randrange(2**100)))
         figures["park_produce_s"] = round(produce_s, 1)
         reached, secs, peak, trace = asyncio.run(wait_parked(settings.redis_url, journey_id, args.parked, args.stall,
                                                              args.park_timeout, pids))
@@ -553,6 +589,8 @@ def run(args: argparse.Namespace) -> dict:
         figures["park_progress"] = {k: int(v) for k, v in asyncio.run(redis_hash(
             settings.redis_url, keys.flow_progress_key(f"j{journey_id}"))).items()}
         figures["workers_alive"] = sum(1 for p in procs if p.poll() is None)
+        if park_topic != USER_EVENTS.name:
+            asyncio.run(delete_topic(settings.kafka_brokers, park_topic))
         return figures
     finally:
         for p in procs:
@@ -566,31 +604,37 @@ def run(args: argparse.Namespace) -> dict:
             say(f"journey changelog put back to its {len(kept)} records from before the bench")
 
 
-async def send_warmup(brokers: str, prefix: str, warm: range) -> None:
+async def send_warmup(brokers: str, topic: str, prefix: str, warm: range) -> float:
+    """One matching event per rule; returns when they happened."""
     from tests.helpers.kafka import produce
 
-    at = iso(time.time())
-    await produce(brokers, USER_EVENTS.name, [
+    when = time.time()
+    at = iso(when)
+    await produce(brokers, topic, [
         (str(uid).encode(), orjson.dumps({"user_id": uid, "name": f"{prefix}.{rule}", "occurred_at": at,
                                           "properties": {"amount": 99}, "event_id": str(uuid.uuid4())}))
         for uid, rule in zip(warm, RULES)])
+    return when
 
 
 def latency_figures(settings, campaigns: dict[str, int], matches: dict[tuple[str, int], list[float]],
-                    peers_out: Path, events_before: dict, warm: range) -> dict:
+                    peers_out: Path, events_before: dict, warm: range, warm_at: float) -> dict:
     got = orjson.loads(peers_out.read_bytes())
     seen: dict[str, int] = got["seen"]
     arrivals: dict[str, float] = got["arrivals"]
     queued = asyncio.run(queued_times(settings, set(campaigns.values()), events_before))
-    warm_keys = {f"email:{message_id(cid, uid, 'email', 'send#1')}" for uid, cid in zip(warm, campaigns.values())}
+    warm_keys = {f"email:{message_id(cid, uid, 'email', f'send@{int(warm_at)}')}"
+                 for uid, cid in zip(warm, campaigns.values())}
     wanted: set[str] = set(warm_keys)
     lat, to_q, q_to_peer = [], [], []
     lost = duplicates = 0
     lost_by_rule: dict[str, int] = defaultdict(int)
     for (rule, uid), times in matches.items():
         cid = campaigns[rule]
-        for k, at in enumerate(times, start=1):
-            key = f"email:{message_id(cid, uid, 'email', f'send#{k}')}"
+        tag = -1
+        for at in times:  # as the engine tags entries: the entry's second, or the one after the last entry's
+            tag = max(int(at), tag + 1)
+            key = f"email:{message_id(cid, uid, 'email', f'send@{tag}')}"
             wanted.add(key)
             n = seen.get(key, 0)
             if n == 0:
@@ -623,6 +667,12 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=20.0, help="CPU measurement window while nothing is due")
     parser.add_argument("--stall", type=float, default=60.0, help="parking: give up after this long without growth")
     parser.add_argument("--park-timeout", type=float, default=1800.0)
+    parser.add_argument("--event-topic", choices=("user-events", "own"), default="user-events",
+                        help="where part 1's events go: user-events (ingested into Cassandra and the audience store"
+                             " too, as upstream events are) or a topic of their own (the trigger path alone)")
+    parser.add_argument("--park-topic", choices=("own", "user-events"), default="own",
+                        help="where the parking entry events go: a topic of their own (what the journeys cost:"
+                             " ingest_events and the audience store do not read it) or user-events (they do too)")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before each RSS/CPU measurement")
     parser.add_argument("--email-provider", choices=("smtp", "batch"), default="batch")
     parser.add_argument("--profile", type=Path, metavar="DIR",

@@ -3,7 +3,6 @@ the records upstream systems and the tracking API write (user events, opens and 
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ from pipeline.journeys.model import parse_journey
 from schemas.keys import FLOWS_CHANGED, TEST_CLOCK
 from schemas.messages import message_id
 from schemas.topics import DELIVERY_EVENTS, USER_EVENTS
-from tests.helpers.kafka import produce
+from tests.helpers.kafka import eventually, produce
 from tests.helpers.pipeline import DEFAULT_CONTENT
 from tests.peers import FcmPeer, SmtpPeer, TwilioPeer
 
@@ -146,12 +145,4 @@ class Providers:
             peer.stop()
 
 
-async def until(check, timeout_s: float = 60.0, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout_s} s: {value!r}")
-        await asyncio.sleep(every_s)
+until = eventually  # the flow tests read "await until(...)"

@@ -17,6 +17,7 @@ removed when the test ends.
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -81,3 +82,32 @@ async def make_campaign(settings: Settings, pipeline_pool: asyncpg.Pool, pipelin
         keys = [k async for k in pipeline_redis.scan_iter(f"campaign:{c.campaign_id}:*", count=10_000)]
         if keys:
             await pipeline_redis.delete(*keys)
+
+
+# ── flows (journeys and triggered campaigns) ──────────────────────────────────
+
+
+@pytest.fixture(scope="module")
+def providers():
+    """Recording provider peers (SMTP, Twilio- and FCM-shaped) for a module's flow worker."""
+    from tests.helpers.journeys import Providers
+
+    peers = Providers()
+    yield peers
+    peers.stop()
+
+
+@pytest.fixture
+async def flow_worker(workers, providers, pipeline_redis):
+    """The session's worker on ``providers``, with the flows' clock controllable (reset around each test)."""
+    from tests.helpers.journeys import reset_clock
+
+    await reset_clock(pipeline_redis)
+    yield workers.ensure(providers.env(), "flow-worker")
+    await reset_clock(pipeline_redis)
+
+
+@pytest.fixture
+def run() -> str:
+    """A token naming this test's events, so other tests' live flows never hear them."""
+    return secrets.token_hex(4)

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -24,47 +22,14 @@ from config import Settings
 from schemas.keys import flow_progress_key
 from tests.helpers.e2e import redis_hash
 from tests.helpers.journeys import (
-    DAY, Providers, advance_clock, engage, fresh_ids, publish_flow, remove_flow, reset_clock, send_events, until,
+    DAY, Providers, advance_clock, engage, fresh_ids, publish_flow, remove_flow, send_events, until,
 )
+from tests.helpers.journey_specs import spec_workflow
 from tests.helpers.pipeline import insert_users
 
 def spec(run: str) -> dict:
     """The spec's workflow, its events named for this run (other tests' live journeys must not hear them)."""
-    return {
-    "name": "spec workflow",
-    "goal": {"event": f"purchase.{run}"},
-    "nodes": [
-        {"id": "start", "type": "entry", "event": f"signup.{run}", "next": "welcome"},
-        {"id": "welcome", "type": "send", "channel": "email", "template_id": 1, "next": "day"},
-        {"id": "day", "type": "wait", "duration": "1_day", "next": "opened"},
-        {"id": "opened", "type": "condition", "if": {"opened": "welcome"}, "then": "two_days", "else": "nudge"},
-        {"id": "nudge", "type": "send", "channel": "push", "template_id": 2, "next": "two_days"},
-        {"id": "two_days", "type": "wait", "duration": "2_days", "next": "converted"},
-        {"id": "converted", "type": "condition", "if": {"converted": True}, "then": "done", "else": "last_call"},
-        {"id": "last_call", "type": "send", "channel": "sms", "template_id": 3, "next": "done"},
-        {"id": "done", "type": "exit"},
-    ],
-    }
-
-
-@pytest.fixture(scope="module")
-def providers() -> Iterator[Providers]:
-    peers = Providers()
-    yield peers
-    peers.stop()
-
-
-@pytest.fixture
-async def journey_worker(workers, providers: Providers, pipeline_redis):
-    await reset_clock(pipeline_redis)
-    proc = workers.ensure(providers.env(), "journey-worker")
-    yield proc
-    await reset_clock(pipeline_redis)
-
-
-@pytest.fixture
-def run() -> str:
-    return secrets.token_hex(4)
+    return spec_workflow(entry=f"signup.{run}", goal=f"purchase.{run}", name="spec workflow")
 
 
 @pytest.fixture
@@ -80,7 +45,7 @@ async def progress(settings: Settings, journey_id: int) -> dict[str, float]:
 
 
 async def test_spec_workflow_sends_what_each_user_earns(settings, pipeline_pool, pipeline_redis, providers,
-                                                        journey_worker, flows, run):
+                                                        flow_worker, flows, run):
     opener, clicker, buyer_early, buyer_late, ignorer = users = fresh_ids(5)
     async with pipeline_pool.acquire() as conn:
         await insert_users(conn, users, lambda u: "en")
@@ -91,8 +56,8 @@ async def test_spec_workflow_sends_what_each_user_earns(settings, pipeline_pool,
     signed_up = time.time()  # the entry's tag: its messages' step is "<node>@<that second>"
     await send_events(settings, [(u, f"signup.{run}", {"plan": "free"}) for u in users], at=signed_up)
     await until(lambda: _count(providers, who, "email", 5))
-    await engage(settings, opener, steps["welcome"], "email", f"welcome@{int(signed_up)}", "opened")
-    await engage(settings, clicker, steps["welcome"], "email", f"welcome@{int(signed_up)}", "clicked")
+    await engage(settings, opener, steps["email"], "email", f"email@{int(signed_up)}", "opened")
+    await engage(settings, clicker, steps["email"], "email", f"email@{int(signed_up)}", "clicked")
     await send_events(settings, [(buyer_early, f"purchase.{run}", {"amount": 30})])
     await until(lambda: _field(settings, journey_id, "exited:goal", 1))
     await asyncio.sleep(1.0)  # the opens reach the worker (no counter shows an open)
@@ -140,7 +105,7 @@ def wait_then_mail(run: str) -> dict:
 
 
 async def test_a_goal_drops_what_was_already_queued_for_the_user(settings, pipeline_pool, pipeline_redis, providers,
-                                                                  journey_worker, flows, run):
+                                                                  flow_worker, flows, run):
     """The welcome email is held (its campaign paused) when the user buys: on resume it is not sent to them,
     while another user of the same batch, who did not buy, gets it."""
     buyer, other = users = fresh_ids(2)
@@ -148,7 +113,7 @@ async def test_a_goal_drops_what_was_already_queued_for_the_user(settings, pipel
         await insert_users(conn, users, lambda u: "en")
     journey_id, _, steps = await publish_flow(pipeline_pool, pipeline_redis, spec(run))
     flows.append(journey_id)
-    welcome = steps["welcome"]
+    welcome = steps["email"]
     await _control(settings, welcome, "pause", "active", "paused")
     await until(lambda: _status(pipeline_redis, welcome, "paused"))
     await send_events(settings, [(u, f"signup.{run}", {}) for u in users])
@@ -162,7 +127,7 @@ async def test_a_goal_drops_what_was_already_queued_for_the_user(settings, pipel
 
 
 async def test_users_waiting_through_a_sigkill_continue_on_time_once(settings, pipeline_pool, pipeline_redis, providers,
-                                                                      journey_worker, flows, workers, run):
+                                                                      flow_worker, flows, workers, run):
     users = fresh_ids(40)
     async with pipeline_pool.acquire() as conn:
         await insert_users(conn, users, lambda u: "en")
@@ -171,8 +136,8 @@ async def test_users_waiting_through_a_sigkill_continue_on_time_once(settings, p
     await send_events(settings, [(u, f"browse.{run}", {}) for u in users])
     await until(lambda: _field(settings, journey_id, "at:pause", len(users)))
 
-    os.killpg(journey_worker.pid, signal.SIGKILL)
-    journey_worker.wait()
+    os.killpg(flow_worker.pid, signal.SIGKILL)
+    flow_worker.wait()
     await advance_clock(pipeline_redis, DAY / 2)
     workers.ensure(providers.env(), "journey-worker")  # a new worker: the table and its timers come back
     await asyncio.sleep(3.0)
@@ -184,7 +149,7 @@ async def test_users_waiting_through_a_sigkill_continue_on_time_once(settings, p
 
 
 async def test_a_published_edit_leaves_earlier_entrants_on_their_version(settings, pipeline_pool, pipeline_redis,
-                                                                          providers, journey_worker, flows, run):
+                                                                          providers, flow_worker, flows, run):
     early, late = fresh_ids(3), fresh_ids(3)
     async with pipeline_pool.acquire() as conn:
         await insert_users(conn, early + late, lambda u: "en")
@@ -239,7 +204,7 @@ async def _held(redis, campaign_id: int) -> bool:
 
 
 async def test_users_entering_a_dynamic_segment_enter_the_journey(settings, pipeline_pool, pipeline_redis, providers,
-                                                                   journey_worker, flows, run):
+                                                                   flow_worker, flows, run):
     """Members when the journey goes live are its baseline; those who join the segment later enter it, once."""
     from schemas.keys import flow_segment_key
     from schemas.topics import JOURNEY_SIGNALS
@@ -280,7 +245,7 @@ async def test_users_entering_a_dynamic_segment_enter_the_journey(settings, pipe
         await pipeline_pool.execute("DELETE FROM segments WHERE segment_id = $1", segment_id)
 
 
-async def test_the_gate_screens_every_journey_send(settings, pipeline_pool, pipeline_redis, providers, journey_worker,
+async def test_the_gate_screens_every_journey_send(settings, pipeline_pool, pipeline_redis, providers, flow_worker,
                                                     flows, run):
     """Preferences, frequency caps and quiet hours apply to journey sends as to campaigns: an unsubscribed
     user gets no email, a user capped at one email a week gets the first of two, and a journey whose quiet

@@ -8,7 +8,6 @@ import asyncio
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -19,28 +18,9 @@ from config import Settings
 from schemas.keys import FLOWS_CHANGED, flow_progress_key
 from schemas.topics import DEAD_LETTERS
 from tests.helpers.e2e import redis_hash
-from tests.helpers.journeys import DAY, Providers, advance_clock, fresh_ids, reset_clock, send_events, until
+from tests.helpers.journeys import DAY, Providers, advance_clock, fresh_ids, send_events, until
 from tests.helpers.kafka import end_offsets, produce, read
 from tests.helpers.pipeline import DEFAULT_CONTENT, insert_users
-
-
-@pytest.fixture(scope="module")
-def providers() -> Iterator[Providers]:
-    peers = Providers()
-    yield peers
-    peers.stop()
-
-
-@pytest.fixture
-async def trigger_worker(workers, providers: Providers, pipeline_redis):
-    await reset_clock(pipeline_redis)
-    yield workers.ensure(providers.env(), "trigger-worker")
-    await reset_clock(pipeline_redis)
-
-
-@pytest.fixture
-def run() -> str:
-    return secrets.token_hex(4)
 
 
 @pytest.fixture
@@ -87,7 +67,7 @@ async def _settled(settings: Settings, campaign_id: int, handled: int) -> None:
     await until(done)
 
 
-async def test_rule_filters_on_event_properties(settings, pipeline_pool, providers, trigger_worker, triggered, run):
+async def test_rule_filters_on_event_properties(settings, pipeline_pool, providers, flow_worker, triggered, run):
     big, small, other = users = await _users(pipeline_pool, 3)
     campaign_id = await triggered({"event": f"order.{run}", "reentry": "every", "where": {
         "conditions": [{"field": "amount", "operator": "greater_than", "value": 50},
@@ -102,7 +82,7 @@ async def test_rule_filters_on_event_properties(settings, pipeline_pool, provide
     assert (await _counts(settings, campaign_id))["entered"] == 1
 
 
-async def test_reentry_once_every_and_window(settings, pipeline_pool, pipeline_redis, providers, trigger_worker,
+async def test_reentry_once_every_and_window(settings, pipeline_pool, pipeline_redis, providers, flow_worker,
                                              triggered, run):
     once_user, every_user, window_user = users = await _users(pipeline_pool, 3)
     once = await triggered({"event": f"a.{run}", "reentry": "once"})
@@ -129,7 +109,7 @@ async def test_reentry_once_every_and_window(settings, pipeline_pool, pipeline_r
     assert providers.received({window_user, once_user}) == Counter({(window_user, "email"): 2, (once_user, "email"): 1})
 
 
-async def test_dedup_key_and_replayed_events_enter_once(settings, pipeline_pool, providers, trigger_worker,
+async def test_dedup_key_and_replayed_events_enter_once(settings, pipeline_pool, providers, flow_worker,
                                                         triggered, run):
     buyer, retried = users = await _users(pipeline_pool, 2)
     campaign_id = await triggered({"event": f"paid.{run}", "reentry": "every", "dedup_key": "order_id"})
@@ -148,7 +128,7 @@ async def test_dedup_key_and_replayed_events_enter_once(settings, pipeline_pool,
     assert (await _counts(settings, campaign_id))["refused:duplicate"] == 2
 
 
-async def test_entry_limit_stops_entries(settings, pipeline_pool, providers, trigger_worker, triggered, run):
+async def test_entry_limit_stops_entries(settings, pipeline_pool, providers, flow_worker, triggered, run):
     users = await _users(pipeline_pool, 5)
     campaign_id = await triggered({"event": f"promo.{run}", "reentry": "every", "limit": 2})
     await send_events(settings, [(u, f"promo.{run}", {}) for u in users])
@@ -160,7 +140,7 @@ async def test_entry_limit_stops_entries(settings, pipeline_pool, providers, tri
     assert counts["entered"] == 2 and counts["refused:limit"] == 3
 
 
-async def test_a_rule_on_a_topic_of_flat_records(settings, pipeline_pool, providers, trigger_worker, triggered, run):
+async def test_a_rule_on_a_topic_of_flat_records(settings, pipeline_pool, providers, flow_worker, triggered, run):
     """Any topic of JSON records keyed by or carrying a user id: the worker starts reading it when a rule
     names it; a record that is no event goes to the dead letters with the reason."""
     topic = f"shop-orders-{run}"
@@ -230,3 +210,22 @@ def test_a_triggered_campaign_authored_launched_and_paused_over_the_api(settings
         time.sleep(3.0)
         assert providers.received({buyer}) == Counter({(buyer, "email"): 1})
         assert api.client.patch(url, headers=bearer(api.key), json={"status": "cancelled"}).status_code == 200
+
+
+async def test_a_rule_with_an_audience_enters_only_its_members(settings, pipeline_pool, providers, flow_worker,
+                                                               triggered, run):
+    from tests.helpers.pipeline import insert_static_segment
+
+    member, outsider = users = await _users(pipeline_pool, 2)
+    async with pipeline_pool.acquire() as conn:
+        segment_id = await insert_static_segment(conn, [member], f"test-trigger-audience-{run}")
+    try:
+        campaign_id = await triggered({"event": f"visit.{run}", "reentry": "every"}, segment_id=segment_id)
+        await send_events(settings, [(u, f"visit.{run}", {}) for u in users])
+        await _settled(settings, campaign_id, 2)
+        await until(lambda: _has(providers, {member}, 1))
+        await asyncio.sleep(1.5)
+        assert providers.received(set(users)) == Counter({(member, "email"): 1})
+        assert (await _counts(settings, campaign_id))["refused:not_in_segment"] == 1
+    finally:
+        await pipeline_pool.execute("DELETE FROM segments WHERE segment_id = $1", segment_id)

@@ -16,6 +16,7 @@ from pipeline.journeys.engine import (
 )
 from pipeline.journeys.model import parse_journey, parse_rule
 from pipeline.journeys.rules import Event
+from tests.helpers.journey_specs import spec_workflow
 
 DAY = 86_400
 HOUR = 3_600
@@ -25,21 +26,10 @@ NO_FACTS = Facts()
 
 
 def spec_body(goal: dict | None = None) -> dict:
-    return {
-        "name": "Onboarding",
-        "goal": goal or {"event": "purchase"},
-        "nodes": [
-            {"id": "start", "type": "entry", "event": "signup", "next": "email"},
-            {"id": "email", "type": "send", "channel": "email", "template_id": 1, "next": "wait1"},
-            {"id": "wait1", "type": "wait", "duration": "1_day", "next": "opened"},
-            {"id": "opened", "type": "condition", "if": {"opened": "email"}, "then": "wait2", "else": "push"},
-            {"id": "push", "type": "send", "channel": "push", "template_id": 2, "next": "wait2"},
-            {"id": "wait2", "type": "wait", "duration": "2_days", "next": "converted"},
-            {"id": "converted", "type": "condition", "if": {"converted": True}, "then": "done", "else": "sms"},
-            {"id": "sms", "type": "send", "channel": "sms", "template_id": 3, "next": "done"},
-            {"id": "done", "type": "exit"},
-        ],
-    }
+    body = spec_workflow()
+    if goal is not None:
+        body["goal"] = goal
+    return body
 
 
 def body_of(*nodes: dict, goal: dict | None = None, **entry) -> dict:

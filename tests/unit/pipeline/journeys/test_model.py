@@ -19,6 +19,7 @@ from pipeline.journeys.model import (
     parse_rule,
     parse_seconds,
 )
+from tests.helpers.journey_specs import spec_workflow
 
 DAY = 86_400
 TEMPLATES = {1: "email", 2: "push", 3: "sms", 4: "email"}
@@ -27,22 +28,7 @@ SEGMENTS = {7: "dynamic", 8: "static"}
 
 def spec_journey() -> dict:
     """The spec's workflow: signup → email → 1 day → opened? → push → 2 days → converted? → sms → exit."""
-    return {
-        "name": "Onboarding",
-        "description": "the spec's example",
-        "goal": {"event": "purchase"},
-        "nodes": [
-            {"id": "start", "type": "entry", "event": "signup", "next": "email"},
-            {"id": "email", "type": "send", "channel": "email", "template_id": 1, "next": "wait1"},
-            {"id": "wait1", "type": "wait", "duration": "1_day", "next": "opened"},
-            {"id": "opened", "type": "condition", "if": {"opened": "email"}, "then": "wait2", "else": "push"},
-            {"id": "push", "type": "send", "channel": "push", "template_id": 2, "next": "wait2"},
-            {"id": "wait2", "type": "wait", "duration": "2_days", "next": "converted"},
-            {"id": "converted", "type": "condition", "if": {"converted": True}, "then": "done", "else": "sms"},
-            {"id": "sms", "type": "send", "channel": "sms", "template_id": 3, "next": "done"},
-            {"id": "done", "type": "exit"},
-        ],
-    }
+    return {**spec_workflow(), "description": "the spec's example"}
 
 
 def journey_with(*nodes: dict, goal: dict | None = None) -> dict:
