@@ -14,6 +14,7 @@ At least once: the batch's offsets are committed after Kafka acknowledged its si
 from __future__ import annotations
 
 import orjson
+import structlog
 
 from agents._io import send_dead_letters
 from pipeline.app import app, clients, settings
@@ -23,6 +24,7 @@ from pipeline.journeys.matching import route
 from pipeline.journeys_io import FlowBook, FlowClock
 from schemas.topics import JOURNEY_SIGNALS, USER_EVENTS
 
+log = structlog.get_logger("herald.match_triggers")
 book = FlowBook(settings, clients)
 clock = FlowClock(settings, clients)
 
@@ -41,17 +43,37 @@ async def match_batch(raws: list[RawRecord]) -> None:
                              for i, why in routed.bad if raws[i].topic != USER_EVENTS.name])
 
 
+existing: set[str] = set()  # the topics Kafka has (a rule naming another is not read until it exists)
+missing: set[str] = set()
+
+
 def topics() -> list[str]:
-    return sorted(book.index.topics | {USER_EVENTS.name})
+    return sorted((book.index.topics & existing) | {USER_EVENTS.name})
+
+
+async def look_around() -> None:
+    """The rules, and which of their topics exist: subscribing to a topic that does not exist would hold the
+    whole group's assignment, so one rule naming a wrong topic would stop every trigger."""
+    await book.refresh()
+    producer = await clients.producer()
+    await producer.client.force_metadata_update()
+    existing.clear()
+    existing.update(producer.client.cluster.topics())
+    absent = book.index.topics - existing
+    if absent != missing:
+        missing.clear()
+        missing.update(absent)
+        if absent:
+            log.warning("rules name topics that do not exist; they are read once they do", topics=sorted(absent))
 
 
 @app.task
 async def match_triggers() -> None:
-    await book.refresh()
+    await look_around()
     await run_forever(settings, topics, "match_triggers", match_batch)
 
 
 @app.timer(5.0)
 async def reload_rules() -> None:
     """Keep the rules (and so the topics read) current while no event arrives."""
-    await book.refresh()
+    await look_around()

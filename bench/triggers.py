@@ -555,8 +555,6 @@ def run(args: argparse.Namespace) -> dict:
                         "suppressed": int(sum(m.get("suppressed", 0) for m in metrics.values())),
                         "refused": {k: int(v) for p in progress.values() for k, v in p.items()
                                     if k.startswith("refused:")}})
-        if event_topic != USER_EVENTS.name:
-            asyncio.run(delete_topic(settings.kafka_brokers, event_topic))
         say(f"part 1: {orjson.dumps(figures).decode()}")
         if args.parked <= 0:
             return figures
@@ -589,6 +587,8 @@ def run(args: argparse.Namespace) -> dict:
         figures["park_progress"] = {k: int(v) for k, v in asyncio.run(redis_hash(
             settings.redis_url, keys.flow_progress_key(f"j{journey_id}"))).items()}
         figures["workers_alive"] = sum(1 for p in procs if p.poll() is None)
+        if event_topic != USER_EVENTS.name:  # at the end: part 1's rules (still active) name it
+            asyncio.run(delete_topic(settings.kafka_brokers, event_topic))
         if park_topic != USER_EVENTS.name:
             asyncio.run(delete_topic(settings.kafka_brokers, park_topic))
         return figures

@@ -280,9 +280,12 @@ class Outcome:
     letter: bool = False  # skipped now for a reason an operator should see (a dead letter)
 
 
+PER_EVENT = "a triggered campaign sends per event"  # its launch is the start of listening: nothing to letter
+
+
 def skipped(reason: str) -> Outcome:
     """A launch skipped for ``reason``: dead-lettered, unless it was merely superseded by a newer launch."""
-    return Outcome("skipped", reason=reason, letter=not reason.startswith(SUPERSEDED))
+    return Outcome("skipped", reason=reason, letter=not reason.startswith((SUPERSEDED, PER_EVENT)))
 
 
 def superseded(campaign_id: int, committed: uuid.UUID) -> str:
@@ -294,7 +297,7 @@ def no_audience_reason(launch_type: str, segment_id: int | None, trigger: Mappin
     """Why a launch has no audience to freeze, or None if it has one (a date trigger's daily run has one:
     its segment's members whose anniversary the run covers)."""
     if launch_type == "triggered" and not is_date_trigger(trigger):
-        return "a triggered campaign sends per event (match_triggers), not to a frozen audience"
+        return f"{PER_EVENT} (match_triggers), not to a frozen audience"
     if segment_id is None:
         return "the launch names no target segment"
     return None

@@ -145,4 +145,7 @@ class Providers:
             peer.stop()
 
 
-until = eventually  # the flow tests read "await until(...)"
+async def until(check, timeout_s: float = 180.0, every_s: float = 0.2):
+    """``eventually``, with room for a worker that is still recovering its tables when the test begins (a
+    stack that kept much state restores it for a minute or more); a healthy worker answers in a second."""
+    return await eventually(check, timeout_s, every_s)

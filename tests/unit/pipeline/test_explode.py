@@ -260,3 +260,10 @@ def test_windows_hold_about_the_wanted_recipients_and_a_resume_reaches_past_what
     assert [len(w) for w in windows(todo, cut, 800)] == [2, 2, 2, 2, 2]  # 2 chunks of 4 × 100
     assert [len(w) for w in windows(todo, cut, 800, first_until=5)] == [6, 2, 2]
     assert windows([], cut, 800) == []
+
+
+def test_an_event_triggered_launch_is_skipped_without_a_dead_letter():
+    from pipeline.explode import no_audience_reason, skipped
+    reason = no_audience_reason("triggered", None, {"event": "cart_abandoned"})
+    assert reason is not None and skipped(reason).letter is False  # launching it starts listening: no error
+    assert skipped("no segment 7").letter is True
