@@ -29,9 +29,7 @@ from typing import Any, Literal
 
 import asyncpg
 import orjson
-import structlog
 from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import RedisError
 from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import Response
@@ -43,13 +41,11 @@ from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
 from pipeline import audit
 from pipeline import campaigns as campaign_rules
-from pipeline import launches
+from pipeline import journey_store, launches
 from pipeline import templates  # unresolved_variables and template_syntax_problems (campaign_rules.TemplateChecks)
 from pipeline.money import money_json
 from schemas.encoding import BIGINT_MAX, to_json
-from schemas.keys import FLOWS_CHANGED, metrics_key
-
-log = structlog.get_logger()
+from schemas.keys import metrics_key
 
 AUTHORS = ("admin", "marketer")
 _METRICS = ("sent", "delivered", "bounced", "failed", "opened", "clicked", "converted", "unsubscribed",
@@ -608,7 +604,7 @@ async def update_campaign(request: Request) -> Response:
         if patch.status is not None and patch.status != after["status"]:
             after = await _change_status(request, conn, after, patch.status, now)
     if after["type"] == "triggered" and after["status"] != row["status"]:
-        await _rules_changed(request)
+        await journey_store.tell_workers(request.app.state.redis, campaign_id=after["campaign_id"])
     (live,) = await _live_metrics(request, [after])
     return _answer(campaign_view(after, live), headers={"ETag": _etag(after["version"])})
 
@@ -632,15 +628,6 @@ async def delete_campaign(request: Request) -> Response:
         await audit.record(conn, request.state.caller, "campaign.deleted", "campaign", row["campaign_id"],
                            launches.audit_view(row), None)
     return Response(status_code=204)
-
-
-async def _rules_changed(request: Request) -> None:
-    """An event-triggered campaign started or stopped listening: the trigger stages reload their rules now
-    (else within ``journey_reload_s``)."""
-    try:
-        await request.app.state.redis.incr(FLOWS_CHANGED)
-    except (RedisError, OSError) as exc:
-        log.warning("flows:changed not bumped; workers reload within journey_reload_s", error=repr(exc))
 
 
 async def launch(
@@ -694,7 +681,7 @@ async def launch_campaign(request: Request) -> Response:
         row = await _locked(request, conn)
         after, starts = await launch(request.app.state, conn, row, request.state.caller, now)
     if after["type"] == "triggered":
-        await _rules_changed(request)
+        await journey_store.tell_workers(request.app.state.redis, campaign_id=after["campaign_id"])
     result = LaunchResult(
         campaign_id=after["campaign_id"], status=after["status"], launched_at=after["launched_at"],
         launch_id=after["launch_id"], audience_size=after["audience_size"], scheduled_for=starts,

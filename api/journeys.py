@@ -201,16 +201,6 @@ async def _validated(conn: asyncpg.Connection, raw: object) -> Journey:
     return journey
 
 
-async def _tell_workers(request: Request, journey_id: int) -> None:
-    """Bump ``flows:changed`` after a commit. Should Redis fail now, the change stands: the workers
-    reload within ``journey_reload_s`` anyway, so this is logged, not answered as an error."""
-    try:
-        await journey_store.flows_changed(request.app.state.redis)
-    except (RedisError, OSError) as exc:
-        log.warning("journeys: flows:changed not bumped; workers pick the change up at their next reload",
-                    journey_id=journey_id, error=repr(exc))
-
-
 # ---------------------------------------------------------------- endpoints
 
 
@@ -317,7 +307,7 @@ async def publish_journey(request: Request) -> Response:
         except (RedisError, OSError) as exc:
             raise ApiError(503, "unavailable", f"could not set the step campaigns' status in Redis"
                            f" ({exc.__class__.__name__}); nothing changed, retry") from None
-    await _tell_workers(request, after["journey_id"])
+    await journey_store.tell_workers(request.app.state.redis, journey_id=after["journey_id"])
     steps = journey_store.version_view(published)["step_campaigns"]
     view = {**journey_store.journey_view(after), "step_campaigns": steps}
     return _answer(view, headers={"ETag": _etag(after["version"])})
@@ -337,7 +327,7 @@ async def stop_journey(request: Request) -> Response:
                            f" {row['journey_id']} is {row['status']}: {why}",
                            fields=[FieldProblem(field="status", reason=f"is {row['status']}, must be live")])
         after = await journey_store.stop(conn, row, request.state.caller, now, request.app.state.redis)
-    await _tell_workers(request, after["journey_id"])
+    await journey_store.tell_workers(request.app.state.redis, journey_id=after["journey_id"])
     return _answer(journey_store.journey_view(after), headers={"ETag": _etag(after["version"])})
 
 

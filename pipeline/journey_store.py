@@ -30,6 +30,8 @@ from typing import Any
 
 import asyncpg
 import orjson
+import structlog
+from redis.exceptions import RedisError
 
 from pipeline import audit, launches
 from pipeline.audit import Actor
@@ -37,6 +39,8 @@ from pipeline.campaign_state import set_campaign_status
 from pipeline.journeys.model import Journey, Send, parse_journey
 from schemas.encoding import from_json, is_bigint_id, to_json
 from schemas.keys import FLOWS_CHANGED, flow_progress_key, metrics_key
+
+log = structlog.get_logger()
 
 STATUSES = ("draft", "live", "stopped")
 EXIT_REASONS = ("goal", "exit", "stopped")  # why users leave a flow (pipeline.journeys.engine)
@@ -246,6 +250,17 @@ async def stop(conn: asyncpg.Connection, row: asyncpg.Record, actor: Actor, now:
 async def flows_changed(redis: Any) -> None:
     """Tell the workers to reload their flows (after the change is committed)."""
     await redis.incr(FLOWS_CHANGED)
+
+
+async def tell_workers(redis: Any, **context: Any) -> None:
+    """``flows_changed`` after a commit that changed what the trigger stages load (a journey, an event-triggered
+    campaign's status). Should Redis fail now, the change stands: the workers reload within
+    ``journey_reload_s`` anyway, so this is logged, not raised."""
+    try:
+        await flows_changed(redis)
+    except (RedisError, OSError) as exc:
+        log.warning("flows:changed not bumped; workers pick the change up at their next reload",
+                    error=repr(exc), **context)
 
 
 async def versions(conn: asyncpg.Connection | asyncpg.Pool, journey_id: int) -> list[asyncpg.Record]:
