@@ -96,16 +96,22 @@ async def _flush_when_due() -> None:
 
 @app.timer(settings.journey_tick_s)
 async def journey_timers() -> None:
-    """Wake the users whose waits are due: one signal record per partition and second."""
-    producer = await clients.producer()
-    for partition, value in await advancer.wake_records():
-        await producer.send_and_wait(JOURNEY_SIGNALS.name, value, key=b"wake", partition=partition)
+    """Wake the users whose waits are due: one signal record per partition and second. (A Faust timer that
+    raises is never called again: every error is logged here, and the next tick retries.)"""
+    try:
+        await advancer.wake_due()
+    except Exception:
+        log.exception("journey timers: waking failed; the next tick retries")
 
 
 @app.timer(settings.journey_segment_s)
 async def segment_entries() -> None:
     """Users who entered a segment-entry journey's dynamic segment enter the journey."""
-    entered = await advancer.watch_segments()
+    try:
+        entered = await advancer.watch_segments()
+    except Exception:
+        log.exception("segment entries: the look failed; the next tick looks again")
+        return
     if entered:
         log.info("users entered journeys by entering segments", users=entered)
 

@@ -13,6 +13,8 @@ At least once: the batch's offsets are committed after Kafka acknowledged its si
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import structlog
 
@@ -67,13 +69,23 @@ async def look_around() -> None:
             log.warning("rules name topics that do not exist; they are read once they do", topics=sorted(absent))
 
 
+async def look_around_safely() -> bool:
+    try:
+        await look_around()
+        return True
+    except Exception:  # a Faust timer or task that raises is never run again: log, and look again later
+        log.exception("match_triggers: reading the rules failed; looking again shortly")
+        return False
+
+
 @app.task
 async def match_triggers() -> None:
-    await look_around()
+    while not await look_around_safely():
+        await asyncio.sleep(1.0)
     await run_forever(settings, topics, "match_triggers", match_batch)
 
 
 @app.timer(5.0)
 async def reload_rules() -> None:
     """Keep the rules (and so the topics read) current while no event arrives."""
-    await look_around()
+    await look_around_safely()

@@ -28,6 +28,8 @@ import asyncpg
 import numpy as np
 import orjson
 import structlog
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from config import Settings
 from pipeline.campaign_state import load_campaign
@@ -214,6 +216,16 @@ class Pending:
     def __bool__(self) -> bool:
         return bool(self.sends or self.counts or self.exits or self.acks)
 
+    def take_back(self, earlier: Pending) -> None:
+        """Put an interrupted flush's outputs back in front of these (they are emitted with the next flush)."""
+        for key, users in earlier.sends.items():
+            self.sends[key] = users + self.sends.get(key, [])
+        self.counts.update(earlier.counts)
+        self.exits = {**earlier.exits, **self.exits}
+        self.acks = earlier.acks + self.acks
+        if earlier.first_at is not None:
+            self.first_at = earlier.first_at if self.first_at is None else min(self.first_at, earlier.first_at)
+
 
 def outcome_counts(flow: str, outcome: Outcome, timed_out: bool) -> Iterable[tuple[tuple[str, str], int]]:
     """The progress counters a move changes (pure)."""
@@ -395,24 +407,34 @@ class Advancer:
     # ── out ──
 
     async def flush(self) -> None:
-        """Emit what the handled records decided, then acknowledge them."""
+        """Emit what the handled records decided, then acknowledge them. Whatever fails is retried (a record
+        is never acknowledged before what it decided is out); a flush interrupted by cancellation puts its
+        outputs back for the next one."""
         async with self._flushing:
             pending, self.pending = self.pending, Pending()
             if not pending:
                 return
             delay = 0.2
-            while True:
-                try:
-                    await self._emit(pending)
-                    break
-                except (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError) as exc:
-                    log.warning("journeys: emitting failed; retrying", error=repr(exc), delay_s=delay)
+            try:
+                while True:
+                    try:
+                        await self._emit(pending)
+                        break
+                    except (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, RedisError,
+                            KafkaError) as exc:
+                        log.warning("journeys: emitting failed; retrying", error=repr(exc), delay_s=delay)
+                    except Exception:  # not a store's hiccup: say so loudly, and still never drop a decision
+                        log.exception("journeys: emitting failed unexpectedly; retrying", delay_s=delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
+            except asyncio.CancelledError:
+                self.pending.take_back(pending)
+                raise
             for ack in pending.acks:
                 ack()
 
     async def _emit(self, pending: Pending) -> None:
+        """Emit ``pending``, forgetting each part once it is out (a retry emits only the rest)."""
         redis = self.clients.redis()
         if pending.exits or pending.counts:
             async with redis.pipeline(transaction=False) as pipe:
@@ -422,6 +444,7 @@ class Advancer:
                     if delta:
                         pipe.hincrby(flow_progress_key(key), name, delta)
                 await pipe.execute()
+            pending.exits, pending.counts = {}, Counter()
         if not pending.sends:
             return
         pool = await self.clients.postgres()
@@ -430,10 +453,13 @@ class Advancer:
         producer = await self.clients.producer()
         futures = []
         now_iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
-        for (campaign_id, step, channel, partition), users in pending.sends.items():
+        sent = []
+        for group, users in pending.sends.items():
+            campaign_id, step, channel, partition = group
             campaign = await load_campaign(pool, campaign_id, self.settings)
             if campaign is None:
                 log.error("journeys: a send's campaign is gone; its messages are dropped", campaign_id=campaign_id)
+                sent.append(group)
                 continue
             users = list(dict.fromkeys(users))
             variants = assign_variants(campaign_id, np.asarray(users, dtype=np.int64), campaign.variants)
@@ -443,10 +469,13 @@ class Advancer:
                      "campaign_id": campaign_id, "launch_id": None, "step": step, "channel": channel,
                      "partition": partition, "category": campaign.category, "transactional": campaign.transactional,
                      "recipients": recipients, "launched_at": now_iso, "attempt": 0}
-            futures.append(await producer.send(MESSAGE_REQUESTS.name, orjson.dumps(batch),
-                                               key=batch["batch_id"].encode(), partition=partition))
-        for future in futures:
+            futures.append((group, await producer.send(MESSAGE_REQUESTS.name, orjson.dumps(batch),
+                                                       key=batch["batch_id"].encode(), partition=partition)))
+        for group in sent:
+            del pending.sends[group]
+        for group, future in futures:
             await future
+            del pending.sends[group]
 
     # ── segment entries ──
 
@@ -484,17 +513,24 @@ class Advancer:
 
     # ── timers ──
 
-    async def wake_records(self) -> list[tuple[int, bytes]]:
-        """(partition, ``JourneySignal`` wake record) for every owned slot whose time has come."""
-        now = await self.clock.now()
-        out = []
-        for partition, second, users in self.timers.pop_due(now):
-            if not self.owned(partition):
-                continue
-            for i in range(0, len(users), WAKE_CHUNK):
-                signal = {"kind": "wake", "partition": partition, "users": users[i:i + WAKE_CHUNK], "due": second}
-                out.append((partition, orjson.dumps(signal)))
-        return out
+    async def wake_due(self) -> int:
+        """Send a ``JourneySignal`` wake record for every owned slot whose time has come; returns how many.
+        A slot whose record could not be sent goes back in the index (the next tick tries again); a slot
+        of a partition this worker no longer owns is its new owner's, who rebuilt it from the table."""
+        slots = [slot for slot in self.timers.pop_due(await self.clock.now()) if self.owned(slot[0])]
+        producer, done = await self.clients.producer(), 0
+        try:
+            for partition, second, users in slots:
+                for i in range(0, len(users), WAKE_CHUNK):
+                    signal = {"kind": "wake", "partition": partition, "users": users[i:i + WAKE_CHUNK], "due": second}
+                    await producer.send_and_wait(JOURNEY_SIGNALS.name, orjson.dumps(signal), key=b"wake",
+                                                 partition=partition)
+                done += 1
+        finally:
+            for partition, second, users in slots[done:]:
+                for uid in users:
+                    self.timers.add(partition, uid, second)
+        return done
 
     def rebuild_timers(self, partitions: Iterable[int]) -> int:
         """The index from the table (after a recovery): every parked member of these partitions."""

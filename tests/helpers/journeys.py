@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 from redis import asyncio as aioredis
 
-from config import Settings
+from config import Settings, get_settings
 from pipeline.journeys.model import parse_journey
 from schemas.keys import FLOWS_CHANGED, TEST_CLOCK
 from schemas.messages import message_id
@@ -147,5 +147,10 @@ class Providers:
 
 async def until(check, timeout_s: float = 180.0, every_s: float = 0.2):
     """``eventually``, with room for a worker that is still recovering its tables when the test begins (a
-    stack that kept much state restores it for a minute or more); a healthy worker answers in a second."""
-    return await eventually(check, timeout_s, every_s)
+    stack that kept much state restores it for a minute or more); a healthy worker answers in a second.
+    A timeout says what the worker was doing (tests/helpers/diagnose.py)."""
+    try:
+        return await eventually(check, timeout_s, every_s)
+    except AssertionError as exc:
+        from tests.helpers.diagnose import explain_timeout
+        raise AssertionError(f"{exc}\n{await explain_timeout(get_settings())}") from None
