@@ -13,8 +13,8 @@ it is held or dropped at once.
 Lanes: batches run in order within a lane, one lane per (partition, campaign), so a campaign
 whose channel is behind waits without holding the other campaigns' batches read after it
 (an SMS campaign at its provider's rate must not hold an email campaign's release). The gate
-work itself (state read, decisions, state write) is one batch at a time per worker; only the
-pacing waits overlap. A record is acknowledged once it and every earlier record of its
+work itself (state read, decisions, state write) is one batch at a time per partition (its users'
+state is the partition's own); the pacing waits overlap. A record is acknowledged once it and every earlier record of its
 partition are done (``InOrderAcks``), so a crash replays what was waiting, and a replay is
 idempotent.
 Side effects: the gate's tables (tables/gate_state.py, a few keys per batch); Redis
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections import defaultdict
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -74,12 +75,12 @@ async def gate_batch(partition: int, offset: int, raw: bytes, ours: Callable[[],
         return True
     # Pacing: while a channel's senders are behind, this batch (and its lane behind it) waits here;
     # a pause or cancel that came meanwhile applies to it at once.
-    if await stores.pace(channels, batch.batch_id) and await _halted(batch, partition, offset, raw, channels, variant):
+    if await stores.pace(channels, batch.batch_id, len(uids)) and await _halted(batch, partition, offset, raw, channels, variant):
         await stores.unpace(channels, batch.batch_id)
         return True
     released: set[str] = set()
     try:
-        async with _turn:
+        async with _turns[partition]:
             if not ours():
                 await stores.unpace(channels, batch.batch_id)
                 return False
@@ -210,7 +211,10 @@ def _record(buckets, asks, verdicts, view) -> None:
 _sweeps = gate_rules.Sweeps(gate_history, gate_preferences, stores.policy)
 
 
-_turn = asyncio.Lock()  # the gate's state is read, decided on and written by one batch at a time
+# The gate's state is read, decided on and written by one batch at a time per partition: its users, and
+# so their state buckets, are the partition's alone, so partitions go concurrently (the release is mostly
+# waits on PostgreSQL, Redis and Kafka; one lock for the whole worker held small batches ~30 ms each).
+_turns: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
 
 
 def lane_of(partition: int, raw: bytes | None) -> tuple[int, object]:

@@ -48,7 +48,11 @@ class Settings(BaseSettings):
     # The trigger stages (agents/match_triggers.py, agents/advance_journeys.py).
     # How long a journey's sends wait to be sent on together (one message-requests record per
     # campaign, step and partition), and how often the timers and the flows' definitions are checked.
-    journey_flush_s: float = Field(default=0.25, gt=0)
+    # One second: each record then carries a second's entries of its campaign and partition. At 0.25 s
+    # the gate and the senders got four times the records, of ~1.7 users each, and at 1,000 events/s
+    # (200 entries/s) their per-record cost put them behind: p99 event → provider 16-19 s, against
+    # 1.9 s at 1 s (bench/triggers.py --rate 1000 --event-topic own, BENCHMARKS.md).
+    journey_flush_s: float = Field(default=1.0, gt=0)
     journey_tick_s: float = Field(default=0.25, gt=0)
     journey_reload_s: float = Field(default=30.0, gt=0)
     # How often a journey that users enter by entering a dynamic segment looks at the segment's members.

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from config import Settings
 from pipeline import gate as gate_rules
 from pipeline import journey_exits
-from pipeline.release_windows import ReleaseWindow
+from pipeline.release_windows import FULL_BATCH, ReleaseWindow
 from pipeline.campaign_state import campaign_status, load_campaign
 from pipeline.control_io import HeldBatches
 from pipeline.worker_clients import WorkerClients
@@ -167,7 +167,7 @@ class GateIO:
             self._window = ReleaseWindow(self.redis)
         return self._window
 
-    async def pace(self, channels: list[str], batch_id: str | None = None) -> float:
+    async def pace(self, channels: list[str], batch_id: str | None = None, recipients: int | None = None) -> float:
         """Wait while any of ``channels`` is behind (queue lag over ``gate_pace_lag_s``), then for a
         place in each channel's release window for ``batch_id``'s outbox batch: the work stays in
         message-requests instead of piling up in outboxes. Returns the seconds waited."""
@@ -181,7 +181,8 @@ class GateIO:
                 await asyncio.sleep(LAG_CHECK_S)
         if batch_id is not None:
             for channel in channels:
-                if await self.window.take(channel, gate_rules.outbox_batch_id(batch_id, channel)) > 0:
+                if await self.window.take(channel, gate_rules.outbox_batch_id(batch_id, channel),
+                                          recipients if recipients is not None else FULL_BATCH) > 0:
                     waited = True
         return time.monotonic() - started if waited else 0.0
 

@@ -8,10 +8,16 @@ the place back when it has finished the batch, and the gate releases only while 
 channel's batches in the window are fewer than its senders can work on at once, with a
 little more so that a sender never waits for the gate (``WINDOW_FACTOR``).
 
+A place is weighed by the batch's recipients: a campaign's full batch (``FULL_BATCH``, explode's
+batch size) weighs one place, a triggered campaign's or a journey's batch of a few users a fraction
+(at least ``MIN_WEIGHT``). Counting batches alone, a window of six places let six batches of one
+user each through at a time, and at 1,000 events/s the gate's lanes waited on it for seconds.
+
 Redis keys, per channel:
     flow:{channel}:out      zset   outbox batch id → lease expiry (Redis time, s). A place whose
                                    sender died expires, so a lost "finished" never shrinks the
                                    window for good; a replayed release keeps its one place.
+    flow:{channel}:weights  hash   outbox batch id → its weight (absent: 1, a full batch).
     flow:{channel}:senders  hash   sender token → "<slots>:<Redis time of the report>" (every 1 s); reports
                                    older than ``FRESH_S`` are dropped, so the window follows the
                                    senders alive. With none, the window is open: the gate never
@@ -27,27 +33,36 @@ import time
 
 import structlog
 from redis.asyncio import Redis
-from schemas.keys import window_out_key, window_senders_key
+
+from pipeline.explode import BATCH_SIZE
+from schemas.keys import window_out_key, window_senders_key, window_weights_key
 
 log = structlog.get_logger()
 
 WINDOW_FACTOR = 1.5  # places per sender slot: a slot that finishes finds its next batch already released
+FULL_BATCH = BATCH_SIZE  # recipients of a batch that weighs a whole place
+MIN_WEIGHT = 0.05  # a batch of one user still costs its provider call: at most 20 such batches a place
 LEASE_S = 120.0  # a place not given back in this long is taken as lost (a SIGKILLed sender)
 FRESH_S = 3.0  # a sender that has not reported for this long is gone
 REPORT_EVERY_S = 1.0  # how often a sender tells its slots (well inside FRESH_S)
 RETRY_S = 0.05  # how often a gate looks again at a full window
 
-# KEYS: out zset, senders hash   ARGV: batch id, lease s, fresh s, factor
+# KEYS: out zset, senders hash, weights hash   ARGV: batch id, lease s, fresh s, factor, weight
 # Returns 1 when the batch has (or already had) a place, 0 when the window is full.
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local lease, fresh, factor = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local weight = tonumber(ARGV[5])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
   return 1
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired > 0 then
+  redis.call('HDEL', KEYS[3], unpack(expired))
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+end
 local slots = 0
 local senders = redis.call('HGETALL', KEYS[2])
 for i = 1, #senders, 2 do
@@ -58,13 +73,25 @@ for i = 1, #senders, 2 do
     redis.call('HDEL', KEYS[2], senders[i])
   end
 end
-if slots == 0 or redis.call('ZCARD', KEYS[1]) < math.ceil(slots * factor) then
+local taken = redis.call('ZCARD', KEYS[1])
+local used = taken - redis.call('HLEN', KEYS[3])  -- batches without a weight weigh one place
+for _, w in ipairs(redis.call('HVALS', KEYS[3])) do used = used + tonumber(w) end
+if slots == 0 or taken == 0 or used + weight <= math.ceil(slots * factor) + 1e-9 then
   redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
   redis.call('EXPIRE', KEYS[1], math.ceil(lease))
+  if weight < 1 then
+    redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
+    redis.call('EXPIRE', KEYS[3], math.ceil(lease))
+  end
   return 1
 end
 return 0
 """
+
+
+def weight_of(recipients: int) -> float:
+    """A batch's share of a place: its recipients over a full batch's, between ``MIN_WEIGHT`` and 1."""
+    return min(1.0, max(MIN_WEIGHT, recipients / FULL_BATCH))
 
 # KEYS: senders hash   ARGV: token, slots, fresh s
 _REPORT = """
@@ -83,21 +110,29 @@ class ReleaseWindow:
         self.redis = redis
         self._take = redis.register_script(_TAKE)
 
-    async def try_take(self, channel: str, batch_id: str) -> bool:
-        got = await self._take(keys=[window_out_key(channel), window_senders_key(channel)],
-                               args=[batch_id, LEASE_S, FRESH_S, WINDOW_FACTOR])
+    async def try_take(self, channel: str, batch_id: str, recipients: int = FULL_BATCH) -> bool:
+        got = await self._take(keys=[window_out_key(channel), window_senders_key(channel), window_weights_key(channel)],
+                               args=[batch_id, LEASE_S, FRESH_S, WINDOW_FACTOR, repr(weight_of(recipients))])
         return bool(int(got))
 
-    async def take(self, channel: str, batch_id: str) -> float:
-        """Wait for a place for ``batch_id``; returns the seconds waited."""
+    async def take(self, channel: str, batch_id: str, recipients: int = FULL_BATCH) -> float:
+        """Wait for a place for ``batch_id`` (of ``recipients`` users); returns the seconds waited."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        while not await self.try_take(channel, batch_id):
+        while not await self.try_take(channel, batch_id, recipients):
             await asyncio.sleep(RETRY_S)
         return loop.time() - started
 
     async def give_back(self, channel: str, batch_id: str) -> None:
-        await self.redis.zrem(window_out_key(channel), batch_id)
+        await _free(self.redis, channel, batch_id)
+
+
+async def _free(redis: Redis, channel: str, batch_id: str | bytes) -> None:
+    """The batch's place (and its weight) back in the window."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrem(window_out_key(channel), batch_id)
+        pipe.hdel(window_weights_key(channel), batch_id)
+        await pipe.execute()
 
 
 class SenderSlots:
@@ -133,7 +168,7 @@ class SenderSlots:
 
     def finished(self, batch_id: str | bytes | None) -> None:
         if self.redis is not None and batch_id:
-            self._spawn(self.redis.zrem(window_out_key(self.channel), batch_id))
+            self._spawn(_free(self.redis, self.channel, batch_id))
 
     def withdraw(self) -> None:
         """This sender stops: its slots no longer count."""

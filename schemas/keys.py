@@ -136,6 +136,11 @@ def window_senders_key(channel: str) -> str:
     return f"flow:{channel}:senders"
 
 
+def window_weights_key(channel: str) -> str:
+    """Hash: outbox batch id → its weight in the release window (a full batch weighs 1)."""
+    return f"flow:{channel}:weights"
+
+
 def ledger_key(campaign_id: int, channel: str, step: str, partition: int) -> str:
     return f"sends:{campaign_id}:{channel}:{step}:{partition}"
 

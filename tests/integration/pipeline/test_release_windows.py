@@ -48,6 +48,30 @@ async def test_the_window_holds_one_and_a_half_places_per_sender_slot(pipeline_r
         await pipeline_redis.delete(keys.window_out_key(channel), keys.window_senders_key(channel))
 
 
+async def test_small_batches_weigh_their_share_of_a_place(pipeline_redis, channel):
+    """A triggered campaign's batch of a few users takes a fraction of a place (a full batch weighs one):
+    one sender of 2 slots (3 places) lets 60 batches of 5 through, or 2 full ones and 20 small ones."""
+    window = ReleaseWindow(pipeline_redis)
+    slots = SenderSlots(pipeline_redis, channel, 2, "s")
+    slots.report()
+    await _settled(slots)
+    try:
+        assert all([await window.try_take(channel, f"t{i}", recipients=5) for i in range(60)])
+        assert not await window.try_take(channel, "t60", recipients=5)
+        assert not await window.try_take(channel, "full", recipients=release_windows.FULL_BATCH)
+        for i in range(20):
+            slots.finished(f"t{i}")
+        await _settled(slots)
+        assert await window.try_take(channel, "full", recipients=10_000)  # weighs one place, no more
+        assert not await window.try_take(channel, "t60", recipients=5)
+        await window.give_back(channel, "full")
+        assert await window.try_take(channel, "t60", recipients=5)
+        assert await pipeline_redis.hlen(keys.window_weights_key(channel)) == 41
+    finally:
+        await pipeline_redis.delete(keys.window_out_key(channel), keys.window_senders_key(channel),
+                                    keys.window_weights_key(channel))
+
+
 async def test_a_gone_sender_and_a_lost_place_do_not_close_the_window_for_good(pipeline_redis, channel, monkeypatch):
     monkeypatch.setattr(release_windows, "FRESH_S", 0.5)
     monkeypatch.setattr(release_windows, "LEASE_S", 0.6)
