@@ -9,7 +9,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
+import signal
+import time
+import tracemalloc
 from functools import lru_cache
+from pathlib import Path
 
 
 @lru_cache(maxsize=1)
@@ -47,3 +52,27 @@ class AfterBursts:
             return False
         self.count = 0
         return True
+
+
+def dump_heap(path: Path, top: int = 40) -> bool:
+    """Where the heap is, by the lines that allocated it (``PYTHONTRACEMALLOC`` must have started tracing):
+    the ``top`` lines by size, appended to ``path``. False when nothing traces."""
+    if not tracemalloc.is_tracing():
+        return False
+    gc.collect()
+    stats = tracemalloc.take_snapshot().statistics("traceback")[:top]
+    current, peak = tracemalloc.get_traced_memory()
+    lines = [f"── {time.strftime('%H:%M:%S')} pid {os.getpid()}: traced {current / 2**20:.1f} MiB (peak {peak / 2**20:.1f})"]
+    for stat in stats:
+        lines.append(f"{stat.size / 2**20:9.1f} MiB {stat.count:10d} blocks  " +
+                     " <- ".join(f"{f.filename.rsplit('site-packages/', 1)[-1]}:{f.lineno}" for f in stat.traceback[:4]))
+    with path.open("a") as out:
+        out.write("\n".join(lines) + "\n")
+    return True
+
+
+def dump_heap_on_signal(path: Path) -> None:
+    """SIGUSR2 writes ``dump_heap(path)`` (a worker started with PYTHONTRACEMALLOC=4, say, for bench/triggers.py's
+    memory figure)."""
+    if tracemalloc.is_tracing():
+        signal.signal(signal.SIGUSR2, lambda *_: dump_heap(path))

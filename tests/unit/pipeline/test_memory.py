@@ -1,0 +1,33 @@
+"""pipeline.memory: giving the heap back after bursts, and telling where it is."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+from pipeline.memory import AfterBursts, dump_heap
+
+
+def test_a_give_back_is_due_once_enough_work_was_done_since_the_last():
+    bursts = AfterBursts(threshold=100)
+    bursts.add(60)
+    assert not bursts.due()
+    bursts.add(40)
+    assert bursts.due() and not bursts.due()
+
+
+def _hold() -> list[bytes]:
+    return [bytes(200) for _ in range(20_000)]
+
+
+def test_the_heap_dump_names_the_lines_that_hold_the_memory(tmp_path):
+    path = tmp_path / "heap.txt"
+    assert not dump_heap(path) and not path.exists()  # nothing traces: nothing written
+    tracemalloc.start(4)
+    try:
+        held = _hold()
+        assert dump_heap(path, top=5)
+    finally:
+        tracemalloc.stop()
+    text = path.read_text()
+    assert "traced" in text and "test_memory.py" in text.splitlines()[1]
+    assert len(held) == 20_000
