@@ -93,11 +93,18 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime, stime
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def anon_mb(pid: int) -> float:
+    """Resident anonymous memory: the heap, without the file-backed pages of the mmapped audience store
+    (which VmRSS counts as they are touched, so that VmRSS before and after parking differ by whatever
+    part 1 read of it)."""
+    return rss_mb(pid, "RssAnon")
 
 
 async def idle_cpu_pct(pids: list[int], seconds: float) -> tuple[float, list[float]]:
@@ -562,6 +569,7 @@ def run(args: argparse.Namespace) -> dict:
         # ---- Part 2: parked users
         time.sleep(args.settle)
         figures["rss_before_mb"] = [round(rss_mb(p), 1) for p in pids]
+        figures["anon_before_mb"] = [round(anon_mb(p), 1) for p in pids]
         figures["idle_cpu_floor_pct"], figures["idle_cpu_floor_each"] = asyncio.run(idle_cpu_pct(pids, args.idle_s))
         park_topic = USER_EVENTS.name if args.park_topic == "user-events" else f"{prefix}-park"
         if park_topic != USER_EVENTS.name:
@@ -580,6 +588,9 @@ def run(args: argparse.Namespace) -> dict:
         figures["park_trace"] = trace
         time.sleep(args.settle)
         figures["rss_after_mb"] = [round(rss_mb(p), 1) for p in pids]
+        figures["anon_after_mb"] = [round(anon_mb(p), 1) for p in pids]
+        figures["parked_anon_mb"] = round(sum(figures["anon_after_mb"]) - sum(figures["anon_before_mb"]), 1)
+        figures["anon_per_parked_user_b"] = round(figures["parked_anon_mb"] * 2**20 / max(reached, 1))
         figures["parked_rss_mb"] = round(sum(figures["rss_after_mb"]) - sum(figures["rss_before_mb"]), 1)
         figures["peak_rss_mb"] = round(max(peak, sum(figures["rss_after_mb"])), 1)
         figures["rss_per_parked_user_b"] = round(figures["parked_rss_mb"] * 2**20 / max(reached, 1))

@@ -10,7 +10,6 @@ import ctypes
 import ctypes.util
 import gc
 import os
-import signal
 import time
 import tracemalloc
 from functools import lru_cache
@@ -71,8 +70,28 @@ def dump_heap(path: Path, top: int = 40) -> bool:
     return True
 
 
-def dump_heap_on_signal(path: Path) -> None:
-    """SIGUSR2 writes ``dump_heap(path)`` (a worker started with PYTHONTRACEMALLOC=4, say, for bench/triggers.py's
-    memory figure)."""
-    if tracemalloc.is_tracing():
-        signal.signal(signal.SIGUSR2, lambda *_: dump_heap(path))
+class HeapDumps:
+    """Heap dumps on request: while tracemalloc traces (a worker started with PYTHONTRACEMALLOC=3, say),
+    touching ``request`` makes every worker append ``dump_heap`` to its own file (a signal would not do:
+    the worker's SIGUSR1/SIGUSR2 are Faust's, stack traces and a debugger)."""
+
+    def __init__(self, request: Path, out: Path) -> None:
+        self.request = request
+        self.out = out
+        self.seen = self._stamp()
+
+    def _stamp(self) -> float | None:
+        try:
+            return self.request.stat().st_mtime
+        except OSError:
+            return None
+
+    def check(self) -> bool:
+        """Dump if the request was touched since the last look; True if a dump was written."""
+        if not tracemalloc.is_tracing():
+            return False
+        stamp = self._stamp()
+        if stamp is None or stamp == self.seen:
+            return False
+        self.seen = stamp
+        return dump_heap(self.out)

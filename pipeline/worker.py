@@ -7,12 +7,20 @@ name (agents import it too) rather than a second time as ``__main__``.
 import os
 
 from pipeline.app import app, settings
-from pipeline.memory import dump_heap_on_signal
+from pipeline.memory import HeapDumps
+
+# With PYTHONTRACEMALLOC set, `touch .local/logs/heap-dump.request` makes each worker write where its heap is
+# to .local/logs/heap-<pid>.txt.
+heap_dumps = HeapDumps(settings.local_dir / "logs" / "heap-dump.request",
+                       settings.local_dir / "logs" / f"heap-{os.getpid()}.txt")
+
+
+@app.timer(2.0)
+async def dump_heap_on_request() -> None:
+    heap_dumps.check()
 
 
 def main() -> None:
-    # With PYTHONTRACEMALLOC set, `kill -USR2 <pid>` writes where the heap is to .local/logs/heap-<pid>.txt.
-    dump_heap_on_signal(settings.local_dir / "logs" / f"heap-{os.getpid()}.txt")
     app.main()
 
 

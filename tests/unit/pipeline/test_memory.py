@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import tracemalloc
 
-from pipeline.memory import AfterBursts, dump_heap
+import os
+
+from pipeline.memory import AfterBursts, HeapDumps, dump_heap
 
 
 def test_a_give_back_is_due_once_enough_work_was_done_since_the_last():
@@ -31,3 +33,18 @@ def test_the_heap_dump_names_the_lines_that_hold_the_memory(tmp_path):
     text = path.read_text()
     assert "traced" in text and "test_memory.py" in text.splitlines()[1]
     assert len(held) == 20_000
+
+
+def test_a_touched_request_gets_one_dump_from_a_tracing_worker(tmp_path):
+    request, out = tmp_path / "heap-dump.request", tmp_path / "heap-1.txt"
+    dumps = HeapDumps(request, out)
+    request.touch()
+    assert not dumps.check()  # not tracing: nothing
+    tracemalloc.start(2)
+    try:
+        assert dumps.check() and not dumps.check()  # once per touch
+        os.utime(request, (1, 1))
+        assert dumps.check()
+    finally:
+        tracemalloc.stop()
+    assert out.read_text().count("traced") == 2
