@@ -127,3 +127,27 @@ def test_a_flush_retries_until_the_counts_are_out_then_acknowledges_once():
     assert acked == [1]
     assert redis.applied == [("set", flow_exit_key("j2", 9), 4), ("hincrby", "flow:c7:progress", "entered", 3)]
     assert not advancer.pending
+
+
+def test_a_test_workers_clock_follows_the_offset_at_once():
+    """A test moves the clock and at once produces an event: the worker must decide it on the moved clock."""
+    from pipeline.journeys_io import FlowClock
+
+    class OffsetRedis:
+        offset: bytes | None = None
+
+        async def get(self, key: str) -> bytes | None:
+            return self.offset
+
+    redis = OffsetRedis()
+
+    class RedisClients:
+        def redis(self):
+            return redis
+
+    clock = FlowClock(Settings(test_clock=True), RedisClients())
+    before = asyncio.run(clock.now())
+    redis.offset = b"86405"
+    assert asyncio.run(clock.now()) - before >= 86_405
+    redis.offset = None
+    assert asyncio.run(clock.now()) - before < 60
