@@ -70,15 +70,14 @@ def dump_heap(path: Path, top: int = 40) -> bool:
     return True
 
 
-class HeapDumps:
-    """Heap dumps on request: while tracemalloc traces (a worker started with PYTHONTRACEMALLOC=3, say),
-    touching ``request`` makes every worker append ``dump_heap`` to its own file (a signal would not do:
-    the worker's SIGUSR1/SIGUSR2 are Faust's, stack traces and a debugger)."""
+class Touched:
+    """A request file a person (or a bench) touches to ask every worker for something: ``seen`` says whether
+    it was touched since the last look (a signal would not do: a worker's SIGUSR1/SIGUSR2 are Faust's,
+    stack traces and a debugger)."""
 
-    def __init__(self, request: Path, out: Path) -> None:
+    def __init__(self, request: Path) -> None:
         self.request = request
-        self.out = out
-        self.seen = self._stamp()
+        self.last = self._stamp()
 
     def _stamp(self) -> float | None:
         try:
@@ -86,12 +85,36 @@ class HeapDumps:
         except OSError:
             return None
 
+    def seen(self) -> bool:
+        stamp = self._stamp()
+        if stamp is None or stamp == self.last:
+            return False
+        self.last = stamp
+        return True
+
+
+class HeapDumps:
+    """Heap dumps on request: while tracemalloc traces (a worker started with PYTHONTRACEMALLOC=3, say),
+    touching ``request`` makes every worker append ``dump_heap`` to its own file."""
+
+    def __init__(self, request: Path, out: Path) -> None:
+        self.touched = Touched(request)
+        self.out = out
+
     def check(self) -> bool:
         """Dump if the request was touched since the last look; True if a dump was written."""
         if not tracemalloc.is_tracing():
             return False
-        stamp = self._stamp()
-        if stamp is None or stamp == self.seen:
-            return False
-        self.seen = stamp
-        return dump_heap(self.out)
+        return self.touched.seen() and dump_heap(self.out)
+
+
+class GiveBacks:
+    """``give_back`` on request: touching ``request`` makes every worker hand its free heap back, so that a
+    measurement of resident memory (bench/triggers.py's before and after) reads what is held, not the peak
+    of an earlier burst."""
+
+    def __init__(self, request: Path) -> None:
+        self.touched = Touched(request)
+
+    def check(self) -> bool:
+        return self.touched.seen() and give_back()

@@ -6,7 +6,7 @@ import tracemalloc
 
 import os
 
-from pipeline.memory import AfterBursts, HeapDumps, dump_heap
+from pipeline.memory import AfterBursts, GiveBacks, HeapDumps, dump_heap
 
 
 def test_a_give_back_is_due_once_enough_work_was_done_since_the_last():
@@ -48,3 +48,13 @@ def test_a_touched_request_gets_one_dump_from_a_tracing_worker(tmp_path):
     finally:
         tracemalloc.stop()
     assert out.read_text().count("traced") == 2
+
+
+def test_a_touched_request_gets_one_give_back(tmp_path):
+    request = tmp_path / "give-back.request"
+    backs = GiveBacks(request)
+    assert not backs.check()  # no file: nothing asked
+    request.touch()
+    assert backs.check() and not backs.check()
+    os.utime(request, (2, 2))
+    assert backs.check()
