@@ -21,7 +21,8 @@ Part 2 (parked users). A journey (tests/helpers/journeys.publish_flow): entry ``
 1_day -> email -> exit. ``--parked`` entry events for as many users (not in PostgreSQL: a wait needs no
 profile) are produced as fast as possible; the bench waits until the progress hash says ``at:pause`` ==
 ``--parked`` (or it stops growing for ``--stall`` s). The workers' VmRSS (/proc/<pid>/status) is read
-before the entries and after parking (added_rss: the sum over workers), and their CPU (utime+stime of
+before the entries and after parking, each time after asking the workers to hand their free heap back
+(``.local/logs/give-back.request``), so that both read what is held, not an earlier burst's peak (added_rss: the sum over workers), and their CPU (utime+stime of
 /proc/<pid>/stat) over ``--idle-s`` seconds while nobody is due, before (``idle_cpu_floor_pct``) and
 after parking (``idle_cpu_pct``), as percent of one core summed over the workers.
 
@@ -105,6 +106,12 @@ def anon_mb(pid: int) -> float:
     (which VmRSS counts as they are touched, so that VmRSS before and after parking differ by whatever
     part 1 read of it)."""
     return rss_mb(pid, "RssAnon")
+
+
+def ask_give_back(settings, wait_s: float = 6.0) -> None:
+    """Every worker hands its free heap back (pipeline.memory.GiveBacks, looked at every 2 s)."""
+    (settings.local_dir / "logs" / "give-back.request").touch()
+    time.sleep(wait_s)
 
 
 async def idle_cpu_pct(pids: list[int], seconds: float) -> tuple[float, list[float]]:
@@ -568,6 +575,7 @@ def run(args: argparse.Namespace) -> dict:
 
         # ---- Part 2: parked users
         time.sleep(args.settle)
+        ask_give_back(settings)  # "before" is what the workers hold, not part 1's or the store's load peak
         figures["rss_before_mb"] = [round(rss_mb(p), 1) for p in pids]
         figures["anon_before_mb"] = [round(anon_mb(p), 1) for p in pids]
         figures["idle_cpu_floor_pct"], figures["idle_cpu_floor_each"] = asyncio.run(idle_cpu_pct(pids, args.idle_s))
@@ -587,6 +595,7 @@ def run(args: argparse.Namespace) -> dict:
         figures["park_per_s"] = round(reached / max(figures["park_s"], 1e-9))
         figures["park_trace"] = trace
         time.sleep(args.settle)
+        ask_give_back(settings)
         figures["rss_after_mb"] = [round(rss_mb(p), 1) for p in pids]
         figures["anon_after_mb"] = [round(anon_mb(p), 1) for p in pids]
         figures["parked_anon_mb"] = round(sum(figures["anon_after_mb"]) - sum(figures["anon_before_mb"]), 1)
