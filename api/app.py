@@ -24,8 +24,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from api import (
-    audit_log, campaign_runs, campaigns, dead_letters, health, inbox, journeys, keys, metrics, openapi, preferences,
-    segments, templates, tracking,
+    audit_log, callbacks, campaign_runs, campaigns, dead_letters, health, inbox, journeys, keys, metrics, openapi,
+    preferences, segments, templates, tracking,
 )
 from api.auth import KeyCache
 from api.clients import open_clients
@@ -34,7 +34,7 @@ from config import Settings, get_settings
 from pipeline.segments import open_audience
 
 MODULES = (health, metrics, openapi, keys, campaigns, campaign_runs, journeys, segments, templates, preferences,
-           audit_log, tracking, inbox, dead_letters)
+           audit_log, tracking, callbacks, inbox, dead_letters)
 
 
 @asynccontextmanager

@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     push_token: str = "herald-local"
     email_batch_url: str = "http://127.0.0.1:8093/v3/mail/send"
     email_batch_key: str = "herald-local"
+    # Provider callbacks (api/callbacks.py). SendGrid's Event Webhook verification key (base64 DER, as its
+    # settings page shows it); the default is the local peer's (tests/peers/keys.py), never a real account's.
+    sendgrid_events_key: str = ("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAErj9TTW2gklN74cC3dlVz3cFF9Ufnbqrj15wLTHqnYzKwtwdqrls8"
+                                "TmOcyZeQdUkcvF5DdjVMALYM5KlDNryNJg==")
+    callback_tolerance_s: float = Field(default=300.0, gt=0)  # how old a signed callback may be
+    sms_status_callbacks: bool = True  # ask Twilio for status callbacks (delivered, undelivered, failed)
     provider_timeout_s: float = 10.0
     email_provider: str = Field(default="smtp", pattern="^(smtp|batch)$")  # batch: the SendGrid-shaped HTTP API
 

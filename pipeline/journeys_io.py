@@ -341,8 +341,8 @@ class Advancer:
             return
         now = await self.clock.now()
         for ev in events:
-            if ev.get("status") not in ("opened", "clicked"):
-                continue
+            if ev.get("status") not in ("opened", "clicked") or ev.get("machine"):
+                continue  # a machine open (a proxy's or a scanner's prefetch) is not the person opening
             found = index.step_of(ev.get("campaign_id"))
             step = str(ev.get("step") or "")
             node, tag = step.rpartition("@")[0], engine.step_tag(step)

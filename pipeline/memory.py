@@ -37,20 +37,26 @@ def give_back() -> bool:
 
 
 class AfterBursts:
-    """Whether enough work happened since the last time to be worth a ``give_back`` (it walks the heap)."""
+    """Whether enough work happened since the last time to be worth a ``give_back`` (it walks the heap):
+    ``threshold`` worth of it, or an eighth of that once the work has stopped (nothing added between two
+    looks), so that the tail of a burst is handed back too; a trickle never is (each give-back costs a
+    full collection, which over a million parked users is not free)."""
 
     def __init__(self, threshold: int) -> None:
         self.threshold = threshold
         self.count = 0
+        self._last_look = 0
 
     def add(self, n: int = 1) -> None:
         self.count += n
 
     def due(self) -> bool:
-        if self.count < self.threshold:
-            return False
-        self.count = 0
-        return True
+        quiet = self.count == self._last_look
+        if self.count >= self.threshold or (quiet and self.count >= self.threshold // 8):
+            self.count = self._last_look = 0
+            return True
+        self._last_look = self.count
+        return False
 
 
 def dump_heap(path: Path, top: int = 40) -> bool:

@@ -46,7 +46,7 @@ from schemas.messages import DeliveryEvent
 # "duplicate" is a suppression with reason "duplicate", kept apart (see ``outcome``).
 STATUSES: tuple[str, ...] = (
     "queued", "sent", "delivered", "bounced", "failed", "suppressed", "deferred", "held", "cancelled",
-    "opened", "clicked", "converted", "duplicate", "expired",
+    "opened", "clicked", "converted", "duplicate", "expired", "complained", "machine_opened",
 )
 BIT = {status: 1 << i for i, status in enumerate(STATUSES)}
 OUTCOMES = frozenset({"sent", "failed", "bounced", "suppressed", "cancelled", "duplicate", "expired"})
@@ -55,6 +55,7 @@ OUTCOME_MASK = sum(BIT[s] for s in OUTCOMES)
 FIRST_OUTCOME_ONLY = frozenset({"suppressed", "cancelled", "expired"})
 FIRST_ONLY_MASK = sum(BIT[s] for s in FIRST_OUTCOME_ONLY)
 DUPLICATE = "duplicate"
+MACHINE_OPENED = "machine_opened"  # an "opened" event flagged ``machine``: counted apart from people's opens
 
 ACCOUNTED = "accounted"  # field of the totals hash: messages with an outcome
 SEEN_TTL_S = 14 * 24 * 3600
@@ -111,6 +112,8 @@ def collapse(events: Iterable[DeliveryEvent]) -> list[MessageDelta]:
     deltas: dict[uuid.UUID, MessageDelta] = {}
     for e in events:
         status = DUPLICATE if e.status == "suppressed" and e.reason == DUPLICATE else e.status
+        if status == "opened" and e.machine:
+            status = MACHINE_OPENED
         bit = BIT.get(status)
         if bit is None:
             continue

@@ -41,6 +41,7 @@ DeliveryStatus = Literal[
     "expired",     # dropped because the campaign reached its end_time before it was sent
     "opened",      # the email's open pixel was fetched (api/tracking.py)
     "clicked",     # a tracked link was followed (api/tracking.py; ``reason`` holds the URL)
+    "complained",  # the recipient reported it as spam (a provider's callback): they go on the suppression list
 ]
 
 
@@ -90,6 +91,8 @@ class DeliveryEvent(BaseModel):
     reason: str | None = None  # suppression reason, provider error, ...
     provider_id: str | None = None
     cost: float = 0.0  # what this event spent against the budget (sent messages only)
+    event_id: str | None = None  # the provider's id of this event (its callbacks repeat; pipeline/callbacks.py)
+    machine: bool = False  # an open that looks automated (pipeline/engagement.py): counted apart from people's
     at: datetime = Field(default_factory=_now)
 
 

@@ -37,6 +37,8 @@ class Message:
     headers: Mapping[str, str] = field(default_factory=dict)  # extra email/webhook headers
     data: Mapping[str, str] = field(default_factory=dict)  # extra push data / in-app fields
     raw: bytes | None = None  # pre-built payload (email: the whole MIME message), built once
+    # What the provider echoes in its delivery callbacks to name the message (pipeline.callbacks.callback_args).
+    callback: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@
         {"to": [{"email": ...}], "subject": ...,
          "headers": {"List-Unsubscribe": ..., ...},
          "substitutions": {"-text-": <this recipient's text>, "-html-": <this recipient's html>},
-         "custom_args": {"message_id": ...}}, ...]}
+         "custom_args": {"message_id": ..., "herald_cid": ..., ...}}, ...]}   (pipeline.callbacks)
     -> 202, X-Message-Id: <batch id>      -> 400 {"errors": [{"message", "field"}]}
 
 Each message is rendered for its recipient (personal links, tracking), so the
@@ -50,7 +50,7 @@ def personalization(message: Message) -> dict[str, Any]:
         "subject": parts.get("subject", ""),
         "headers": dict(message.headers),
         "substitutions": {TEXT: parts.get("text", ""), HTML: parts.get("html") or parts.get("text", "")},
-        "custom_args": {"message_id": message.message_id},
+        "custom_args": {"message_id": message.message_id, **message.callback},  # echoed by the event webhook
     }
 
 

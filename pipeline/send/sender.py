@@ -46,6 +46,7 @@ from redis.asyncio import Redis
 from config import Settings
 from pipeline import control
 from pipeline import journey_exits
+from pipeline.callbacks import callback_args
 from pipeline.campaign_state import campaign_status, load_campaign
 from pipeline.channels import Channel, Message, SendResult, email_provider
 from pipeline.channels.base import SENT, TRANSIENT
@@ -364,8 +365,10 @@ class Sender:
         elif self.channel == "webhook":
             raw = parts.get("payload", "").encode()
         data = {"campaign_id": str(batch.campaign_id)} if self.channel in ("push", "in_app") else {}
+        callback = callback_args(mid_s, batch.campaign_id, r.user_id, self.channel, r.variant, batch.step)
         return [Message(channel=self.channel, to=to, parts=parts, message_id=mid_s, campaign_id=batch.campaign_id,
-                        user_id=r.user_id, headers=headers, data=data, raw=raw) for to in addresses]
+                        user_id=r.user_id, headers=headers, data=data, raw=raw, callback=callback)
+                for to in addresses]
 
     # -- provider calls with rate and retries ----------------------------------------------------
     async def _deliver(self, batch: MessageBatch, outs: list[_Out], ledger_key: str

@@ -3,6 +3,10 @@
     python -m tests.peers            # SMTP on smtp_port, Twilio on sms_url's port, FCM on push_url's,
                                      # SendGrid on email_batch_url's, webhook on 8094
     python -m tests.peers --quiet    # do not keep what arrives (long benchmarks)
+    python -m tests.peers --no-callbacks   # send no delivery callbacks to the API
+
+The SendGrid and Twilio peers call back to the API (``public_url``) as the real providers do, with a
+realistic mix (``DEMO_OUTCOMES``: a share of bounces, opens, machine opens, clicks and complaints).
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ from urllib.parse import urlsplit
 
 from config import get_settings
 from tests.peers import FcmPeer, LoopThread, SendGridPeer, SmtpPeer, TwilioPeer, WebhookPeer
+from tests.peers.callbacks import Outcomes
+
+DEMO_OUTCOMES = Outcomes(bounce=0.02, complaint=0.001, open=0.35, machine_open=0.12, click=0.08, delay_s=(0.5, 8.0))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.peers")
     parser.add_argument("--quiet", action="store_true", help="count messages without keeping them")
     parser.add_argument("--webhook-port", type=int, default=8094)
+    parser.add_argument("--no-callbacks", action="store_true", help="send no delivery callbacks to the API")
     args = parser.parse_args()
     settings = get_settings()
     record = not args.quiet
@@ -33,12 +41,14 @@ def main() -> None:
     peers = [
         SmtpPeer(settings.smtp_host, settings.smtp_port, record=record).start(loop),
         TwilioPeer(sms_sid, settings.sms_auth_token, host=sms_url.hostname or "127.0.0.1", port=sms_url.port or 80,
-                   record=record).start(loop),
+                   record=record, outcomes=DEMO_OUTCOMES).start(loop),
         FcmPeer(project, settings.push_token, host=push_url.hostname or "127.0.0.1", port=push_url.port or 80,
                 record=record).start(loop),
         WebhookPeer(port=args.webhook_port, record=record).start(loop),
         SendGridPeer(settings.email_batch_key, host=batch_url.hostname or "127.0.0.1", port=batch_url.port or 80,
-                     record=record).start(loop),
+                     record=record, outcomes=DEMO_OUTCOMES,
+                     events_url=None if args.no_callbacks else f"{settings.public_url.rstrip('/')}/callbacks/sendgrid/events"
+                     ).start(loop),
     ]
     for peer in peers:
         print(f"[peers] {type(peer).__name__} on {peer.host}:{peer.port}", flush=True)

@@ -50,6 +50,9 @@ class ServedPeer:
     async def _listen(self) -> asyncio.AbstractServer:
         raise NotImplementedError
 
+    async def _closing(self) -> None:
+        """Subclasses stop their own tasks here (on the peer's loop), before the listener closes."""
+
     def start(self, loop: LoopThread | None = None) -> Self:
         self._own_loop = loop is None
         self._loop = loop or LoopThread(type(self).__name__).start()
@@ -62,6 +65,7 @@ class ServedPeer:
             server = self._server
 
             async def close() -> None:
+                await self._closing()
                 server.close()
                 # wait_closed would wait for kept-alive client connections; closing the listener is enough
 

@@ -4,13 +4,15 @@ Checks the bearer key and the body's shape (``personalizations`` 1..1000, each
 with ``to``; ``from.email``; a subject; ``content`` or per-personalization
 data) and answers 202 with an ``X-Message-Id`` header and no body, or 400 with
 SendGrid's ``{"errors": [{"message", "field", "help"}]}``. ``delivered``
-counts recipients (every ``to`` of every accepted personalization).
+counts recipients (every ``to`` of every accepted personalization). Given ``events_url``, it posts
+signed Event Webhook batches about every accepted message (tests/peers/callbacks.py).
 """
 
 from __future__ import annotations
 
 import secrets
 
+from tests.peers.callbacks import CallbackPoster, Outcomes, fate, sendgrid_item, sendgrid_requests, sendgrid_signer
 from tests.peers.http import HttpPeer, Request, Response
 
 MAX_PERSONALIZATIONS = 1000
@@ -23,10 +25,18 @@ def _error(field: str, message: str) -> Response:
 class SendGridPeer(HttpPeer):
     path = "/v3/mail/send"
 
-    def __init__(self, api_key: str = "herald-local", **kwargs) -> None:
+    def __init__(self, api_key: str = "herald-local", events_url: str | None = None,
+                 outcomes: Outcomes | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.api_key = api_key
         self.delivered = 0
+        self.outcomes = outcomes or Outcomes()
+        # The Event Webhook (tests/peers/callbacks.py): None sends no callbacks.
+        self.events = CallbackPoster(sendgrid_requests(events_url, sendgrid_signer())) if events_url else None
+
+    async def _closing(self) -> None:
+        if self.events is not None:
+            await self.events.close()
 
     def reset(self) -> None:
         super().reset()
@@ -60,4 +70,10 @@ class SendGridPeer(HttpPeer):
             return _error("content", "Unless a valid template_id is provided, the content parameter is required.")
         with self._changed:
             self.delivered += recipients
-        return Response(202, b"", {"X-Message-Id": secrets.token_urlsafe(16)})
+        batch_id = secrets.token_urlsafe(16)
+        if self.events is not None:
+            for i, personalization in enumerate(personalizations):
+                mid = str((personalization.get("custom_args") or {}).get("message_id") or f"{batch_id}.{i}")
+                for delay, kind in fate(mid, personalization["to"][0]["email"], self.outcomes):
+                    self.events.schedule(delay, sendgrid_item(kind, personalization, batch_id, i))
+        return Response(202, b"", {"X-Message-Id": batch_id})

@@ -8,6 +8,9 @@ magic test numbers behave as on Twilio's test credentials:
     +15005550001  21211 invalid number       +15005550004  21610 recipient replied STOP
     +15005550002  21612 cannot route         +15005550009  21614 not a mobile number
     +15005550003  21408 no permission for the region
+
+A message sent with a ``StatusCallback`` gets Twilio's signed status callbacks there (sent, then
+delivered, or undelivered 30003 for numbers ending in 0003: tests/peers/callbacks.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import base64
 import re
 import secrets
 
+from tests.peers.callbacks import CallbackPoster, Outcomes, sms_fate, twilio_request
 from tests.peers.http import HttpPeer, Request, Response
 
 E164 = re.compile(r"\+[1-9]\d{6,14}")
@@ -29,11 +33,19 @@ MAGIC = {
 
 
 class TwilioPeer(HttpPeer):
-    def __init__(self, account_sid: str = "ACherald", auth_token: str = "herald-local", **kwargs) -> None:
+    def __init__(self, account_sid: str = "ACherald", auth_token: str = "herald-local",
+                 outcomes: Outcomes | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.account_sid = account_sid
         self.auth_token = auth_token
+        self.outcomes = outcomes or Outcomes()
+        # Status callbacks to each message's StatusCallback (tests/peers/callbacks.py).
+        self.callbacks = CallbackPoster(
+            lambda items: [twilio_request(self.auth_token, url, form) for url, form in items])
         self.path = f"/2010-04-01/Accounts/{account_sid}/Messages.json"
+
+    async def _closing(self) -> None:
+        await self.callbacks.close()
 
     def _error(self, status: int, code: int, message: str) -> Response:
         more_info = f"https://www.twilio.com/docs/errors/{code}"
@@ -61,6 +73,14 @@ class TwilioPeer(HttpPeer):
         if len(body) > 1600:
             return self._error(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
         sid = "SM" + secrets.token_hex(16)
+        callback = form.get("StatusCallback")
+        if callback:
+            for delay, status, code in sms_fate(sid, to, self.outcomes):
+                fields = {"MessageSid": sid, "SmsSid": sid, "AccountSid": self.account_sid, "From": sender, "To": to,
+                          "MessageStatus": status, "SmsStatus": status, "ApiVersion": "2010-04-01"}
+                if code:
+                    fields["ErrorCode"] = code
+                self.callbacks.schedule(delay, (callback, fields))
         return Response(201, {"sid": sid, "account_sid": self.account_sid, "to": to, "from": sender, "body": body,
                               "status": "queued", "num_segments": "1", "error_code": None, "error_message": None,
                               "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json"})

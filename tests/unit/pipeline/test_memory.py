@@ -17,6 +17,18 @@ def test_a_give_back_is_due_once_enough_work_was_done_since_the_last():
     assert bursts.due() and not bursts.due()
 
 
+def test_the_tail_of_a_burst_is_given_back_once_the_work_stops():
+    bursts = AfterBursts(threshold=100)
+    bursts.add(30)
+    assert not bursts.due()  # still working
+    bursts.add(10)
+    assert not bursts.due()
+    assert bursts.due()  # nothing since the last look: the burst is over
+    assert not bursts.due() and not bursts.due()  # nothing to give back
+    bursts.add(5)
+    assert not bursts.due() and not bursts.due()  # a trickle is not worth a full collection
+
+
 def _hold() -> list[bytes]:
     return [bytes(200) for _ in range(20_000)]
 

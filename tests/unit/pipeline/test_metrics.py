@@ -35,6 +35,15 @@ def test_each_status_of_a_message_is_counted_once_across_batches():
     assert replay == {}
 
 
+def test_machine_opens_are_counted_apart_from_peoples_and_complaints_once():
+    seen: dict[uuid.UUID, int] = {}
+    machine = ev(1, "opened").model_copy(update={"machine": True})
+    first = metrics.fold(metrics.collapse([ev(1, "sent"), ev(1, "delivered"), machine, ev(1, "complained")]), seen)
+    assert totals(first) == {"sent": 1, "delivered": 1, "machine_opened": 1, "complained": 1, metrics.ACCOUNTED: 1}
+    later = metrics.fold(metrics.collapse([machine, ev(1, "opened"), ev(1, "complained")]), seen)
+    assert totals(later) == {"opened": 1}  # the person's own open still counts once
+
+
 def test_a_batch_repeating_an_event_counts_it_once():
     inc = metrics.fold(metrics.collapse([ev(1, "sent", cost=0.5), ev(1, "sent", cost=0.5)]), {})
     assert totals(inc)["sent"] == 1

@@ -1,0 +1,129 @@
+"""Provider callbacks: what became of a message after the provider took it.
+
+    POST /callbacks/sendgrid/events   SendGrid's Event Webhook (JSON array; ECDSA-signed)
+    POST /callbacks/twilio/status     Twilio's status callback (form; X-Twilio-Signature)
+
+Public (the providers hold no API key), and refused with 403 unless the provider's signature checks
+(``pipeline.callbacks``). The events go to ``delivery-events`` as one ``DeliveryEventBatch`` per user,
+keyed by the user id (so they land on the user's partition, like every other event of the user), and the
+answer waits for Kafka's acknowledgement: a provider retries whatever did not get a 2xx, so nothing it
+told Herald is lost, and the retries it sends (and its own duplicates) are counted once downstream
+(per message and status, ``pipeline.metrics``). Bodies over ``MAX_BODY`` get 413 before they are read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from urllib.parse import parse_qsl
+
+import orjson
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api.errors import ApiError
+from api.openapi import operation
+from pipeline import callbacks as cb
+from pipeline.partitioning import user_key
+from schemas.encoding import encode
+from schemas.messages import DeliveryEvent, DeliveryEventBatch
+from schemas.topics import DELIVERY_EVENTS
+
+MAX_BODY = 4 * 2**20  # SendGrid posts at most ~768 KB; Twilio a few hundred bytes
+
+
+class CallbackReceipt(BaseModel):
+    accepted: int  # events published to delivery-events
+    skipped: dict[str, int]  # items not counted, by why (not_herald, not_counted:<event>, unknown_event, ...)
+
+
+async def _body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _refused(exc: cb.CallbackRefused) -> ApiError:
+    return ApiError(403, "invalid_signature", str(exc))
+
+
+async def _publish(request: Request, events: list[DeliveryEvent]) -> None:
+    by_user: dict[int, list[DeliveryEvent]] = defaultdict(list)
+    for event in events:
+        by_user[event.user_id].append(event)
+    kafka = request.app.state.kafka
+    try:
+        sent = [await kafka.send(DELIVERY_EVENTS.name, value=encode(DeliveryEventBatch(events=batch)),
+                                 key=user_key(user)) for user, batch in by_user.items()]
+        await asyncio.gather(*sent)
+    except Exception as exc:  # noqa: BLE001 - the provider retries what did not get a 2xx
+        raise ApiError(503, "unavailable", f"the events could not be stored, send them again: {exc!r}") from None
+
+
+def _sendgrid_key(request: Request):
+    state = request.app.state
+    key = getattr(state, "sendgrid_events_key", None)
+    if key is None:
+        key = state.sendgrid_events_key = cb.sendgrid_public_key(state.settings.sendgrid_events_key)
+    return key
+
+
+@operation("SendGrid event webhook", responses={200: CallbackReceipt})
+async def sendgrid_events(request: Request) -> Response:
+    """Delivery, bounce, spam report, open and click events of emails sent through the batch provider."""
+    body = await _body(request)
+    settings = request.app.state.settings
+    now = time.time()
+    try:
+        cb.verify_sendgrid(_sendgrid_key(request), request.headers.get(cb.SENDGRID_SIGNATURE),
+                           request.headers.get(cb.SENDGRID_TIMESTAMP), body, now, settings.callback_tolerance_s)
+    except cb.CallbackRefused as exc:
+        raise _refused(exc) from None
+    try:
+        read = cb.read_sendgrid(orjson.loads(body), now)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_json", "the body is not JSON") from None
+    except ValueError as exc:
+        raise ApiError(422, "invalid_events", str(exc)) from None
+    await _publish(request, read.events)
+    return JSONResponse(CallbackReceipt(accepted=len(read.events), skipped=read.skipped).model_dump())
+
+
+@operation("Twilio message status callback", responses={200: CallbackReceipt})
+async def twilio_status(request: Request) -> Response:
+    """Twilio's status changes of an SMS Herald sent (delivered, undelivered, failed)."""
+    body = await _body(request)
+    settings = request.app.state.settings
+    if "application/x-www-form-urlencoded" not in request.headers.get("content-type", ""):
+        raise ApiError(415, "unsupported_media_type", "the body must be application/x-www-form-urlencoded")
+    try:
+        params = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body), max_num_fields=200)
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "invalid_form", "the body is not a URL-encoded form") from None
+    form = dict(params)
+    # Twilio signs the URL it was given, which is the public one (not what a proxy in front of us rewrote).
+    query = request.url.query
+    url = settings.public_url.rstrip("/") + request.url.path + (f"?{query}" if query else "")
+    try:
+        cb.verify_twilio(settings.sms_auth_token, url, params, request.headers.get(cb.TWILIO_SIGNATURE))
+    except cb.CallbackRefused as exc:
+        raise _refused(exc) from None
+    read = cb.read_twilio(form, dict(request.query_params), time.time())
+    await _publish(request, read.events)
+    return JSONResponse(CallbackReceipt(accepted=len(read.events), skipped=read.skipped).model_dump())
+
+
+routes = [
+    Route("/callbacks/sendgrid/events", sendgrid_events, methods=["POST"]),
+    Route("/callbacks/twilio/status", twilio_status, methods=["POST"]),
+]

@@ -1,0 +1,166 @@
+"""Provider callbacks end to end: a campaign over the SendGrid- and Twilio-shaped peers, which call back to a real
+API server (uvicorn) with signed delivery and engagement events, as the providers do; the live counters move,
+duplicates and forgeries count nowhere, and bounced and complaining recipients are suppressed afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+
+from api.app import create_app
+from config import Settings
+from pipeline.callbacks import callback_args
+from schemas import keys
+from schemas.messages import message_id
+from tests.helpers.pipeline import PipelineCampaign
+from tests.peers import SendGridPeer, TwilioPeer
+from tests.peers.callbacks import sendgrid_signer
+
+
+@pytest.fixture(scope="module")
+def server(settings: Settings) -> Iterator[tuple[str, object]]:
+    app = create_app(settings.model_copy(update={"api_key_cache_s": 0}))
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="callbacks-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the API server did not start")
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    # Twilio signs the StatusCallback URL it was given: the public URL, which is this server's.
+    app.state.settings = app.state.settings.model_copy(update={"public_url": url})
+    yield url, app
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def calling_peers(server) -> Iterator[tuple[SendGridPeer, TwilioPeer]]:
+    url, _ = server
+    email = SendGridPeer(events_url=f"{url}/callbacks/sendgrid/events").start()
+    sms = TwilioPeer().start()
+    yield email, sms
+    email.stop()
+    sms.stop()
+
+
+@pytest.fixture
+def calling_worker(workers, default_providers, server, calling_peers):
+    email, sms = calling_peers
+    return workers.ensure({**default_providers, "HERALD_EMAIL_PROVIDER": "batch", "HERALD_EMAIL_BATCH_URL": email.url,
+                           "HERALD_EMAIL_BATCH_KEY": email.api_key, "HERALD_SMS_URL": sms.url,
+                           "HERALD_PUBLIC_URL": server[0]}, "callbacks-worker")
+
+
+async def _totals(redis, cid: int, suffix: str = "") -> dict[str, float]:
+    key = keys.metrics_key(cid) + suffix
+    return {k.decode(): float(v) for k, v in (await redis.hgetall(key)).items()}
+
+
+async def _until(redis, cid: int, want: dict[str, float], timeout_s: float = 60.0, suffix: str = "") -> dict:
+    deadline = time.monotonic() + timeout_s
+    got: dict = {}
+    while time.monotonic() < deadline:
+        got = await _totals(redis, cid, suffix)
+        if all(got.get(k, 0) == v for k, v in want.items()):
+            return got
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"campaign {cid}{suffix}: wanted {want}, have {got}")
+
+
+def _signed_post(url: str, items: list[dict], stamp_shift: int = 0, tamper: bool = False) -> httpx.Response:
+    body = orjson.dumps(items)
+    headers = sendgrid_signer()(body)
+    if stamp_shift:
+        headers = sendgrid_signer()(body)
+        headers["X-Twilio-Email-Event-Webhook-Timestamp"] = str(int(time.time()) + stamp_shift)
+    if tamper:
+        body = body.replace(b'"open"', b'"click"')
+    return httpx.post(f"{url}/callbacks/sendgrid/events", content=body, headers=headers, timeout=10)
+
+
+async def test_callbacks_count_delivery_bounces_opens_clicks_and_complaints_once_and_suppress(
+        make_campaign, pipeline_pool, pipeline_redis, calling_worker, server, settings):
+    url, _ = server
+    c = await make_campaign(users=12, channels=("email", "sms"))
+    u = c.user_ids
+    fates = {u[0]: "bounce", u[1]: "bounce", u[2]: "complain", u[3]: "opener", u[4]: "opener", u[5]: "clicker",
+             u[6]: "machine"}
+    for uid, what in fates.items():
+        await pipeline_pool.execute("UPDATE users SET email = $2 WHERE user_id = $1", uid, f"{what}-{uid}@example.test")
+    await pipeline_pool.execute("UPDATE users SET phone = '+15551230003' WHERE user_id = $1", u[7])  # unreachable
+    await c.launch()
+
+    want_email = {"sent": 12, "delivered": 10, "bounced": 2, "opened": 3, "clicked": 1, "machine_opened": 1,
+                  "complained": 1}
+    await _until(pipeline_redis, c.campaign_id, want_email, suffix=":email")
+    await _until(pipeline_redis, c.campaign_id, {"sent": 12, "delivered": 11, "bounced": 1}, suffix=":sms")
+
+    # A provider's retry of events already counted, twice: nothing moves.
+    opener = u[3]
+    args = callback_args(str(message_id(c.campaign_id, opener, "email")), c.campaign_id, opener, "email")
+    again = [{"event": "delivered", "sg_event_id": "dup-1", "timestamp": int(time.time()), **args},
+             {"event": "open", "sg_event_id": "dup-2", "useragent": "Mozilla/5.0 (Windows NT 10.0)", "ip": "198.51.100.1",
+              "timestamp": int(time.time()), **args}]
+    for _ in range(2):
+        response = _signed_post(url, again)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"accepted": 2, "skipped": {}}
+
+    # Forged, tampered or replayed later: refused, counted nowhere.
+    plain = u[10]
+    forged_args = callback_args(str(message_id(c.campaign_id, plain, "email")), c.campaign_id, plain, "email")
+    forged = [{"event": "open", "sg_event_id": "forged-1", "useragent": "Mozilla/5.0 (Windows)", "ip": "198.51.100.2",
+               "timestamp": int(time.time()), **forged_args}]
+    assert _signed_post(url, forged, tamper=True).status_code == 403
+    assert _signed_post(url, forged, stamp_shift=-3600).status_code == 403
+    unsigned = httpx.post(f"{url}/callbacks/sendgrid/events", content=orjson.dumps(forged), timeout=10)
+    assert unsigned.status_code == 403 and unsigned.json()["error"]["code"] == "invalid_signature"
+    twilio_forged = httpx.post(f"{url}/callbacks/twilio/status?" + httpx.QueryParams(forged_args | {"herald_ch": "sms"}).__str__(),
+                               data={"MessageSid": "SMx", "MessageStatus": "delivered"},
+                               headers={"X-Twilio-Signature": "AAAA"}, timeout=10)
+    assert twilio_forged.status_code == 403
+
+    await asyncio.sleep(3.0)  # anything wrongly published would be folded by now
+    email = await _totals(pipeline_redis, c.campaign_id, ":email")
+    assert {k: email.get(k, 0) for k in want_email} == want_email
+
+    # The bounced and complaining recipients are on the suppression list for the next campaign.
+    cid2 = await pipeline_pool.fetchval(
+        "INSERT INTO campaigns (name, type, status, channels, segment_id, content, ab_test_config, budget,"
+        " estimated_recipients) VALUES ($1, 'immediate', 'draft', $2, $3, $4::jsonb, '{}'::jsonb, '{}'::jsonb, $5)"
+        " RETURNING campaign_id", f"test-callbacks-{c.campaign_id}", c.channels, c.segment_id,
+        orjson.dumps(c.content).decode(), len(u))
+    again_c = PipelineCampaign(settings, pipeline_pool, cid2, c.segment_id, u, c.channels, c.content, [], None,
+                               c.languages)
+    try:
+        await again_c.launch()
+        second = await _until(pipeline_redis, cid2, {"sent": 9, "suppressed": 3}, suffix=":email")
+        assert second.get("suppressed:suppression_list") == 3, second
+        await _until(pipeline_redis, cid2, {"sent": 11, "suppressed": 1}, suffix=":sms")
+    finally:
+        await pipeline_pool.execute("DELETE FROM launch_audiences WHERE campaign_id = $1", cid2)
+        await pipeline_pool.execute("DELETE FROM campaigns WHERE campaign_id = $1", cid2)
+        found = [k async for k in pipeline_redis.scan_iter(keys.campaign_pattern(cid2), count=10_000)]
+        if found:
+            await pipeline_redis.delete(*found)
+
+
+def test_callbacks_refuse_bad_bodies_with_the_error_shape(server):
+    url, _ = server
+    too_big = httpx.post(f"{url}/callbacks/sendgrid/events", content=b"[" + b" " * (5 * 2**20) + b"]", timeout=30)
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "too_large"
+    not_form = httpx.post(f"{url}/callbacks/twilio/status", json={"MessageStatus": "delivered"}, timeout=10)
+    assert not_form.status_code == 415
+    signed_object = _signed_post(url, {"event": "delivered"})  # type: ignore[arg-type]
+    assert signed_object.status_code == 422 and "array" in signed_object.json()["error"]["message"]
