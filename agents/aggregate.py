@@ -10,6 +10,8 @@ Side effects:
   suppressed, cancelled, opened, clicked, ...; not the transient queued, held and deferred), unlogged
   batches per (campaign, day, shard); a replay rewrites the same rows. A consumer group of its own, so a slow Cassandra delays the log,
   never the live counters.
+- Cassandra ``campaign_metrics``: every ``metrics_persist_s``, the hours whose counts changed, as absolute
+  values (pipeline/aggregate_io.py ``HourlyMetrics``).
 - Completion: when ``accounted`` (messages with an outcome) reaches ``campaign:{id}:expected`` while the
   campaign is active, PostgreSQL campaigns.status becomes ``completed`` (with an audit row by "herald"),
   then Redis ``campaign:{id}:status``. Checked after every fold and swept every second, because explode
@@ -57,6 +59,15 @@ async def aggregate_metrics() -> None:
 @app.task
 async def log_messages() -> None:
     await run_forever(settings, DELIVERY_EVENTS.name, "message_log", log_batch)
+
+
+@app.timer(interval=settings.metrics_persist_s)
+async def persist_hourly_metrics() -> None:
+    """Hours whose counts changed → Cassandra ``campaign_metrics`` (absolute values: at least once is enough)."""
+    try:
+        await stores.hourly.flush()
+    except Exception:  # a down store: the hours went back in the set, the next tick copies them
+        log.exception("hourly metrics not copied to Cassandra")
 
 
 @app.timer(interval=1.0)

@@ -24,8 +24,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from api import (
-    audit_log, callbacks, campaign_runs, campaigns, dead_letters, health, inbox, journeys, keys, metrics, openapi,
-    preferences, segments, templates, tracking,
+    analytics, audit_log, callbacks, campaign_runs, campaigns, dashboard, dead_letters, health, inbox, journeys, keys,
+    metrics, openapi, preferences, segments, templates, tracking,
 )
 from api.auth import KeyCache
 from api.clients import open_clients
@@ -33,8 +33,8 @@ from api.errors import exception_handlers
 from config import Settings, get_settings
 from pipeline.segments import open_audience
 
-MODULES = (health, metrics, openapi, keys, campaigns, campaign_runs, journeys, segments, templates, preferences,
-           audit_log, tracking, callbacks, inbox, dead_letters)
+MODULES = (health, metrics, openapi, keys, campaigns, analytics, dashboard, campaign_runs, journeys, segments, templates,
+           preferences, audit_log, tracking, callbacks, inbox, dead_letters)
 
 
 @asynccontextmanager

@@ -30,6 +30,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import structlog
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -40,6 +41,7 @@ from api.auth import ROLES, Caller, require_role
 from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
 from pipeline import audit
+from pipeline.partitioning import user_key
 from pipeline.signing import signing_key
 from pipeline.unsubscribe import InvalidUnsubscribeToken, MalformedToken, UnsubscribeClaim, read_unsubscribe_token
 from schemas.preferences import (
@@ -54,8 +56,11 @@ from schemas.preferences import (
     switch_off,
     switched_off,
 )
-from schemas.topics import PREFERENCE_UPDATES
-from schemas.encoding import BIGINT_MAX
+from schemas.topics import DELIVERY_EVENTS, PREFERENCE_UPDATES
+from schemas.messages import DeliveryEvent, DeliveryEventBatch, message_id
+from schemas.encoding import BIGINT_MAX, encode
+
+log = structlog.get_logger()
 
 _PUBLISH_TIMEOUT_S = 10.0
 _LOCK_SPACE = 0x70726566  # "pref": the two-int advisory lock space, apart from the one-bigint locks
@@ -300,7 +305,7 @@ async def _unsubscribe(
             )
 
     now = datetime.now(timezone.utc)
-    return await change_preferences(
+    before, after = await change_preferences(
         request,
         claim.user_id,
         lambda current: switch_off(current, claim.channel, source, now),
@@ -311,6 +316,23 @@ async def _unsubscribe(
         campaign_id=claim.campaign_id,
         check_user=same_address,
     )
+    if claim.campaign_id is not None and before.enabled(claim.channel) and not after.enabled(claim.channel):
+        await _count_unsubscribe(request, claim, now)
+    return before, after
+
+
+async def _count_unsubscribe(request: Request, claim: UnsubscribeClaim, now: datetime) -> None:
+    """The campaign's ``unsubscribed`` count: an event of the campaign's message to this user (once per message,
+    however often the link is used). The opt-out itself is already stored; a count that could not be
+    published is logged, not the person's problem."""
+    event = DeliveryEvent(message_id=message_id(claim.campaign_id, claim.user_id, claim.channel),
+                          campaign_id=claim.campaign_id, user_id=claim.user_id, channel=claim.channel,
+                          status="unsubscribed", at=now)
+    try:
+        await request.app.state.kafka.send_and_wait(DELIVERY_EVENTS.name, encode(DeliveryEventBatch(events=[event])),
+                                                    key=user_key(claim.user_id))
+    except KafkaError as exc:
+        log.warning("unsubscribe not counted", campaign_id=claim.campaign_id, error=repr(exc))
 
 
 @operation("Unsubscribe with a signed token", body=UnsubscribeRequest, responses={200: UnsubscribeResult})

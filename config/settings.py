@@ -104,7 +104,8 @@ class Settings(BaseSettings):
     sendgrid_events_key: str = ("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAErj9TTW2gklN74cC3dlVz3cFF9Ufnbqrj15wLTHqnYzKwtwdqrls8"
                                 "TmOcyZeQdUkcvF5DdjVMALYM5KlDNryNJg==")
     callback_tolerance_s: float = Field(default=300.0, gt=0)  # how old a signed callback may be
-    sms_status_callbacks: bool = True  # ask Twilio for status callbacks (delivered, undelivered, failed)
+    sms_status_callbacks: bool = True
+    metrics_persist_s: float = Field(default=30.0, gt=0)  # how often changed hours go to Cassandra campaign_metrics  # ask Twilio for status callbacks (delivered, undelivered, failed)
     provider_timeout_s: float = 10.0
     email_provider: str = Field(default="smtp", pattern="^(smtp|batch)$")  # batch: the SendGrid-shaped HTTP API
 

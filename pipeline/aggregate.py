@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
 from pipeline import metrics
-from schemas.keys import seen_key
+from schemas.keys import (
+    dashboard_day_key, dashboard_minute_key, dashboard_top_key, hour_metrics_key, minute_metrics_key, seen_key,
+)
 from schemas.messages import DeliveryEvent, DeliveryEventBatch
 
 ROWS_PER_LOG_BATCH = 100  # ~20 KB: above Cassandra's 5 KiB warning, well under its 50 KiB limit (raised in stack.py)
@@ -35,10 +37,19 @@ def fold_args(deltas: Sequence[metrics.MessageDelta], ttl: int = metrics.SEEN_TT
     args: list = [ttl, len(groups)]
     for g in groups:
         args += [*g.keys, metrics.reason_field(g.reason), g.campaign_id]
+    slots: dict[tuple[int, str, int], int] = {}
+    for d in deltas:
+        slots.setdefault((d.group.campaign_id, d.group.series_prefix, d.minute), len(slots) + 1)
+    args.append(len(slots))
+    for campaign_id, prefix, minute in slots:
+        args += [minute_metrics_key(campaign_id, minute), hour_metrics_key(campaign_id, minute // 60), prefix,
+                 dashboard_minute_key(minute), dashboard_day_key(minute // 1440), dashboard_top_key(minute // 1440),
+                 prefix.split(":", 1)[0] + ":", campaign_id, f"{campaign_id}:{minute // 60}"]
     args.append(len(deltas))
     for d in deltas:
         args += [seen_key(d.group.campaign_id, metrics.seen_shard(d.message_id)), d.message_id.bytes, d.mask,
-                 groups[d.group], repr(d.cost), repr(d.revenue)]
+                 groups[d.group], repr(d.cost), repr(d.revenue),
+                 slots[(d.group.campaign_id, d.group.series_prefix, d.minute)]]
     return args
 
 
@@ -90,3 +101,33 @@ def log_batches(events: Iterable[DeliveryEvent], size: int = ROWS_PER_LOG_BATCH)
     for event in events:
         partitions[metrics.log_partition(event)].append(metrics.log_row(event))
     return [rows[i:i + size] for rows in partitions.values() for i in range(0, len(rows), size)]
+
+
+# ---------------------------------------------------------------- campaign_metrics (Cassandra), per hour
+
+MONEY_MICROS = frozenset({"revenue", "budget_spent"})  # stored as millionths (the column is a bigint)
+
+
+def parse_hour_member(member: bytes | str) -> tuple[int, int] | None:
+    """(campaign id, hour since the epoch) of a DIRTY_HOURS member, or None if malformed."""
+    text = member.decode() if isinstance(member, bytes) else member
+    campaign, _, hour = text.partition(":")
+    return (int(campaign), int(hour)) if campaign.isdigit() and hour.isdigit() else None
+
+
+def hour_rows(campaign_id: int, hour: int, raw: dict) -> list[tuple]:
+    """campaign_metrics rows (campaign_id, date, hour, channel, variant, metric, value) of one hour's counts:
+    absolute values, so that writing them again (a retry, a later copy of the same hour) is harmless."""
+    at = datetime.fromtimestamp(hour * 3600, timezone.utc)
+    rows = []
+    for key, value in raw.items():
+        field = key.decode() if isinstance(key, bytes) else key
+        channel, _, rest = field.partition(":")
+        variant, _, metric = rest.rpartition(":")
+        if not (channel and variant and metric):
+            continue
+        number = float(value)
+        if metric in MONEY_MICROS:
+            metric, number = f"{metric}_micros", number * 1_000_000
+        rows.append((campaign_id, at.date(), at.hour, channel, variant, metric, int(round(number))))
+    return rows

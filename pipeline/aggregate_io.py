@@ -26,13 +26,15 @@ from pipeline.sinks import until_stored
 from pipeline.stores.cassandra import run_async
 from pipeline.schedule_io import finish_run
 from pipeline.worker_clients import WorkerClients
-from schemas.keys import OPEN_CAMPAIGNS, expected_key, metrics_key, status_key
+from schemas.keys import DIRTY_HOURS, OPEN_CAMPAIGNS, expected_key, hour_metrics_key, metrics_key, status_key
 from schemas.messages import DeliveryEvent
 
 log = structlog.get_logger()
 
 # ARGV: ttl, G, G × (main key, channel key, variant key, reason field, campaign id),
-#       M, M × (seen key, message id bytes, mask, group index, cost, revenue).
+#       S, S × (minute key, hour key, field prefix, dashboard minute key, dashboard day key, dashboard top key,
+#               channel prefix, campaign id, "<campaign id>:<hour>"): the time-series slots (a campaign, channel and variant in a minute),
+#       M, M × (seen key, message id bytes, mask, group index, cost, revenue, slot index).
 # The rule is pipeline.metrics.outcome; keep the two in step. ARGV is built by pipeline.aggregate.fold_args.
 FOLD_LUA = """
 local band, bor, bnot, lshift = bit.band, bit.bor, bit.bnot, bit.lshift
@@ -47,13 +49,22 @@ for g = 1, ng do
                counts = {}, spend = 0, revenue = 0, accounted = 0}
   i = i + 5
 end
+local ns = tonumber(ARGV[i])
+i = i + 1
+local slots = {}
+for s = 1, ns do
+  slots[s] = {keys = {ARGV[i], ARGV[i + 1]}, prefix = ARGV[i + 2], dash = {ARGV[i + 3], ARGV[i + 4]},
+              top = ARGV[i + 5], channel = ARGV[i + 6], campaign = ARGV[i + 7], hour = ARGV[i + 8], counts = {},
+              revenue = 0, spend = 0}
+  i = i + 9
+end
 local nm = tonumber(ARGV[i])
 i = i + 1
 local touched = {}
 for _ = 1, nm do
   local key, field, new, g = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), groups[tonumber(ARGV[i + 3])]
-  local cost, rev = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
-  i = i + 6
+  local cost, rev, slot = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), slots[tonumber(ARGV[i + 6])]
+  i = i + 7
   local v = redis.call('HGET', key, field)
   local old = v and tonumber(v) or 0
   local fresh = band(new, bnot(old))
@@ -73,6 +84,9 @@ for _ = 1, nm do
           g.counts[s] = (g.counts[s] or 0) + 1
           if b == SENT then g.spend = g.spend + cost end
           if b == CONVERTED then g.revenue = g.revenue + rev end
+          slot.counts[s] = (slot.counts[s] or 0) + 1
+          if b == CONVERTED then slot.revenue = slot.revenue + rev end
+          if b == SENT then slot.spend = slot.spend + cost end
         end
       end
     end
@@ -97,13 +111,49 @@ for _, g in ipairs(groups) do
   end
   redis.call('SADD', '%(open)s', g.campaign)
 end
+for _, slot in ipairs(slots) do
+  if next(slot.counts) ~= nil then
+    for _, k in ipairs(slot.keys) do
+      for s, c in pairs(slot.counts) do
+        local name = names[s + 1]
+        if lshift(1, s) == DUPLICATE then name = 'suppressed' end
+        redis.call('HINCRBY', k, slot.prefix .. name, c)
+      end
+      if slot.revenue ~= 0 then
+        redis.call('HINCRBYFLOAT', k, slot.prefix .. 'revenue', string.format('%%.17g', slot.revenue))
+      end
+      if slot.spend ~= 0 then
+        redis.call('HINCRBYFLOAT', k, slot.prefix .. 'budget_spent', string.format('%%.17g', slot.spend))
+      end
+    end
+    redis.call('EXPIRE', slot.keys[1], %(minute_ttl)d)
+    redis.call('EXPIRE', slot.keys[2], %(hour_ttl)d)
+    redis.call('SADD', '%(dirty)s', slot.hour)
+    for _, k in ipairs(slot.dash) do
+      for s, c in pairs(slot.counts) do
+        local name = names[s + 1]
+        if lshift(1, s) == DUPLICATE then name = 'suppressed' end
+        redis.call('HINCRBY', k, slot.channel .. name, c)
+      end
+      redis.call('EXPIRE', k, %(dash_ttl)d)
+    end
+    local sent = slot.counts[%(sent_index)d]
+    if sent then
+      redis.call('ZINCRBY', slot.top, sent, slot.campaign)
+      redis.call('EXPIRE', slot.top, %(dash_ttl)d)
+    end
+  end
+end
 for key in pairs(touched) do redis.call('EXPIRE', key, ttl) end
 return nm
 """ % {
     "outcome": metrics.OUTCOME_MASK, "first_only": metrics.FIRST_ONLY_MASK, "n_statuses": len(metrics.STATUSES),
     "sent": metrics.BIT["sent"], "suppressed": metrics.BIT["suppressed"], "converted": metrics.BIT["converted"],
     "duplicate": metrics.BIT[metrics.DUPLICATE],
-    "names": ", ".join(f"'{s}'" for s in metrics.STATUSES), "accounted": metrics.ACCOUNTED, "open": OPEN_CAMPAIGNS,
+    "names": ", ".join(f"'{s}'" for s in metrics.STATUSES),
+    "minute_ttl": metrics.MINUTE_TTL_S, "hour_ttl": metrics.HOUR_TTL_S, "dash_ttl": metrics.DASHBOARD_TTL_S,
+    "sent_index": metrics.STATUSES.index("sent"), "accounted": metrics.ACCOUNTED, "open": OPEN_CAMPAIGNS,
+    "dirty": DIRTY_HOURS,
 }
 
 
@@ -215,6 +265,13 @@ class AggregateIO:
         self._folder: Folder | None = None
         self._completion: Completion | None = None
         self._log: MessageLog | None = None
+        self._hourly: HourlyMetrics | None = None
+
+    @property
+    def hourly(self) -> HourlyMetrics:
+        if self._hourly is None:
+            self._hourly = HourlyMetrics(self.clients.redis(), self.clients, self.keyspace)
+        return self._hourly
 
     @property
     def folder(self) -> Folder:
@@ -238,3 +295,50 @@ class AggregateIO:
         if events:
             message_log = await self.message_log()
             await until_stored(lambda: message_log.write(events), "message_log")
+
+
+class HourlyMetrics:
+    """Copies the hours whose counts changed (Redis ``DIRTY_HOURS``) to Cassandra ``campaign_metrics``: absolute
+    values, so at least once is enough. An hour taken but not written goes back in the set."""
+
+    INSERT = ("INSERT INTO {keyspace}.campaign_metrics (campaign_id, date, hour, channel, variant, metric, value)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+    def __init__(self, redis: aioredis.Redis, clients: WorkerClients, keyspace: str, per_flush: int = 500) -> None:
+        self.redis = redis
+        self.clients = clients
+        self.keyspace = keyspace
+        self.per_flush = per_flush
+        self._insert = None
+
+    async def flush(self) -> int:
+        """Copy up to ``per_flush`` changed hours; returns how many rows were written."""
+        members = await self.redis.spop(DIRTY_HOURS, self.per_flush)
+        if not members:
+            return 0
+        try:
+            hours = [h for m in members if (h := decide.parse_hour_member(m)) is not None]
+            pipe = self.redis.pipeline(transaction=False)
+            for campaign_id, hour in hours:
+                pipe.hgetall(hour_metrics_key(campaign_id, hour))
+            rows = [row for (campaign_id, hour), raw in zip(hours, await pipe.execute())
+                    for row in decide.hour_rows(campaign_id, hour, raw)]
+            session = await self.clients.cassandra()
+            if self._insert is None:
+                self._insert = session.prepare(self.INSERT.format(keyspace=self.keyspace))
+            partitions: dict[tuple, list[tuple]] = {}
+            for row in rows:
+                partitions.setdefault(row[:2], []).append(row)
+            batches = []
+            for part in partitions.values():
+                for i in range(0, len(part), decide.ROWS_PER_LOG_BATCH):
+                    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                    for row in part[i:i + decide.ROWS_PER_LOG_BATCH]:
+                        batch.add(self._insert, row)
+                    batches.append(batch)
+            for i in range(0, len(batches), 32):
+                await asyncio.gather(*(run_async(session, b) for b in batches[i:i + 32]))
+            return len(rows)
+        except BaseException:
+            await self.redis.sadd(DIRTY_HOURS, *members)
+            raise

@@ -194,7 +194,8 @@ def sendgrid_event(item: Mapping[str, Any], now: float) -> DeliveryEvent | str:
                                provider_flag=bool(item.get("sg_machine_open")))
     return DeliveryEvent(message_id=ref.message_id, campaign_id=ref.campaign_id, user_id=ref.user_id,
                          channel=ref.channel, step=ref.step, variant=ref.variant, status=status,
-                         reason=reason[:500] if reason else None, provider_id=str(item.get("sg_message_id") or "")[:200] or None,
+                         reason=reason[:500] if reason else None,
+                         provider_id=str(item.get("sg_message_id") or "")[:200] or None,
                          event_id=str(event_id)[:200] if event_id else None, machine=machine,
                          at=_at(item.get("timestamp"), now))
 

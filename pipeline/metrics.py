@@ -39,7 +39,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Iterable
 
-from schemas.keys import channel_metrics_key, metrics_key, variant_metrics_key
+from schemas.keys import (
+    NO_VARIANT, channel_metrics_key, hour_metrics_key, metrics_key, minute_metrics_key, variant_metrics_key,
+)
 from schemas.messages import DeliveryEvent
 
 # Bit i of a message's mask is STATUSES[i]. Append only: masks are stored.
@@ -47,6 +49,7 @@ from schemas.messages import DeliveryEvent
 STATUSES: tuple[str, ...] = (
     "queued", "sent", "delivered", "bounced", "failed", "suppressed", "deferred", "held", "cancelled",
     "opened", "clicked", "converted", "duplicate", "expired", "complained", "machine_opened",
+    "unsubscribed",
 )
 BIT = {status: 1 << i for i, status in enumerate(STATUSES)}
 OUTCOMES = frozenset({"sent", "failed", "bounced", "suppressed", "cancelled", "duplicate", "expired"})
@@ -59,6 +62,12 @@ MACHINE_OPENED = "machine_opened"  # an "opened" event flagged ``machine``: coun
 
 ACCOUNTED = "accounted"  # field of the totals hash: messages with an outcome
 SEEN_TTL_S = 14 * 24 * 3600
+# The time series: per minute (kept 3 days) and per hour (kept 400 days: the analytics API's longest range).
+MINUTE_TTL_S = 3 * 24 * 3600
+HOUR_TTL_S = 400 * 24 * 3600
+# Every campaign's counts per minute and campaigns by sent per day (the realtime dashboard): kept 2 days.
+# Written by the same script; not in ``fold``'s reference model (they mix every campaign's counts).
+DASHBOARD_TTL_S = 2 * 24 * 3600
 SHARDS = 64  # message_log partitions per campaign and day
 
 
@@ -87,6 +96,11 @@ class Group:
     reason: str | None  # the suppression reason, when the batch suppresses this message
 
     @property
+    def series_prefix(self) -> str:
+        """The field prefix of this group in the minute and hour hashes."""
+        return f"{self.channel}:{self.variant or NO_VARIANT}:"
+
+    @property
     def keys(self) -> tuple[str, str, str]:
         return (metrics_key(self.campaign_id), channel_metrics_key(self.campaign_id, self.channel),
                 variant_metrics_key(self.campaign_id, self.channel, self.variant))
@@ -101,6 +115,7 @@ class MessageDelta:
     mask: int = 0
     cost: float = 0.0  # of the send (counted with the "sent" bit)
     revenue: float = 0.0  # of a conversion (counted with the "converted" bit)
+    minute: int = 0  # when (minutes since the epoch): of the latest of its events in the batch
 
 
 def collapse(events: Iterable[DeliveryEvent]) -> list[MessageDelta]:
@@ -125,6 +140,7 @@ def collapse(events: Iterable[DeliveryEvent]) -> list[MessageDelta]:
             g = d.group
             d.group = Group(g.campaign_id, g.channel, g.variant, e.reason)
         d.mask |= bit
+        d.minute = max(d.minute, int(e.at.timestamp() // 60))
         if status == "sent":
             d.cost = max(d.cost, e.cost)
         if status == "converted":
@@ -133,8 +149,7 @@ def collapse(events: Iterable[DeliveryEvent]) -> list[MessageDelta]:
 
 
 def _revenue(e: DeliveryEvent) -> float:
-    # Conversions carry their revenue in ``cost``'s place only if the schema has no field for it.
-    return float(getattr(e, "revenue", None) or 0.0)
+    return float(e.revenue or 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +195,16 @@ def fold(deltas: Iterable[MessageDelta], seen: dict[uuid.UUID, int]) -> Incremen
         seen[d.message_id] = o.mask
         if not o.counted and not o.accounted:
             continue
+        prefix = d.group.series_prefix
+        cid = d.group.campaign_id
+        for key in (minute_metrics_key(cid, d.minute), hour_metrics_key(cid, d.minute // 60)):
+            series = out[key]
+            for status in o.counted:
+                series[prefix + ("suppressed" if status == DUPLICATE else status)] += 1
+                if status == "converted" and d.revenue:
+                    series[prefix + "revenue"] += d.revenue
+                elif status == "sent" and d.cost:
+                    series[prefix + "budget_spent"] += d.cost
         for key in d.group.keys:
             counters = out[key]
             for status in o.counted:

@@ -97,6 +97,32 @@ def variant_metrics_key(campaign_id: int, channel: str, variant: str | None) -> 
     return f"campaign:{campaign_id}:metrics:{channel}:{variant or NO_VARIANT}"
 
 
+def minute_metrics_key(campaign_id: int, minute: int) -> str:
+    """Hash: the campaign's counts of one minute (``minute``: minutes since the epoch, UTC), field
+    ``<channel>:<variant>:<metric>`` (pipeline/metrics.py: the time series of the analytics API)."""
+    return f"campaign:{campaign_id}:m:{minute}"
+
+
+def hour_metrics_key(campaign_id: int, hour: int) -> str:
+    """Hash: the campaign's counts of one hour (hours since the epoch, UTC), fields as ``minute_metrics_key``."""
+    return f"campaign:{campaign_id}:h:{hour}"
+
+
+def dashboard_minute_key(minute: int) -> str:
+    """Hash: every campaign's counts of one minute, field ``<channel>:<metric>`` (the realtime dashboard)."""
+    return f"dashboard:m:{minute}"
+
+
+def dashboard_day_key(day: int) -> str:
+    """Hash: every campaign's counts of one UTC day (days since the epoch), field ``<channel>:<metric>``."""
+    return f"dashboard:d:{day}"
+
+
+def dashboard_top_key(day: int) -> str:
+    """Sorted set: campaigns by messages sent on one UTC day (days since the epoch)."""
+    return f"dashboard:top:{day}"
+
+
 def seen_key(campaign_id: int, shard: str) -> str:
     return f"campaign:{campaign_id}:seen:{shard}"
 
@@ -112,6 +138,9 @@ def campaign_pattern(campaign_id: int) -> str:
 
 
 OPEN_CAMPAIGNS = "aggregate:open"
+# Set of "<campaign id>:<hour>" whose hour counts changed since they were last copied to Cassandra's
+# campaign_metrics (pipeline/aggregate_io.py's HourlyMetrics).
+DIRTY_HOURS = "aggregate:hours:dirty"
 
 # ── delivery, per channel ─────────────────────────────────────────────────────
 
@@ -184,4 +213,10 @@ def flow_segment_key(flow: str, partition: int) -> str:
 
 
 FLOWS_CHANGED = "flows:changed"  # bumped when a journey is published or stopped, or a trigger changes
+def touch_key(user_id: int) -> str:
+    """Hash: the user's last message per campaign (campaign id → touch), and ``c<campaign>`` once converted
+    (pipeline/attribution.py)."""
+    return f"touch:{user_id}"
+
+
 TEST_CLOCK = "test:clock:offset_s"  # seconds the flows' clock runs ahead (HERALD_TEST_CLOCK workers only)

@@ -41,6 +41,8 @@ DeliveryStatus = Literal[
     "expired",     # dropped because the campaign reached its end_time before it was sent
     "opened",      # the email's open pixel was fetched (api/tracking.py)
     "clicked",     # a tracked link was followed (api/tracking.py; ``reason`` holds the URL)
+    "converted",   # a goal event of the campaign followed the message (pipeline/attribution.py): carries revenue
+    "unsubscribed",  # the recipient used the message's unsubscribe link (api/preferences.py): counted per campaign
     "complained",  # the recipient reported it as spam (a provider's callback): they go on the suppression list
 ]
 
@@ -91,6 +93,7 @@ class DeliveryEvent(BaseModel):
     reason: str | None = None  # suppression reason, provider error, ...
     provider_id: str | None = None
     cost: float = 0.0  # what this event spent against the budget (sent messages only)
+    revenue: float = 0.0  # what a conversion brought (status converted: pipeline/attribution.py)
     event_id: str | None = None  # the provider's id of this event (its callbacks repeat; pipeline/callbacks.py)
     machine: bool = False  # an open that looks automated (pipeline/engagement.py): counted apart from people's
     at: datetime = Field(default_factory=_now)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the system packages Herald's local stack needs, only if they are missing:
-# Redis and PostgreSQL servers from Debian's packages, and a JDK 17 with Maven for
+# Redis and PostgreSQL servers and Chromium from Debian's packages, and a JDK 17 with Maven for
 # fetching Kafka and Cassandra from Maven Central. Idempotent and quiet when all is there.
 set -euo pipefail
 
@@ -10,6 +10,8 @@ compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgres
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+# the dashboard page is tested in a real headless browser (tests/integration/api/test_dashboard_page.py)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

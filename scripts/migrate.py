@@ -64,6 +64,12 @@ def migrate_cassandra(settings: Settings) -> int:
     cluster, session = connect(settings)
     try:
         statements = cql_statements(settings.cassandra_keyspace)
+        # campaign_metrics.value was a counter before it held absolute hourly counts: that table goes.
+        old = session.execute("SELECT type FROM system_schema.columns WHERE keyspace_name = %s"
+                              " AND table_name = 'campaign_metrics' AND column_name = 'value'",
+                              (settings.cassandra_keyspace,)).one()
+        if old is not None and old.type == "counter":
+            session.execute(f"DROP TABLE {settings.cassandra_keyspace}.campaign_metrics", timeout=60)
         for statement in statements:
             session.execute(statement, timeout=60)
         return len(statements)

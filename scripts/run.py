@@ -128,6 +128,7 @@ def main() -> None:
         say(f"  API            {base}/api/v1   (OpenAPI: {base}/api/v1/openapi.json)")
         say(f"  health         {base}/healthz")
         say(f"  metrics        {base}/metrics")
+        say(f"  dashboard      {base}/dashboard   (paste the admin key; counters move while a campaign sends)")
         say(f"  admin key      {key}   (also in {settings.admin_key_file}, mode 0600)")
         say(f"  try:           curl -H 'Authorization: Bearer {key}' {base}/api/v1/me")
         say(f"  providers      SMTP {settings.smtp_host}:{settings.smtp_port}, SMS {settings.sms_url}, "

@@ -41,7 +41,7 @@ def main() -> None:
     peers = [
         SmtpPeer(settings.smtp_host, settings.smtp_port, record=record).start(loop),
         TwilioPeer(sms_sid, settings.sms_auth_token, host=sms_url.hostname or "127.0.0.1", port=sms_url.port or 80,
-                   record=record, outcomes=DEMO_OUTCOMES).start(loop),
+                   record=record, outcomes=DEMO_OUTCOMES, callbacks=not args.no_callbacks).start(loop),
         FcmPeer(project, settings.push_token, host=push_url.hostname or "127.0.0.1", port=push_url.port or 80,
                 record=record).start(loop),
         WebhookPeer(port=args.webhook_port, record=record).start(loop),

@@ -101,7 +101,7 @@ class CallbackPoster:
     retried after 0.5 s, 1 s, 2 s, ..."""
 
     def __init__(self, requests: Callable[[list[Any]], list[tuple[str, bytes, dict[str, str]]]],
-                 flush_s: float = 0.1, attempts: int = 8) -> None:
+                 flush_s: float = 0.1, attempts: int = 6) -> None:
         self.requests = requests
         self.flush_s = flush_s
         self.attempts = attempts
@@ -122,6 +122,12 @@ class CallbackPoster:
 
     async def close(self) -> None:
         """Stop posting (on the peer's loop): what is still waiting is dropped, as when a provider's peer stops."""
+        try:
+            await asyncio.wait_for(self._close(), timeout=5.0)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

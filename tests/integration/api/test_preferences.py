@@ -16,9 +16,10 @@ from aiokafka.partitioner import murmur2
 from pipeline.signing import signing_key
 from pipeline.unsubscribe import make_unsubscribe_token
 from schemas.preferences import CATEGORIES, PreferenceUpdate, preference_key
-from schemas.topics import PREFERENCE_UPDATES
+from schemas.messages import message_id
+from schemas.topics import DELIVERY_EVENTS, PREFERENCE_UPDATES
 from tests.helpers.api import assert_error, bearer
-from tests.helpers.kafka import end_offsets, read
+from tests.helpers.kafka import end_offsets, read, records_between
 
 async def fetch(settings, query: str, *args) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(settings.postgres_dsn)
@@ -297,6 +298,7 @@ async def test_one_click_post_unsubscribes(client, admin_key, api_settings, make
     user_id = await make_user()
     token = token_for(api_settings, user_id, "email", campaign_id=31337)
     offsets = await topic_end(api_settings)
+    events_before = await end_offsets(api_settings.kafka_brokers, DELIVERY_EVENTS.name)
     response = client.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click",
                            headers={"Content-Type": "application/x-www-form-urlencoded"})
 
@@ -311,6 +313,13 @@ async def test_one_click_post_unsubscribes(client, admin_key, api_settings, make
                         headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert again.status_code == 200
     assert len(await fetch(api_settings, "SELECT 1 FROM unsubscribes WHERE user_id = $1", user_id)) == 1
+    # The campaign's unsubscribed count: one event of its message, however often the link is used.
+    events_after = await end_offsets(api_settings.kafka_brokers, DELIVERY_EVENTS.name)
+    counted = [e for _, v in await records_between(api_settings.kafka_brokers, DELIVERY_EVENTS.name, events_before,
+                                                   events_after)
+               for e in v.get("events", []) if e["user_id"] == user_id]
+    assert [(e["status"], e["campaign_id"], e["message_id"]) for e in counted] == \
+        [("unsubscribed", 31337, str(message_id(31337, user_id, "email")))]
 
 
 async def test_one_click_with_a_bad_token_shows_an_error_page_and_changes_nothing(client, api_settings, make_user):

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from pipeline import metrics
-from pipeline.aggregate_io import Completion, Folder
+from pipeline.aggregate_io import Completion, Folder, HourlyMetrics
 from pipeline.worker_clients import WorkerClients
 from schemas import keys
 from pipeline.stores.cassandra import connect, run_async
@@ -54,16 +54,19 @@ async def test_the_redis_fold_counts_exactly_what_the_pure_fold_counts(pipeline_
     cid = _campaign_id()
     rng = random.Random(cid)
     users = [_user_id() for _ in range(40)]
-    statuses = ["queued", "sent", "delivered", "bounced", "failed", "suppressed", "deferred", "held", "cancelled"]
+    statuses = ["queued", "sent", "delivered", "bounced", "failed", "suppressed", "deferred", "held", "cancelled",
+                "opened", "machine", "clicked", "converted", "complained", "unsubscribed"]
     batches = []
     for _ in range(12):
         batch = []
         for _ in range(rng.randrange(1, 60)):
             status = rng.choice(statuses)
-            batch.append(_event(cid, rng.choice(users), status, channel=rng.choice(["email", "sms"]),
-                                variant=rng.choice(["A", "B", None]),
-                                reason=rng.choice(["unsubscribed", "duplicate"]) if status == "suppressed" else None,
-                                cost=0.0075 if status == "sent" else 0.0))
+            event = _event(cid, rng.choice(users), "opened" if status == "machine" else status,
+                           channel=rng.choice(["email", "sms"]), variant=rng.choice(["A", "B", None]),
+                           reason=rng.choice(["unsubscribed", "duplicate"]) if status == "suppressed" else None,
+                           cost=0.0075 if status == "sent" else 0.0)
+            batch.append(event.model_copy(update={"machine": status == "machine",
+                                                  "revenue": 12.5 if status == "converted" else 0.0}))
         batches.append(batch)
     batches += batches[:5]  # a replay of the first five
     folder = Folder(pipeline_redis)
@@ -85,6 +88,32 @@ async def test_the_redis_fold_counts_exactly_what_the_pure_fold_counts(pipeline_
         ttl = await pipeline_redis.ttl(keys.seen_key(cid, metrics.seen_shard(batches[0][0].message_id)))
         assert 0 < ttl <= metrics.SEEN_TTL_S
     finally:
+        await _forget(pipeline_redis, cid)
+
+
+async def test_changed_hours_are_copied_to_cassandra_as_absolute_counts(settings, pipeline_redis):
+    cid = _campaign_id()
+    folder = Folder(pipeline_redis)
+    clients = WorkerClients(settings)
+    hourly = HourlyMetrics(pipeline_redis, clients, settings.cassandra_keyspace, per_flush=10_000)
+    at = datetime.now(timezone.utc)
+    try:
+        await folder.fold([_event(cid, u, "sent", cost=0.5, at=at) for u in range(5)] + [
+            _event(cid, 1, "delivered", at=at), _event(cid, 2, "sent", channel="sms", variant="B", at=at)])
+        await hourly.flush()
+        await folder.fold([_event(cid, u, "delivered", at=at) for u in range(2, 4)])  # the same hour changes again
+        await hourly.flush()
+        await hourly.flush()  # nothing changed: nothing written twice
+        session = await clients.cassandra()
+        rows = await run_async(session, f"SELECT hour, channel, variant, metric, value FROM "
+                               f"{settings.cassandra_keyspace}.campaign_metrics WHERE campaign_id = %s AND date = %s",
+                               (cid, at.date()))
+        got = {(r.channel, r.variant, r.metric): r.value for r in rows}
+        assert got == {("email", "A", "sent"): 5, ("email", "A", "delivered"): 3,
+                       ("email", "A", "budget_spent_micros"): 2_500_000, ("sms", "B", "sent"): 1}
+        assert {r.hour for r in rows} == {at.hour}
+    finally:
+        await clients.close()
         await _forget(pipeline_redis, cid)
 
 

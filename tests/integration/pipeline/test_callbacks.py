@@ -5,20 +5,20 @@ duplicates and forgeries count nowhere, and bounced and complaining recipients a
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from api.app import create_app
 from config import Settings
 from pipeline.callbacks import callback_args
 from schemas import keys
 from schemas.messages import message_id
+from tests.helpers.api import new_key, serve
 from tests.helpers.pipeline import PipelineCampaign
 from tests.peers import SendGridPeer, TwilioPeer
 from tests.peers.callbacks import sendgrid_signer
@@ -27,28 +27,18 @@ from tests.peers.callbacks import sendgrid_signer
 @pytest.fixture(scope="module")
 def server(settings: Settings) -> Iterator[tuple[str, object]]:
     app = create_app(settings.model_copy(update={"api_key_cache_s": 0}))
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="callbacks-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the API server did not start")
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    url, stop = serve(app, "callbacks-api")
     # Twilio signs the StatusCallback URL it was given: the public URL, which is this server's.
     app.state.settings = app.state.settings.model_copy(update={"public_url": url})
     yield url, app
-    server.should_exit = True
-    thread.join(timeout=10)
+    stop()
 
 
 @pytest.fixture(scope="module")
 def calling_peers(server) -> Iterator[tuple[SendGridPeer, TwilioPeer]]:
     url, _ = server
     email = SendGridPeer(events_url=f"{url}/callbacks/sendgrid/events").start()
-    sms = TwilioPeer().start()
+    sms = TwilioPeer(callbacks=True).start()
     yield email, sms
     email.stop()
     sms.stop()
@@ -76,6 +66,13 @@ async def _until(redis, cid: int, want: dict[str, float], timeout_s: float = 60.
             return got
         await asyncio.sleep(0.25)
     raise AssertionError(f"campaign {cid}{suffix}: wanted {want}, have {got}")
+
+
+def _analytics(url: str, key: str, campaign_id: int, status: int = 200, **params) -> dict:
+    response = httpx.get(f"{url}/api/v1/campaigns/{campaign_id}/analytics", params=params,
+                         headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert response.status_code == status, response.text
+    return response.json()
 
 
 def _signed_post(url: str, items: list[dict], stamp_shift: int = 0, tamper: bool = False) -> httpx.Response:
@@ -134,6 +131,29 @@ async def test_callbacks_count_delivery_bounces_opens_clicks_and_complaints_once
     await asyncio.sleep(3.0)  # anything wrongly published would be folded by now
     email = await _totals(pipeline_redis, c.campaign_id, ":email")
     assert {k: email.get(k, 0) for k in want_email} == want_email
+
+    # The analytics API: the spec's formulas over these counts, live and by hour and minute, which agree.
+    key = await new_key(settings)
+    whole = _analytics(url, key, c.campaign_id)
+    assert {k: whole["metrics"][k] for k in ("sent", "delivered", "bounced", "opened", "machine_opened", "clicked",
+                                             "complained")} == \
+        {"sent": 24, "delivered": 21, "bounced": 3, "opened": 3, "machine_opened": 1, "clicked": 1, "complained": 1}
+    assert whole["rates"]["delivery_rate"] == 87.5 and whole["rates"]["open_rate"] == round(100 * 3 / 21, 2)
+    assert whole["rates"]["click_to_open_rate"] == round(100 / 3, 2)
+    assert _analytics(url, key, c.campaign_id, opens="all")["rates"]["open_rate"] == round(100 * 4 / 21, 2)
+    assert whole["channel_breakdown"]["email"]["metrics"]["delivered"] == 10
+    assert whole["channel_breakdown"]["sms"]["metrics"]["bounced"] == 1
+    today = datetime.now(timezone.utc).date().isoformat()
+    for interval in ("minute", "hour", "day"):
+        ranged = _analytics(url, key, c.campaign_id, start_date=today, end_date=today, interval=interval)
+        assert ranged["metrics"] == whole["metrics"], interval
+        points = ranged["series"]["points"]
+        assert sum(p["metrics"]["delivered"] for p in points) == 21, interval
+    assert _analytics(url, key, 9_000_000_000_000, status=404)["error"]["code"] == "not_found"
+    reversed_range = _analytics(url, key, c.campaign_id, start_date=today, end_date="2020-01-01", status=422)
+    assert reversed_range["error"]["fields"][0]["field"] == "end_date"
+    assert _analytics(url, key, c.campaign_id, interval="fortnight", status=422)["error"]["fields"][0]["field"] == \
+        "interval"
 
     # The bounced and complaining recipients are on the suppression list for the next campaign.
     cid2 = await pipeline_pool.fetchval(

@@ -26,11 +26,15 @@ def test_fold_args_name_each_counter_group_once_and_each_message_with_its_group(
     assert args[:2] == [60, 2]  # (email, A, no reason) and (email, A, unsubscribed)
     assert args[2:7] == [keys.metrics_key(CID), keys.channel_metrics_key(CID, "email"),
                          keys.variant_metrics_key(CID, "email", "A"), "suppressed:unknown", CID]
-    assert args[12] == 3  # messages
-    first = args[13:19]
+    minute = int(AT.timestamp() // 60)
+    assert args[12:22] == [1, keys.minute_metrics_key(CID, minute), keys.hour_metrics_key(CID, minute // 60),
+                           "email:A:", keys.dashboard_minute_key(minute), keys.dashboard_day_key(minute // 1440),
+                           keys.dashboard_top_key(minute // 1440), "email:", CID, f"{CID}:{minute // 60}"]
+    assert args[22] == 3  # messages (the three share one time-series slot)
+    first = args[23:30]
     assert first == [keys.seen_key(CID, metrics.seen_shard(deltas[0].message_id)), deltas[0].message_id.bytes,
-                     metrics.BIT["sent"], 1, "0.5", "0.0"]
-    assert args[-3] == 2  # the suppressed message counts in the second group
+                     metrics.BIT["sent"], 1, "0.5", "0.0", 1]
+    assert args[-4] == 2  # the suppressed message counts in the second group
 
 
 def test_a_campaign_is_completed_once_every_expected_message_has_an_outcome_while_it_runs():
@@ -72,3 +76,16 @@ def test_log_batches_keep_one_partition_each_and_stay_small():
         assert len(rows) <= 2
         assert len({(r[0], r[1], r[2]) for r in rows}) == 1  # (campaign, day, shard)
     assert sum(len(rows) for rows in batches) == len(events)
+
+
+def test_an_hour_s_counts_become_campaign_metrics_rows_with_money_in_millionths():
+    hour = int(AT.timestamp() // 3600)
+    rows = aggregate.hour_rows(CID, hour, {b"email:A:sent": b"12", b"email:x:y:opened": b"3",
+                                           b"sms:-:revenue": b"19.99", b"broken": b"1"})
+    assert sorted(rows) == sorted([
+        (CID, AT.date(), 12, "email", "A", "sent", 12),
+        (CID, AT.date(), 12, "email", "x:y", "opened", 3),
+        (CID, AT.date(), 12, "sms", "-", "revenue_micros", 19_990_000),
+    ])
+    assert aggregate.parse_hour_member(b"11:493000") == (11, 493000)
+    assert aggregate.parse_hour_member("x:1") is None

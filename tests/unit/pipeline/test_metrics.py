@@ -35,6 +35,15 @@ def test_each_status_of_a_message_is_counted_once_across_batches():
     assert replay == {}
 
 
+def test_counts_also_go_to_the_minute_and_hour_of_the_event_per_channel_and_variant():
+    inc = metrics.fold(metrics.collapse([ev(1, "sent"), ev(1, "delivered"), ev(2, "sent", variant=None),
+                                         ev(3, "suppressed", reason="duplicate")]), {})
+    minute = int(datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc).timestamp() // 60)
+    series = {"email:A:sent": 1, "email:A:delivered": 1, "email:-:sent": 1, "email:A:suppressed": 1}
+    assert inc[keys.minute_metrics_key(CID, minute)] == series
+    assert inc[keys.hour_metrics_key(CID, minute // 60)] == series
+
+
 def test_machine_opens_are_counted_apart_from_peoples_and_complaints_once():
     seen: dict[uuid.UUID, int] = {}
     machine = ev(1, "opened").model_copy(update={"machine": True})
