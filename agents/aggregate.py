@@ -31,7 +31,7 @@ from agents._io import send_dead_letters
 from pipeline import aggregate as decide
 from pipeline.aggregate_io import AggregateIO
 from pipeline.app import app, clients, settings
-from pipeline.batch_consumer import run_forever
+from pipeline.batch_consumer import IDEMPOTENT_TIMEOUTS, run_forever
 from pipeline.codecs import RawRecord, decode_batch
 from schemas.messages import DeliveryEventBatch
 from schemas.topics import DELIVERY_EVENTS
@@ -53,12 +53,12 @@ async def log_batch(raws: list[RawRecord]) -> None:
 
 @app.task
 async def aggregate_metrics() -> None:
-    await run_forever(settings, DELIVERY_EVENTS.name, "aggregate", fold_batch)
+    await run_forever(settings, DELIVERY_EVENTS.name, "aggregate", fold_batch, IDEMPOTENT_TIMEOUTS)
 
 
 @app.task
 async def log_messages() -> None:
-    await run_forever(settings, DELIVERY_EVENTS.name, "message_log", log_batch)
+    await run_forever(settings, DELIVERY_EVENTS.name, "message_log", log_batch, IDEMPOTENT_TIMEOUTS)
 
 
 @app.timer(interval=settings.metrics_persist_s)

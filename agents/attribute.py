@@ -15,7 +15,7 @@ from pipeline import attribution as decide
 from pipeline.aggregate import logged_events
 from pipeline.app import app, clients, settings
 from pipeline.attribution_io import GoalBook, Touches
-from pipeline.batch_consumer import run_forever
+from pipeline.batch_consumer import IDEMPOTENT_TIMEOUTS, run_forever
 from pipeline.codecs import RawRecord
 from schemas.records import UserEvent
 from schemas.topics import DELIVERY_EVENTS, USER_EVENTS
@@ -50,7 +50,7 @@ async def attribute_batch(raws: list[RawRecord]) -> None:
 
 @app.task
 async def record_touches() -> None:
-    await run_forever(settings, DELIVERY_EVENTS.name, "touches", touch_batch)
+    await run_forever(settings, DELIVERY_EVENTS.name, "touches", touch_batch, IDEMPOTENT_TIMEOUTS)
 
 
 @app.task

@@ -14,6 +14,7 @@ pipeline/analytics.py's.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -48,6 +49,28 @@ class Analytics(View):
     channel_breakdown: dict[str, View]
     variant_breakdown: dict[str, View]
     series: dict[str, Any] | None
+
+
+ROWS_TTL_S = 5.0
+ROWS_KEPT = 10_000
+
+
+async def _campaign(request: Request, campaign_id: int):
+    """The campaign's channels, variants and times, read at most every ``ROWS_TTL_S`` (a dashboard polls)."""
+    state = request.app.state
+    rows: dict = getattr(state, "analytics_rows", None) or {}
+    state.analytics_rows = rows
+    now = time.monotonic()
+    hit = rows.get(campaign_id)
+    if hit is not None and now - hit[0] < ROWS_TTL_S:
+        return hit[1]
+    row = await state.postgres.fetchrow(
+        "SELECT campaign_id, channels, ab_test_config, created_at, launched_at FROM campaigns"
+        " WHERE campaign_id = $1", campaign_id)
+    if len(rows) >= ROWS_KEPT:
+        rows.clear()
+    rows[campaign_id] = (now, row)
+    return row
 
 
 def _variants(row) -> list[str]:
@@ -88,11 +111,7 @@ async def campaign_analytics(request: Request) -> Response:
         raise ApiError(422, "validation_error", "unknown query parameters",
                        fields=[FieldProblem(field=name, reason="is not a parameter of this endpoint")
                                for name in unknown])
-    row = None
-    if campaign_id <= BIGINT_MAX:
-        row = await request.app.state.postgres.fetchrow(
-            "SELECT campaign_id, channels, ab_test_config, created_at, launched_at FROM campaigns"
-            " WHERE campaign_id = $1", campaign_id)
+    row = await _campaign(request, campaign_id) if campaign_id <= BIGINT_MAX else None
     if row is None:
         raise ApiError(404, "not_found", f"no campaign {campaign_id}")
     now = datetime.now(timezone.utc)

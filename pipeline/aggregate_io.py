@@ -111,14 +111,17 @@ for _, g in ipairs(groups) do
   end
   redis.call('SADD', '%(open)s', g.campaign)
 end
+local function add_counts(k, prefix, counts)
+  for s, c in pairs(counts) do
+    local name = names[s + 1]
+    if lshift(1, s) == DUPLICATE then name = 'suppressed' end
+    redis.call('HINCRBY', k, prefix .. name, c)
+  end
+end
 for _, slot in ipairs(slots) do
   if next(slot.counts) ~= nil then
     for _, k in ipairs(slot.keys) do
-      for s, c in pairs(slot.counts) do
-        local name = names[s + 1]
-        if lshift(1, s) == DUPLICATE then name = 'suppressed' end
-        redis.call('HINCRBY', k, slot.prefix .. name, c)
-      end
+      add_counts(k, slot.prefix, slot.counts)
       if slot.revenue ~= 0 then
         redis.call('HINCRBYFLOAT', k, slot.prefix .. 'revenue', string.format('%%.17g', slot.revenue))
       end
@@ -130,11 +133,7 @@ for _, slot in ipairs(slots) do
     redis.call('EXPIRE', slot.keys[2], %(hour_ttl)d)
     redis.call('SADD', '%(dirty)s', slot.hour)
     for _, k in ipairs(slot.dash) do
-      for s, c in pairs(slot.counts) do
-        local name = names[s + 1]
-        if lshift(1, s) == DUPLICATE then name = 'suppressed' end
-        redis.call('HINCRBY', k, slot.channel .. name, c)
-      end
+      add_counts(k, slot.channel, slot.counts)
       redis.call('EXPIRE', k, %(dash_ttl)d)
     end
     local sent = slot.counts[%(sent_index)d]
