@@ -13,12 +13,15 @@ so they land on the user's partition like every other event of the user.
 Publishing is fire-and-forget from the visitor's point of view: the pixel and
 the redirect are answered even if Kafka is slow (a mail client does not wait
 for our analytics), and an event that could not be published is logged.
-Opens are approximate by nature (image proxies prefetch, clients block images).
+Opens are approximate by nature (image proxies prefetch, clients block images): an open that looks
+automated (a scanner's or a privacy proxy's user agent or address, or within seconds of the message being
+rendered, which version 2 pixel tokens say) is published with ``machine`` set, and counted apart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import structlog
@@ -29,6 +32,7 @@ from starlette.routing import Route
 from api.errors import ApiError
 from api.openapi import operation
 from pipeline.channels.tracking import PIXEL_GIF, InvalidTrackingToken, TrackedLink, link_key, read_token
+from pipeline.engagement import machine_open
 from pipeline.signing import signing_key
 from schemas.messages import DeliveryEvent, DeliveryEventBatch
 from schemas.topics import DELIVERY_EVENTS
@@ -53,10 +57,10 @@ def _link(request: Request) -> TrackedLink:
         raise ApiError(400, "invalid_token", f"this tracking link is not valid: {exc}") from None
 
 
-async def _publish(request: Request, link: TrackedLink, status: str) -> None:
+async def _publish(request: Request, link: TrackedLink, status: str, machine: bool = False) -> None:
     event = DeliveryEvent(message_id=link.message_id, campaign_id=link.campaign_id, user_id=link.user_id,
                           channel="email", variant=link.variant, status=status,
-                          reason=link.url or None)
+                          reason=link.url or None, machine=machine)
     value = orjson.dumps(DeliveryEventBatch(events=[event]).model_dump(mode="json"))
     try:
         await request.app.state.kafka.send_and_wait(DELIVERY_EVENTS.name, value=value, key=str(link.user_id).encode())
@@ -64,8 +68,8 @@ async def _publish(request: Request, link: TrackedLink, status: str) -> None:
         log.warning("tracking event not published", status=status, campaign_id=link.campaign_id, error=repr(exc))
 
 
-def _in_background(request: Request, link: TrackedLink, status: str) -> None:
-    task = asyncio.get_running_loop().create_task(_publish(request, link, status))
+def _in_background(request: Request, link: TrackedLink, status: str, machine: bool = False) -> None:
+    task = asyncio.get_running_loop().create_task(_publish(request, link, status, machine))
     _pending.add(task)
     task.add_done_callback(_pending.discard)
 
@@ -76,7 +80,10 @@ async def open_pixel(request: Request) -> Response:
     link = _link(request)
     if link.url:
         raise ApiError(400, "invalid_token", "this is a click token, not an open token")
-    _in_background(request, link, "opened")
+    since = time.time() - link.issued_at if link.issued_at is not None else None
+    client = request.client.host if request.client else ""
+    machine = machine_open(request.headers.get("user-agent", ""), client, since_sent_s=since)
+    _in_background(request, link, "opened", machine)
     return Response(PIXEL_GIF, media_type="image/gif", headers=_NO_STORE)
 
 

@@ -8,6 +8,10 @@ all signed with the ``"tracked-link"`` subkey of the signing key:
 
     version(1) message_id(16) campaign_id(8) user_id(8) len(variant)(1) variant url | HMAC-SHA256[:16]
 
+Version 2 (the open pixel of messages rendered since issue 15) adds ``issued_at(4)`` (unix seconds, when the
+message was rendered for sending) after ``user_id``: an open within seconds of that is a machine's
+prefetch (pipeline/engagement.py). Version 1 tokens, in emails already sent, still verify.
+
 URL-safe base64 without padding. Signing the URL is what keeps the redirect
 from being an open redirect: a token whose URL was changed does not verify.
 A truncated 128-bit MAC is plenty for a link (forging one is a 2**-128 guess)
@@ -33,7 +37,9 @@ from pipeline.signing import purpose_key
 
 PURPOSE = "tracked-link"
 VERSION = 1
+TIMED = 2
 _HEAD = struct.Struct(">B16sQQB")  # version, message_id, campaign_id, user_id, len(variant)
+_TIMED_HEAD = struct.Struct(">B16sQQIB")  # version, message_id, campaign_id, user_id, issued_at, len(variant)
 _MAC_BYTES = 16
 OPEN_PATH = "/t/o/"
 CLICK_PATH = "/t/c/"
@@ -56,6 +62,7 @@ class TrackedLink:
     user_id: int
     variant: str | None
     url: str  # "" for the open pixel
+    issued_at: int | None = None  # when the message was rendered (version 2 tokens)
 
 
 def _b64(data: bytes) -> str:
@@ -67,13 +74,17 @@ def _unb64(text: str) -> bytes:
 
 
 def make_token(key: bytes, message_id: uuid.UUID, campaign_id: int, user_id: int, variant: str | None,
-               url: str = "") -> str:
-    """A signed token for a click on ``url`` (or, with ``url=""``, for the open pixel).
+               url: str = "", issued_at: int | None = None) -> str:
+    """A signed token for a click on ``url`` (or, with ``url=""``, for the open pixel); with ``issued_at``, a
+    version 2 token that also says when the message was rendered.
 
     ``key`` is ``purpose_key(signing_key, "tracked-link")``: derive it once per process.
     """
     variant_bytes = (variant or "").encode()[:255]
-    head = _HEAD.pack(VERSION, message_id.bytes, campaign_id, user_id, len(variant_bytes))
+    if issued_at is not None:
+        head = _TIMED_HEAD.pack(TIMED, message_id.bytes, campaign_id, user_id, issued_at, len(variant_bytes))
+    else:
+        head = _HEAD.pack(VERSION, message_id.bytes, campaign_id, user_id, len(variant_bytes))
     body = head + variant_bytes + url.encode()
     return _b64(body + hmac.new(key, body, hashlib.sha256).digest()[:_MAC_BYTES])
 
@@ -89,15 +100,20 @@ def read_token(key: bytes, token: str) -> TrackedLink:
     body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
     if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()[:_MAC_BYTES]):
         raise InvalidTrackingToken("the signature does not match: the link was altered or not made by Herald")
-    version, mid, campaign_id, user_id, variant_len = _HEAD.unpack_from(body)
-    if version != VERSION:
+    issued_at = None
+    if body[0] == TIMED and len(body) >= _TIMED_HEAD.size:
+        version, mid, campaign_id, user_id, issued_at, variant_len = _TIMED_HEAD.unpack_from(body)
+        rest = body[_TIMED_HEAD.size:]
+    else:
+        version, mid, campaign_id, user_id, variant_len = _HEAD.unpack_from(body)
+        rest = body[_HEAD.size:]
+    if version not in (VERSION, TIMED):
         raise InvalidTrackingToken(f"unknown token version {version}")
-    rest = body[_HEAD.size:]
     try:
         variant, url = rest[:variant_len].decode(), rest[variant_len:].decode()
     except UnicodeDecodeError:
         raise InvalidTrackingToken("not UTF-8") from None
-    return TrackedLink(uuid.UUID(bytes=mid), campaign_id, user_id, variant or None, url)
+    return TrackedLink(uuid.UUID(bytes=mid), campaign_id, user_id, variant or None, url, issued_at)
 
 
 def link_key(signing_key: bytes) -> bytes:
@@ -105,7 +121,7 @@ def link_key(signing_key: bytes) -> bytes:
 
 
 def rewrite_links(html: str, public_url: str, key: bytes, message_id: uuid.UUID, campaign_id: int, user_id: int,
-                  variant: str | None, skip_prefixes: tuple[str, ...] = ()) -> str:
+                  variant: str | None, skip_prefixes: tuple[str, ...] = (), issued_at: int | None = None) -> str:
     """``html`` with every trackable ``<a href>`` replaced by a signed redirect and an open pixel added.
 
     Links whose target starts with one of ``skip_prefixes`` (the unsubscribe
@@ -122,7 +138,7 @@ def rewrite_links(html: str, public_url: str, key: bytes, message_id: uuid.UUID,
         return f"{match.group(1)}{match.group(2)}{base}{CLICK_PATH}{token}{match.group(2)}"
 
     rewritten = _HREF.sub(wrap, html)
-    pixel_token = make_token(key, message_id, campaign_id, user_id, variant)
+    pixel_token = make_token(key, message_id, campaign_id, user_id, variant, issued_at=issued_at)
     pixel = (f'<img src="{base}{OPEN_PATH}{pixel_token}" width="1" height="1" alt="" '
              'style="display:block;border:0;width:1px;height:1px" />')
     found = None

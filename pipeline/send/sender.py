@@ -359,7 +359,8 @@ class Sender:
             headers = list_unsubscribe_headers(self.settings, token)
             if parts.get("html"):
                 parts["html"] = rewrite_links(parts["html"], self.public_url, self.link_key, mid, batch.campaign_id,
-                                              r.user_id, r.variant, skip_prefixes=(self.unsubscribe_prefix,))
+                                              r.user_id, r.variant, skip_prefixes=(self.unsubscribe_prefix,),
+                                              issued_at=int(time.time()))
             if self.build is not None:
                 raw = self.build(addresses[0], parts, mid_s, headers)
         elif self.channel == "webhook":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import random
+import signal
 import uuid
 from datetime import datetime, timezone
 
@@ -281,6 +283,46 @@ async def test_events_on_kafka_reach_counters_message_log_and_completion_through
     finally:
         await _forget(pipeline_redis, cid)
         await _delete_campaign(settings.postgres_dsn, cid)
+
+
+async def test_a_worker_killed_while_folding_changes_no_count(settings, pipeline_redis, workers, default_providers):
+    """Events produced while the worker is SIGKILLed and restarted: every (message, status) counted exactly
+    once, per minute and hour too (the replayed tail of the dead worker's batches is recognised)."""
+    cid = _campaign_id()
+    users = [_user_id() for _ in range(3000)]
+    now = datetime.now(timezone.utc)
+    statuses = ("sent", "delivered", "opened", "clicked")
+    expected = {s: 0 for s in statuses}
+    records = []
+    for i in range(0, len(users), 30):
+        batch = []
+        for n, u in enumerate(users[i:i + 30]):
+            for s in statuses[:1 + (i + n) % 4]:
+                batch.append(_event(cid, u, s, variant="A", at=now))
+                expected[s] += 1
+        records.append((str(cid).encode(), encode(DeliveryEventBatch(events=batch))))
+    proc = workers.ensure(default_providers)
+    try:
+        await produce(settings.kafka_brokers, "delivery-events", records[:50])
+        await eventually(lambda: _hash(pipeline_redis, keys.metrics_key(cid)), timeout_s=60)  # folding has begun
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        await produce(settings.kafka_brokers, "delivery-events", records[50:] + records[:20])  # and a replay
+        workers.ensure(default_providers)
+
+        async def folded():
+            totals = await _hash(pipeline_redis, keys.metrics_key(cid))
+            return totals if all(totals.get(s, 0) >= n for s, n in expected.items()) else None
+
+        totals = await eventually(folded, timeout_s=120)
+        await asyncio.sleep(2.0)
+        totals = await _hash(pipeline_redis, keys.metrics_key(cid))
+        assert {s: totals.get(s, 0) for s in statuses} == expected
+        minute = int(now.timestamp() // 60)
+        series = await _hash(pipeline_redis, keys.minute_metrics_key(cid, minute))
+        assert {s: series.get(f"email:A:{s}", 0) for s in statuses} == expected
+    finally:
+        await _forget(pipeline_redis, cid)
 
 
 async def test_a_malformed_delivery_event_goes_to_dead_letters_with_its_reason(settings, worker):

@@ -97,3 +97,10 @@ def test_a_batch_request_carries_each_recipient_s_own_content():
     html_placeholder = body["content"][1]["value"]
     assert body["personalizations"][1]["substitutions"][html_placeholder] == "<p>1</p>"
     assert MAX_PERSONALIZATIONS == 1000
+
+
+def test_a_pixel_token_can_say_when_the_message_was_rendered_and_old_tokens_still_verify():
+    timed = read_token(KEY, make_token(KEY, MID, 42, 7, "A", issued_at=1_765_000_000))
+    assert (timed.issued_at, timed.campaign_id, timed.user_id, timed.variant, timed.url) == \
+        (1_765_000_000, 42, 7, "A", "")
+    assert read_token(KEY, make_token(KEY, MID, 42, 7, "A")).issued_at is None
