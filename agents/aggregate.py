@@ -48,7 +48,7 @@ async def fold_batch(raws: list[RawRecord]) -> None:
 
 
 async def log_batch(raws: list[RawRecord]) -> None:
-    await stores.write_log(decide.logged_events(raw.value for raw in raws))
+    await stores.write_log([raw.value for raw in raws])
 
 
 @app.task

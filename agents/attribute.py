@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from agents._io import publish_keyed_events
 from pipeline import attribution as decide
-from pipeline.aggregate import logged_events
 from pipeline.app import app, clients, settings
 from pipeline.attribution_io import GoalBook, Touches
 from pipeline.batch_consumer import IDEMPOTENT_TIMEOUTS, run_forever
@@ -25,7 +24,7 @@ goal_book = GoalBook(clients)
 
 
 async def touch_batch(raws: list[RawRecord]) -> None:
-    await touches.record(decide.touches_of(e for e in logged_events(r.value for r in raws) if e.status == "sent"))
+    await touches.record_raw([r.value for r in raws])
 
 
 async def attribute_batch(raws: list[RawRecord]) -> None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
 
+import orjson
+
 from schemas.messages import DeliveryEvent
 from schemas.records import UserEvent
 
@@ -90,6 +92,20 @@ def touches_of(events: Iterable[DeliveryEvent]) -> dict[int, dict[str, str]]:
         if field not in user or user[field][0] <= at:
             user[field] = (at, f"{e.message_id}|{e.channel}|{e.variant or ''}|{e.step}|{at:.3f}")
     return {u: {f: v for f, (_, v) in fields.items()} for u, fields in out.items()}
+
+
+def sent_events(values: Iterable[bytes | None]) -> list[DeliveryEvent]:
+    """The "sent" events of raw delivery-events values (only those are validated: they are the touches)."""
+    out: list[DeliveryEvent] = []
+    for value in values:
+        if not value or b'"sent"' not in value:
+            continue
+        try:
+            events = orjson.loads(value)["events"]
+            out += [DeliveryEvent.model_validate(e) for e in events if e.get("status") == "sent"]
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+            continue  # the aggregate dead-letters what is not a DeliveryEventBatch
+    return out
 
 
 def parse_touches(raw: Mapping[bytes | str, bytes | str]) -> tuple[list[Touch], set[int]]:

@@ -8,6 +8,7 @@ The decisions are pipeline/attribution.py's.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping
 
@@ -24,6 +25,10 @@ from schemas.messages import DeliveryEvent
 class Touches:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+
+    async def record_raw(self, values: list[bytes | None]) -> None:
+        """The touches of raw delivery-events values, parsed in a thread (off the worker's event loop)."""
+        await self.record(await asyncio.to_thread(lambda: decide.touches_of(decide.sent_events(values))))
 
     async def record(self, touches: Mapping[int, Mapping[str, str]]) -> None:
         if not touches:

@@ -81,3 +81,13 @@ def test_only_records_naming_a_conversion_event_are_parsed():
     assert at.might_convert(b'{"user_id": 1, "name": "purchase"}', names)
     assert not at.might_convert(b'{"user_id": 1, "name": "product_viewed"}', names)
     assert not at.might_convert(None, names)
+
+
+def test_touches_come_from_the_sent_events_of_raw_records():
+    import orjson
+
+    records = [orjson.dumps({"events": [sent(1, T0).model_dump(mode="json"),
+                                        {**sent(2, T0).model_dump(mode="json"), "status": "delivered"}]}),
+               b"not json", None, orjson.dumps({"events": [{"status": "sent"}]})]
+    [only] = at.sent_events(records)
+    assert (only.campaign_id, only.status) == (1, "sent")
