@@ -87,9 +87,11 @@ def _signed_post(url: str, items: list[dict], stamp_shift: int = 0, tamper: bool
 
 
 async def test_callbacks_count_delivery_bounces_opens_clicks_and_complaints_once_and_suppress(
-        make_campaign, pipeline_pool, pipeline_redis, calling_worker, server, settings):
+        make_campaign, pipeline_pool, pipeline_redis, calling_worker, calling_peers, server, settings):
     url, _ = server
-    c = await make_campaign(users=12, channels=("email", "sms"))
+    email_peer, _ = calling_peers
+    email_peer.reset()
+    c = await make_campaign(users=12, channels=("email", "sms"), variants=[("A", 50.0), ("B", 50.0)])
     u = c.user_ids
     fates = {u[0]: "bounce", u[1]: "bounce", u[2]: "complain", u[3]: "opener", u[4]: "opener", u[5]: "clicker",
              u[6]: "machine"}
@@ -143,6 +145,25 @@ async def test_callbacks_count_delivery_bounces_opens_clicks_and_complaints_once
     assert _analytics(url, key, c.campaign_id, opens="all")["rates"]["open_rate"] == round(100 * 4 / 21, 2)
     assert whole["channel_breakdown"]["email"]["metrics"]["delivered"] == 10
     assert whole["channel_breakdown"]["sms"]["metrics"]["bounced"] == 1
+    # Per variant, computed by hand from who got which variant (as the provider saw it) and each one's fate.
+    variant_of = {int(p["custom_args"]["herald_uid"]): p["custom_args"]["herald_var"]
+                  for r in email_peer.requests for p in r.json()["personalizations"]
+                  if p["custom_args"].get("herald_cid") == str(c.campaign_id)}
+    assert set(variant_of) == set(u) and set(variant_of.values()) <= {"A", "B"}
+    for variant in sorted(set(variant_of.values())):
+        mine = [x for x in u if variant_of[x] == variant]
+        fate = [fates.get(x) for x in mine]
+        want = {"sent": 2 * len(mine),
+                "bounced": fate.count("bounce") + (u[7] in mine),
+                "opened": fate.count("opener") + fate.count("clicker"),
+                "machine_opened": fate.count("machine"), "clicked": fate.count("clicker"),
+                "complained": fate.count("complain")}
+        want["delivered"] = want["sent"] - want["bounced"]
+        got = whole["variant_breakdown"][variant]
+        assert {k: got["metrics"][k] for k in want} == want, variant
+        assert got["rates"]["delivery_rate"] == round(100 * want["delivered"] / want["sent"], 2)
+        assert got["rates"]["open_rate"] == (round(100 * want["opened"] / want["delivered"], 2)
+                                             if want["delivered"] else None)
     today = datetime.now(timezone.utc).date().isoformat()
     for interval in ("minute", "hour", "day"):
         ranged = _analytics(url, key, c.campaign_id, start_date=today, end_date=today, interval=interval)
