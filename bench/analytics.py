@@ -13,7 +13,7 @@ half time and started again. Meanwhile a poller reads the first campaign's analy
     lag     from the moment the k-th "sent" of that campaign was produced to the first answer counting k
             (measured for every 10th); also without the seconds after the SIGKILL that the group needs to
             notice the dead worker (``lag_p99_outside_failover_s``: samples produced before the kill or
-            10 s after it)
+            10 s after it; ``lag_p99_before_kill_s``: the steady state, before any worker died)
     lost / double_counted   the Redis totals of every campaign against the distinct (message, status) pairs
             produced, after the input is drained
     api_p95_ms  open-loop GETs of the analytics (campaigns in turn, half with a range and an hourly series) at
@@ -396,6 +396,7 @@ def run(args: argparse.Namespace) -> dict:
             "events": produced, "lag_p50_s": pct(all_lags, 50), "lag_p99_s": pct(all_lags, 99),
             "lag_max_s": round(max(all_lags), 3) if all_lags else None, "lag_samples": len(all_lags),
             "lag_p99_outside_failover_s": pct(outside, 99),
+            "lag_p99_before_kill_s": pct([lag for at, lag in lags if killed_at and at < killed_at[0]], 99),
             "double_counted": double, "lost": lost, "revenue_gap": revenue_gap,
             "api_p50_ms": round(1000 * pct(latencies, 50), 1) if latencies else None,
             "api_p95_ms": round(1000 * pct(latencies, 95), 1) if latencies else None,
