@@ -32,6 +32,7 @@ import asyncpg
 import orjson
 import structlog
 from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -41,6 +42,7 @@ from api.auth import ROLES, Caller, require_role
 from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
 from pipeline import audit
+from pipeline.attribution import parse_touches
 from pipeline.partitioning import user_key
 from pipeline.signing import signing_key
 from pipeline.unsubscribe import InvalidUnsubscribeToken, MalformedToken, UnsubscribeClaim, read_unsubscribe_token
@@ -57,6 +59,7 @@ from schemas.preferences import (
     switched_off,
 )
 from schemas.topics import DELIVERY_EVENTS, PREFERENCE_UPDATES
+from schemas.keys import touch_key
 from schemas.messages import DeliveryEvent, DeliveryEventBatch, message_id
 from schemas.encoding import BIGINT_MAX, encode
 
@@ -323,11 +326,19 @@ async def _unsubscribe(
 
 async def _count_unsubscribe(request: Request, claim: UnsubscribeClaim, now: datetime) -> None:
     """The campaign's ``unsubscribed`` count: an event of the campaign's message to this user (once per message,
-    however often the link is used). The opt-out itself is already stored; a count that could not be
-    published is logged, not the person's problem."""
-    event = DeliveryEvent(message_id=message_id(claim.campaign_id, claim.user_id, claim.channel),
-                          campaign_id=claim.campaign_id, user_id=claim.user_id, channel=claim.channel,
-                          status="unsubscribed", at=now)
+    however often the link is used), with the variant and step of the last message the campaign sent them on
+    this channel (their touch, pipeline/attribution.py), so it counts in the variant's breakdown too. The
+    opt-out itself is already stored; a count that could not be published is logged, not the person's problem."""
+    mid, variant, step = message_id(claim.campaign_id, claim.user_id, claim.channel), None, "send"
+    try:
+        raw = await request.app.state.redis.hget(touch_key(claim.user_id), str(claim.campaign_id))
+    except RedisError:
+        raw = None
+    touches, _ = parse_touches({str(claim.campaign_id): raw} if raw else {})
+    if touches and touches[0].channel == claim.channel:
+        mid, variant, step = touches[0].message_id, touches[0].variant, touches[0].step
+    event = DeliveryEvent(message_id=mid, campaign_id=claim.campaign_id, user_id=claim.user_id, channel=claim.channel,
+                          variant=variant, step=step, status="unsubscribed", at=now)
     try:
         await request.app.state.kafka.send_and_wait(DELIVERY_EVENTS.name, encode(DeliveryEventBatch(events=[event])),
                                                     key=user_key(claim.user_id))

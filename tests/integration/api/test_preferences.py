@@ -322,6 +322,37 @@ async def test_one_click_post_unsubscribes(client, admin_key, api_settings, make
         [("unsubscribed", 31337, str(message_id(31337, user_id, "email")))]
 
 
+
+async def test_an_unsubscribe_counts_for_the_variant_and_step_of_the_message_it_came_from(client, api_settings,
+                                                                                         make_user):
+    import redis.asyncio as aioredis
+
+    from pipeline.attribution import touches_of
+    from schemas.keys import touch_key
+    from schemas.messages import DeliveryEvent
+
+    user_id = await make_user()
+    journey_step = message_id(31338, user_id, "email", "welcome@1765000000")
+    sent = DeliveryEvent(message_id=journey_step, campaign_id=31338, user_id=user_id, channel="email", variant="B",
+                         step="welcome@1765000000", status="sent")
+    redis = aioredis.from_url(api_settings.redis_url)
+    await redis.hset(touch_key(user_id), mapping=touches_of([sent])[user_id])
+    try:
+        before = await end_offsets(api_settings.kafka_brokers, DELIVERY_EVENTS.name)
+        response = client.post(f"/u/{token_for(api_settings, user_id, 'email', campaign_id=31338)}",
+                               content=b"List-Unsubscribe=One-Click",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert response.status_code == 200
+        after = await end_offsets(api_settings.kafka_brokers, DELIVERY_EVENTS.name)
+        counted = [e for _, v in await records_between(api_settings.kafka_brokers, DELIVERY_EVENTS.name, before, after)
+                   for e in v.get("events", []) if e["user_id"] == user_id]
+        assert [(e["status"], e["message_id"], e["variant"], e["step"]) for e in counted] == \
+            [("unsubscribed", str(journey_step), "B", "welcome@1765000000")]
+    finally:
+        await redis.delete(touch_key(user_id))
+        await redis.aclose()
+
+
 async def test_one_click_with_a_bad_token_shows_an_error_page_and_changes_nothing(client, api_settings, make_user):
     user_id = await make_user()
     bad = tampered(token_for(api_settings, user_id))
