@@ -11,7 +11,7 @@ from __future__ import annotations
 import orjson
 
 from pipeline.app import clients, dead_letters_topic, delivery_events_topic, settings
-from pipeline.partitioning import user_key
+from pipeline.partitioning import per_user_records
 from pipeline.send.consumer import run_sender
 from schemas.encoding import encode
 from schemas.messages import DeliveryEvent, DeliveryEventBatch
@@ -46,11 +46,7 @@ async def publish_event_batch(partition: int, batch: DeliveryEventBatch) -> None
 async def publish_keyed_events(events: list[DeliveryEvent]) -> None:
     """Events of many users (conversions): one ``delivery-events`` record per user, keyed by the user id (the
     user's partition), once Kafka has acknowledged every one."""
-    by_user: dict[int, list[DeliveryEvent]] = {}
-    for event in events:
-        by_user.setdefault(event.user_id, []).append(event)
-    futures = [await delivery_events_topic.send(key=user_key(user), value=encode(DeliveryEventBatch(events=batch)))
-               for user, batch in by_user.items()]
+    futures = [await delivery_events_topic.send(key=key, value=value) for key, value in per_user_records(events)]
     for future in futures:
         await future
 

@@ -126,12 +126,7 @@ async def campaign_analytics(request: Request) -> Response:
     channels = list(row["channels"] or [])
     if query.ranged:
         hours = await _units(redis, campaign_id, analytics.span(query, born, now, 3600), minute=False)
-        cells: analytics.Cell = {}
-        for unit_cells in hours.values():
-            for key, values in unit_cells.items():
-                into = cells.setdefault(key, dict.fromkeys(values, 0.0))
-                for k, v in values.items():
-                    into[k] += v
+        cells = analytics.merge(hours.values())
         totals = analytics.total(cells)
     else:
         totals, cells = await _live_cells(redis, campaign_id, channels, _variants(row))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from urllib.parse import parse_qsl
 
 import orjson
@@ -27,9 +26,8 @@ from starlette.routing import Route
 from api.errors import ApiError
 from api.openapi import operation
 from pipeline import callbacks as cb
-from pipeline.partitioning import user_key
-from schemas.encoding import encode
-from schemas.messages import DeliveryEvent, DeliveryEventBatch
+from pipeline.partitioning import per_user_records
+from schemas.messages import DeliveryEvent
 from schemas.topics import DELIVERY_EVENTS
 
 MAX_BODY = 4 * 2**20  # SendGrid posts at most ~768 KB; Twilio a few hundred bytes
@@ -58,13 +56,9 @@ def _refused(exc: cb.CallbackRefused) -> ApiError:
 
 
 async def _publish(request: Request, events: list[DeliveryEvent]) -> None:
-    by_user: dict[int, list[DeliveryEvent]] = defaultdict(list)
-    for event in events:
-        by_user[event.user_id].append(event)
     kafka = request.app.state.kafka
     try:
-        sent = [await kafka.send(DELIVERY_EVENTS.name, value=encode(DeliveryEventBatch(events=batch)),
-                                 key=user_key(user)) for user, batch in by_user.items()]
+        sent = [await kafka.send(DELIVERY_EVENTS.name, value=value, key=key) for key, value in per_user_records(events)]
         await asyncio.gather(*sent)
     except Exception as exc:  # noqa: BLE001 - the provider retries what did not get a 2xx
         raise ApiError(503, "unavailable", f"the events could not be stored, send them again: {exc!r}") from None

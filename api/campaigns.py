@@ -45,7 +45,6 @@ from pipeline import journey_store, launches
 from pipeline import templates  # unresolved_variables and template_syntax_problems (campaign_rules.TemplateChecks)
 from pipeline.money import money_json
 from schemas.encoding import BIGINT_MAX, to_json
-from pipeline.attribution import goal_problems
 from schemas.keys import metrics_key
 
 AUTHORS = ("admin", "marketer")
@@ -378,7 +377,7 @@ async def validate(state: State, conn: asyncpg.Connection, d: dict[str, Any], no
     problems += campaign_rules.ab_test_problems(d["ab_test"])
     problems += campaign_rules.budget_problems(d["budget"], state.settings.currency_codes)
     problems += campaign_rules.delivery_problems(d.get("delivery"), d["type"], d["trigger"])
-    problems += goal_problems(d.get("goals"))
+    problems += campaign_rules.goal_problems(d.get("goals"))
     stored = {tid: await templates.get_template(conn, tid) for tid in campaign_rules.template_ids(d["content"])}
     problems += campaign_rules.content_problems(d["channels"], d["content"], stored, TEMPLATE_CHECKS)
     recipients = None

@@ -43,7 +43,7 @@ from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import operation
 from pipeline import audit
 from pipeline.attribution import parse_touches
-from pipeline.partitioning import user_key
+from pipeline.partitioning import per_user_records
 from pipeline.signing import signing_key
 from pipeline.unsubscribe import InvalidUnsubscribeToken, MalformedToken, UnsubscribeClaim, read_unsubscribe_token
 from schemas.preferences import (
@@ -60,8 +60,8 @@ from schemas.preferences import (
 )
 from schemas.topics import DELIVERY_EVENTS, PREFERENCE_UPDATES
 from schemas.keys import touch_key
-from schemas.messages import DeliveryEvent, DeliveryEventBatch, message_id
-from schemas.encoding import BIGINT_MAX, encode
+from schemas.messages import DeliveryEvent, message_id
+from schemas.encoding import BIGINT_MAX
 
 log = structlog.get_logger()
 
@@ -340,8 +340,8 @@ async def _count_unsubscribe(request: Request, claim: UnsubscribeClaim, now: dat
     event = DeliveryEvent(message_id=mid, campaign_id=claim.campaign_id, user_id=claim.user_id, channel=claim.channel,
                           variant=variant, step=step, status="unsubscribed", at=now)
     try:
-        await request.app.state.kafka.send_and_wait(DELIVERY_EVENTS.name, encode(DeliveryEventBatch(events=[event])),
-                                                    key=user_key(claim.user_id))
+        [(key, value)] = per_user_records([event])
+        await request.app.state.kafka.send_and_wait(DELIVERY_EVENTS.name, value, key=key)
     except KafkaError as exc:
         log.warning("unsubscribe not counted", campaign_id=claim.campaign_id, error=repr(exc))
 

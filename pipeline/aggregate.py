@@ -17,6 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from pipeline import metrics
+from pipeline.analytics import split_field
 from schemas.keys import (
     dashboard_day_key, dashboard_minute_key, dashboard_top_key, hour_metrics_key, minute_metrics_key, seen_key,
 )
@@ -94,13 +95,18 @@ def logged_events(values: Iterable[bytes | None]) -> list[DeliveryEvent]:
     return out
 
 
-def log_batches(events: Iterable[DeliveryEvent], size: int = ROWS_PER_LOG_BATCH) -> list[list[tuple]]:
-    """``message_log`` rows cut into unlogged batches: each of one (campaign, day, shard) partition, at
-    most ``size`` rows."""
+def partition_chunks(rows: Iterable[tuple], key_columns: int, size: int = ROWS_PER_LOG_BATCH) -> list[list[tuple]]:
+    """Rows cut into unlogged batches: each of one partition (the rows' first ``key_columns`` values), at most
+    ``size`` rows."""
     partitions: dict[tuple, list[tuple]] = defaultdict(list)
-    for event in events:
-        partitions[metrics.log_partition(event)].append(metrics.log_row(event))
-    return [rows[i:i + size] for rows in partitions.values() for i in range(0, len(rows), size)]
+    for row in rows:
+        partitions[row[:key_columns]].append(row)
+    return [part[i:i + size] for part in partitions.values() for i in range(0, len(part), size)]
+
+
+def log_batches(events: Iterable[DeliveryEvent], size: int = ROWS_PER_LOG_BATCH) -> list[list[tuple]]:
+    """``message_log`` rows cut into unlogged batches: each of one (campaign, day, shard) partition."""
+    return partition_chunks((metrics.log_row(e) for e in events), 3, size)
 
 
 # ---------------------------------------------------------------- campaign_metrics (Cassandra), per hour
@@ -121,11 +127,10 @@ def hour_rows(campaign_id: int, hour: int, raw: dict) -> list[tuple]:
     at = datetime.fromtimestamp(hour * 3600, timezone.utc)
     rows = []
     for key, value in raw.items():
-        field = key.decode() if isinstance(key, bytes) else key
-        channel, _, rest = field.partition(":")
-        variant, _, metric = rest.rpartition(":")
-        if not (channel and variant and metric):
+        parts = split_field(key.decode() if isinstance(key, bytes) else key)
+        if parts is None:
             continue
+        channel, variant, metric = parts
         number = float(value)
         if metric in MONEY_MICROS:
             metric, number = f"{metric}_micros", number * 1_000_000

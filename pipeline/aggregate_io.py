@@ -229,6 +229,17 @@ class Completion:
         return await self.check({int(x) for x in members})
 
 
+def bound_batches(insert, chunks: list[list[tuple]]) -> list[BatchStatement]:
+    """One unlogged batch of ``insert`` per chunk of rows (``decide.partition_chunks``: one partition each)."""
+    out = []
+    for rows in chunks:
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for row in rows:
+            batch.add(insert, row)
+        out.append(batch)
+    return out
+
+
 class MessageLog:
     """Writes ``message_log``: one unlogged batch per (campaign, day, shard) partition, many in flight."""
 
@@ -245,13 +256,7 @@ class MessageLog:
 
     def statements(self, events: list[DeliveryEvent]) -> list[BatchStatement]:
         """The unlogged batches of the events' rows, bound (the driver binds in Python: CPU-heavy)."""
-        out = []
-        for rows in decide.log_batches(events, self.ROWS_PER_BATCH):
-            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-            for row in rows:
-                batch.add(self.insert, row)
-            out.append(batch)
-        return out
+        return bound_batches(self.insert, decide.log_batches(events, self.ROWS_PER_BATCH))
 
     async def write(self, events: list[DeliveryEvent]) -> int:
         # Bound in a thread: binding 10,000 rows a second took ~45 % of a worker's event loop, and the live
@@ -338,16 +343,7 @@ class HourlyMetrics:
             session = await self.clients.cassandra()
             if self._insert is None:
                 self._insert = session.prepare(self.INSERT.format(keyspace=self.keyspace))
-            partitions: dict[tuple, list[tuple]] = {}
-            for row in rows:
-                partitions.setdefault(row[:2], []).append(row)
-            batches = []
-            for part in partitions.values():
-                for i in range(0, len(part), decide.ROWS_PER_LOG_BATCH):
-                    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                    for row in part[i:i + decide.ROWS_PER_LOG_BATCH]:
-                        batch.add(self._insert, row)
-                    batches.append(batch)
+            batches = bound_batches(self._insert, decide.partition_chunks(rows, 2))  # (campaign_id, date)
             for i in range(0, len(batches), 32):
                 await asyncio.gather(*(run_async(session, b) for b in batches[i:i + 32]))
             return len(rows)

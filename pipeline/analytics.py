@@ -116,6 +116,17 @@ def total(cells: Cell) -> dict[str, float]:
     return out
 
 
+def merge(many: Iterable[Cell]) -> Cell:
+    """Cells of several minutes or hours summed per (channel, variant)."""
+    out: Cell = defaultdict(_zero)
+    for cells in many:
+        for key, values in cells.items():
+            into = out[key]
+            for k, v in values.items():
+                into[k] += v
+    return dict(out)
+
+
 def by(cells: Cell, index: int) -> dict[str, dict[str, float]]:
     """Cells summed by channel (``index`` 0) or variant (1)."""
     groups: dict[str, Cell] = defaultdict(dict)
@@ -186,10 +197,7 @@ def series(per_unit: Mapping[int, Cell], unit_s: int, interval: str, opens: str)
         buckets[unit * unit_s // step * step].append(cells)
     points = []
     for at in sorted(buckets)[:MAX_POINTS]:
-        merged = _zero()
-        for cells in buckets[at]:
-            for k, v in total(cells).items():
-                merged[k] += v
+        merged = total(merge(buckets[at]))
         if any(merged[m] for m in COUNTED):
             points.append({"at": datetime.fromtimestamp(at, timezone.utc).isoformat().replace("+00:00", "Z"),
                            **view(merged, opens)})

@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadCronError, croniter
 
 from pipeline.anniversaries import date_field_problem
+from pipeline.attribution import goal_problems  # noqa: F401 - a campaign rule (conversion goals), kept with its data
 from pipeline.journeys.model import DefinitionError, parse_rule
 from pipeline.schedule import next_occurrence
 

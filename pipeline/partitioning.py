@@ -17,7 +17,12 @@ of ~10 µs for the per-key Python function.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
+
+from schemas.encoding import encode
+from schemas.messages import DeliveryEvent, DeliveryEventBatch
 
 _SEED = np.uint32(0x9747B28C)
 _M = np.uint32(0x5BD1E995)
@@ -110,3 +115,12 @@ def key_partition(key: bytes, partitions: int) -> int:
 
 def user_partition(user_id: int, partitions: int) -> int:
     return key_partition(user_key(user_id), partitions)
+
+
+def per_user_records(events: Iterable[DeliveryEvent]) -> list[tuple[bytes, bytes]]:
+    """(key, value) of ``delivery-events`` records for events of many users: one ``DeliveryEventBatch`` per user,
+    keyed by the user (so each lands on the user's partition, as every other event of theirs)."""
+    by_user: dict[int, list[DeliveryEvent]] = {}
+    for event in events:
+        by_user.setdefault(event.user_id, []).append(event)
+    return [(user_key(user), encode(DeliveryEventBatch(events=batch))) for user, batch in by_user.items()]

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import orjson
 import pytest
 import redis
-import uvicorn
 from redis.asyncio import Redis
 
 from api.app import create_app
 from config import Settings
 from pipeline.channels import Message
 from pipeline.channels.in_app import RedisInbox, inbox_entry
-from tests.helpers.api import assert_error, bearer
+from tests.helpers.api import assert_error, bearer, serve
 from schemas.keys import inbox_key
 
 
@@ -88,19 +85,9 @@ def test_the_inbox_needs_a_key_and_a_sane_limit(client, admin_key, user):
 
 @pytest.fixture(scope="module")
 def server(api_settings: Settings) -> Iterator[str]:
-    config = uvicorn.Config(create_app(api_settings), host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="inbox-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the API server did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    url, stop = serve(create_app(api_settings), "inbox-api")
+    yield url
+    stop()
 
 
 def test_the_stream_delivers_new_in_app_messages_live(server, admin_key, api_settings, user):
