@@ -36,7 +36,7 @@ def _zero() -> dict[str, float]:
     return {m: 0.0 for m in (*COUNTED, *MONEY)}
 
 
-def _num(value: Any) -> float:
+def number(value: Any) -> float:
     if isinstance(value, bytes):
         value = value.decode()
     try:
@@ -51,7 +51,7 @@ def counts(raw: Mapping[Any, Any]) -> dict[str, float]:
     for key, value in raw.items():
         name = key.decode() if isinstance(key, bytes) else key
         if name in out:
-            out[name] = _num(value)
+            out[name] = number(value)
     return out
 
 
@@ -104,7 +104,7 @@ def fold_series(hashes: Iterable[Mapping[Any, Any]]) -> Cell:
             parts = split_field(key.decode() if isinstance(key, bytes) else key)
             if parts is None or parts[2] not in NAMES:
                 continue
-            out[(parts[0], parts[1])][parts[2]] += _num(value)
+            out[(parts[0], parts[1])][parts[2]] += number(value)
     return dict(out)
 
 

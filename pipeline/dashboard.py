@@ -31,7 +31,7 @@ def by_channel(raw: Mapping[Any, Any]) -> dict[str, dict[str, int]]:
         field = key.decode() if isinstance(key, bytes) else key
         channel, _, metric = field.partition(":")
         if channel and metric:
-            out.setdefault(channel, {})[metric] = int(analytics._num(value))
+            out.setdefault(channel, {})[metric] = int(analytics.number(value))
     return out
 
 
