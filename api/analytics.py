@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from api.auth import ROLES, require_role
 from api.errors import ApiError, FieldProblem
-from api.openapi import operation
+from api.openapi import STR, operation
 from pipeline import analytics
 from schemas.encoding import BIGINT_MAX, from_json
 from schemas.keys import NO_VARIANT, hour_metrics_key, metrics_key, minute_metrics_key, variant_metrics_key
@@ -101,7 +101,8 @@ async def _units(redis, campaign_id: int, units: list[int], minute: bool) -> dic
 
 
 @require_role(*ROLES)
-@operation("Campaign analytics", responses={200: Analytics})
+@operation("Campaign analytics", responses={200: Analytics},
+           query={name: STR for name in sorted(KNOWN_PARAMS)})
 async def campaign_analytics(request: Request) -> Response:
     """Metrics, rates, revenue and breakdowns by channel and variant, over a date range, with a time series."""
     campaign_id = request.path_params["campaign_id"]

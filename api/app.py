@@ -28,6 +28,7 @@ from api import (
     metrics, openapi, preferences, segments, templates, tracking,
 )
 from api.auth import KeyCache
+from api.body_limit import BodyLimitMiddleware
 from api.clients import open_clients
 from api.errors import exception_handlers
 from config import Settings, get_settings
@@ -52,7 +53,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     app = Starlette(
         routes=[route for module in MODULES for route in module.routes],
-        middleware=[Middleware(metrics.MetricsMiddleware)],
+        middleware=[
+            Middleware(metrics.MetricsMiddleware),
+            Middleware(BodyLimitMiddleware, limit=settings.api_max_body_bytes,
+                       wider={"/callbacks/": settings.api_max_callback_bytes}),
+        ],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from api.auth import require_role
 from api.errors import ApiError, FieldProblem, invalid
-from api.openapi import operation
+from api.openapi import LIMIT, STR, operation
 
 _COLUMNS = "audit_id, actor, actor_key_id, action, entity_type, entity_id, before, after, occurred_at"
 
@@ -103,7 +103,8 @@ def where_clause(query: AuditQuery) -> tuple[str, list[Any]]:
 
 
 @require_role("admin", "analyst")
-@operation("The audit trail", responses={200: AuditPage})
+@operation("The audit trail", responses={200: AuditPage},
+           query={**{name: STR for name in AuditQuery.model_fields}, "limit": {**LIMIT, "maximum": 500}})
 async def list_audit(request: Request) -> Response:
     """Who changed what and when, newest first, filtered by entity, actor, action and time.
 

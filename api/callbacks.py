@@ -8,7 +8,8 @@ Public (the providers hold no API key), and refused with 403 unless the provider
 keyed by the user id (so they land on the user's partition, like every other event of the user), and the
 answer waits for Kafka's acknowledgement: a provider retries whatever did not get a 2xx, so nothing it
 told Herald is lost, and the retries it sends (and its own duplicates) are counted once downstream
-(per message and status, ``pipeline.metrics``). Bodies over ``MAX_BODY`` get 413 before they are read.
+(per message and status, ``pipeline.metrics``). Bodies over ``api_max_callback_bytes`` get 413 before they
+are read (``api.body_limit``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.errors import ApiError
-from api.openapi import operation
+from api.openapi import ANY_QUERY, operation
 from pipeline import callbacks as cb
 from pipeline.partitioning import per_user_records
 from schemas.messages import DeliveryEvent
 from schemas.topics import DELIVERY_EVENTS
 
-MAX_BODY = 4 * 2**20  # SendGrid posts at most ~768 KB; Twilio a few hundred bytes
 
 
 class CallbackReceipt(BaseModel):
@@ -39,16 +39,9 @@ class CallbackReceipt(BaseModel):
 
 
 async def _body(request: Request) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY:
-        raise ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    # api.body_limit caps it at settings.api_max_callback_bytes (SendGrid posts at most ~768 KB; Twilio a few
+    # hundred bytes) before it is read.
+    return await request.body()
 
 
 def _refused(exc: cb.CallbackRefused) -> ApiError:
@@ -72,7 +65,7 @@ def _sendgrid_key(request: Request):
     return key
 
 
-@operation("SendGrid event webhook", responses={200: CallbackReceipt})
+@operation("SendGrid event webhook", responses={200: CallbackReceipt}, query=ANY_QUERY)
 async def sendgrid_events(request: Request) -> Response:
     """Delivery, bounce, spam report, open and click events of emails sent through the batch provider."""
     body = await _body(request)
@@ -93,7 +86,7 @@ async def sendgrid_events(request: Request) -> Response:
     return JSONResponse(CallbackReceipt(accepted=len(read.events), skipped=read.skipped).model_dump())
 
 
-@operation("Twilio message status callback", responses={200: CallbackReceipt})
+@operation("Twilio message status callback", responses={200: CallbackReceipt}, query=ANY_QUERY)
 async def twilio_status(request: Request) -> Response:
     """Twilio's status changes of an SMS Herald sent (delivered, undelivered, failed)."""
     body = await _body(request)

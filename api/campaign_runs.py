@@ -20,7 +20,7 @@ from starlette.routing import Route
 from api import paging
 from api.auth import ROLES, require_role
 from api.errors import ApiError, FieldProblem
-from api.openapi import operation
+from api.openapi import PAGED, operation
 from pipeline.schedule import OPEN_RUN_STATES
 from pipeline.schedule_io import live_run_counts
 from schemas.encoding import BIGINT_MAX, from_json
@@ -64,7 +64,7 @@ def _counts(raw: dict) -> dict:
 
 
 @require_role(*ROLES)
-@operation("List a campaign's runs", responses={200: RunList})
+@operation("List a campaign's runs", responses={200: RunList}, query=PAGED)
 async def list_runs(request: Request) -> Response:
     """Each occurrence of a scheduled or recurring campaign, newest first (``limit`` ≤ 200, ``cursor``).
 

@@ -38,10 +38,9 @@ from starlette.routing import Route
 from api import paging, segments
 from api.auth import ROLES, Caller, require_role
 from api.errors import ApiError, FieldProblem, parse_body
-from api.openapi import operation
-from pipeline import audit
+from api.openapi import NO_BODY, PAGED, STR, operation
+from pipeline import audit, journey_store, launches
 from pipeline import campaigns as campaign_rules
-from pipeline import journey_store, launches
 from pipeline import templates  # unresolved_variables and template_syntax_problems (campaign_rules.TemplateChecks)
 from pipeline.money import money_json
 from schemas.encoding import BIGINT_MAX, to_json
@@ -501,7 +500,8 @@ def decode_cursor(cursor: str) -> int:
 
 
 @require_role(*ROLES)
-@operation("List campaigns", responses={200: CampaignList})
+@operation("List campaigns", responses={200: CampaignList},
+           query={"status": STR, "type": STR, "channel": STR, **PAGED})
 async def list_campaigns(request: Request) -> Response:
     """Newest first, a page at a time (``limit`` ≤ 200, ``cursor``), optionally by ``status``, ``type`` (a journey's
     send nodes are campaigns of type ``journey``), ``channel``."""
@@ -611,7 +611,7 @@ async def update_campaign(request: Request) -> Response:
 
 
 @require_role(*AUTHORS)
-@operation("Delete a draft campaign")
+@operation("Delete a draft campaign", responses={204: NO_BODY})
 async def delete_campaign(request: Request) -> Response:
     """Removes a draft; a campaign that was scheduled or sent is cancelled instead, and kept for reporting."""
     async with request.app.state.postgres.acquire() as conn, conn.transaction():

@@ -16,13 +16,14 @@ import re
 from http import HTTPStatus
 from typing import Any, TypeVar
 
-import orjson
 import structlog
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Match, Route
+
+from api import inputs
 
 log = structlog.get_logger("herald.api")
 
@@ -104,13 +105,46 @@ def invalid(exc: ValidationError) -> ApiError:
     return ApiError(422, "validation_error", f"invalid value for {names}", fields=problems)
 
 
-async def parse_body(request: Request, model: type[Model]) -> Model:
-    """The request's JSON body as ``model``: 400 if it is not JSON, 422 if it does not fit."""
+def problems_error(problems: list[tuple[str, str]]) -> ApiError:
+    """A 422 naming each field and why (``problems`` as ``api.inputs`` reports them)."""
+    names = ", ".join(dict.fromkeys(field for field, _ in problems))
+    return ApiError(422, "validation_error", f"invalid value for {names}",
+                    fields=[FieldProblem(field=field, reason=reason) for field, reason in problems])
+
+
+def _json_media_type(request: Request) -> None:
+    """415 unless the body is declared JSON (``application/json`` or ``application/*+json``; none is read as JSON)."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media = declared.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise ApiError(415, "unsupported_media_type",
+                       f"this endpoint takes an application/json body, not {media or 'an empty Content-Type'}")
+
+
+def _json_depth(request: Request) -> int:
+    settings = getattr(request.app.state, "settings", None)  # an app built without settings (unit tests) too
+    return settings.api_max_json_depth if settings is not None else inputs.DEFAULT_JSON_DEPTH
+
+
+async def read_json(request: Request) -> Any:
+    """The request's JSON body, checked by ``api.inputs``: 415 if not declared JSON, 400 if not JSON, 422 if it
+    carries a NUL character, an integer beyond 64 bits or nesting deeper than ``api_max_json_depth``."""
+    _json_media_type(request)
     raw = await request.body()
     try:
-        data: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        data, problems = inputs.load_json(raw, _json_depth(request))
+    except inputs.BadJson as exc:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    if problems:
+        raise problems_error(problems)
+    return data
+
+
+async def parse_body(request: Request, model: type[Model]) -> Model:
+    """The request's JSON body (``read_json``) as ``model``: 422 if it does not fit."""
+    data = await read_json(request)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

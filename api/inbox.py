@@ -26,7 +26,8 @@ from starlette.routing import Route
 
 from api.auth import ROLES, require_role
 from api.errors import ApiError, FieldProblem
-from api.openapi import operation
+from api.inputs import ascii_int
+from api.openapi import LIMIT, operation
 from pipeline.channels.in_app import INBOX_CAP
 from schemas.keys import inbox_key
 from schemas.encoding import BIGINT_MAX
@@ -60,10 +61,7 @@ def _user_id(request: Request) -> int:
 
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", "50")
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
+    limit = ascii_int(raw) or 0
     if not 1 <= limit <= INBOX_CAP:
         raise ApiError(422, "validation_error", "limit is out of range",
                        fields=[FieldProblem(field="limit", reason=f"an integer between 1 and {INBOX_CAP}")])
@@ -71,7 +69,7 @@ def _limit(request: Request) -> int:
 
 
 @require_role(*ROLES)
-@operation("A user's in-app inbox", responses={200: Inbox})
+@operation("A user's in-app inbox", responses={200: Inbox}, query={"limit": {**LIMIT, "maximum": INBOX_CAP}})
 async def get_inbox(request: Request) -> Response:
     """The user's in-app messages, newest first (at most ``limit``, default 50, up to the inbox's cap)."""
     user_id = _user_id(request)

@@ -36,8 +36,8 @@ from starlette.routing import Route
 
 from api import paging
 from api.auth import ROLES, require_role
-from api.errors import ApiError, FieldProblem
-from api.openapi import operation
+from api.errors import ApiError, FieldProblem, read_json
+from api.openapi import NO_BODY, PAGED, STR, operation
 from pipeline import journey_store
 from pipeline.journeys.model import DefinitionError, Journey
 from schemas.encoding import BIGINT_MAX
@@ -174,11 +174,8 @@ async def _locked(request: Request, conn: asyncpg.Connection) -> asyncpg.Record:
 
 
 async def _draft(request: Request) -> Any:
-    """The request's JSON body, unvalidated (400 if it is not JSON)."""
-    try:
-        return orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    """The request's JSON body, checked by ``api.inputs`` but not yet against the journey model."""
+    return await read_json(request)
 
 
 def description_problems(raw: object) -> list[tuple[str, str]]:
@@ -223,7 +220,7 @@ async def create_journey(request: Request) -> Response:
 
 
 @require_role(*ROLES)
-@operation("List journeys", responses={200: JourneyList})
+@operation("List journeys", responses={200: JourneyList}, query={"status": STR, **PAGED})
 async def list_journeys(request: Request) -> Response:
     """Newest first, a page at a time (``limit`` ≤ 200, ``cursor``), optionally by ``status``."""
     q = request.query_params
@@ -273,7 +270,7 @@ async def replace_journey(request: Request) -> Response:
 
 
 @require_role(*AUTHORS)
-@operation("Delete a journey never published")
+@operation("Delete a journey never published", responses={204: NO_BODY})
 async def delete_journey(request: Request) -> Response:
     """Removes a draft; a journey that was published is stopped instead, and kept for its users and reports."""
     async with request.app.state.postgres.acquire() as conn, conn.transaction():

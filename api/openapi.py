@@ -9,11 +9,13 @@ docstring's first paragraph, bearer security and the 401/403 answers from
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -23,38 +25,76 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from api.errors import ErrorBody
+from api import inputs
+from api.errors import ErrorBody, problems_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 _CONVERTER = re.compile(r":\w+}")
+
+
+# Query parameters most list endpoints share (api/paging.py).
+LIMIT = {"type": "integer", "minimum": 1, "maximum": 200, "description": "Page size (default 50)"}
+CURSOR = {"type": "string", "minLength": 1, "description": "next_cursor of the previous page; leave out for the first"}
+PAGED = {"limit": LIMIT, "cursor": CURSOR}
+STR = {"type": "string"}
+# The answer of a status with no body (204 No Content).
+NO_BODY = ""
+# The query of an endpoint that takes any, unchecked: a provider's callback (the provider signs the URL as it
+# was set up) and the links people follow from a message (link scanners and mail clients append their own).
+ANY_QUERY = None
 
 
 @dataclass(frozen=True)
 class Operation:
     summary: str
     body: type[BaseModel] | None = None
-    # status -> a response model, or a media type for non-JSON answers (/metrics)
-    responses: dict[int, type[BaseModel] | str] = field(default_factory=dict)
+    # status -> a response model, or a media type for non-JSON answers (/metrics); a tuple of them for an
+    # answer given in several media types (/u/{token}: HTML to a browser, JSON to a client asking for it)
+    responses: dict[int, type[BaseModel] | str | tuple[type[BaseModel] | str, ...]] = field(default_factory=dict)
+    # name -> JSON schema of each query parameter the endpoint takes (None: any, not checked)
+    query: dict[str, dict[str, Any]] | None = field(default_factory=dict)
+    # the media types of the error answers, when not only the JSON error shape
+    errors: tuple[str, ...] = ("application/json",)
 
 
 def operation(
     summary: str,
     *,
     body: type[BaseModel] | None = None,
-    responses: dict[int, type[BaseModel] | str] | None = None,
+    responses: dict[int, type[BaseModel] | str | tuple[type[BaseModel] | str, ...]] | None = None,
+    query: Mapping[str, dict[str, Any]] | None = MappingProxyType({}),
+    errors: tuple[str, ...] = ("application/json",),
 ) -> Callable[[F], F]:
-    """Describe an endpoint for the OpenAPI document (put it under ``require_role``)."""
+    """Describe an endpoint for the OpenAPI document (put it under ``require_role``).
+
+    ``query`` names every query parameter the endpoint takes: any other, a NUL
+    character, an empty ``cursor`` or a ``limit`` not in ASCII digits gets 422
+    before the endpoint runs (``api.inputs.query_problems``), one rule for all.
+    """
 
     def attach(endpoint: F) -> F:
-        endpoint.openapi = Operation(summary, body, responses or {})  # type: ignore[attr-defined]
-        return endpoint
+        op = Operation(summary, body, responses or {}, None if query is None else dict(query), errors)
+        if op.query is None:
+            endpoint.openapi = op  # type: ignore[attr-defined]
+            return endpoint
+        allowed = tuple(op.query)
+
+        @functools.wraps(endpoint)
+        async def checked(request: Request) -> Response:
+            problems = inputs.query_problems(request.query_params.multi_items(), allowed)
+            if problems:
+                raise problems_error(problems)
+            return await endpoint(request)
+
+        checked.openapi = op  # type: ignore[attr-defined]
+        return checked  # type: ignore[return-value]
 
     return attach
 
 
-def _param_schema(convertor: object) -> dict[str, str]:
-    if isinstance(convertor, IntegerConvertor):
-        return {"type": "integer"}
+def _param_schema(convertor: object) -> dict[str, Any]:
+    if isinstance(convertor, (IntegerConvertor, inputs.Int64Convertor)):
+        return {"type": "integer", "minimum": 0, "maximum": inputs.INT64_MAX}
     return {"type": "number"} if isinstance(convertor, FloatConvertor) else {"type": "string"}
 
 
@@ -67,41 +107,61 @@ def build_document(routes: list[BaseRoute]) -> dict[str, Any]:
     found = [r for r in routes if isinstance(r, Route) and r.include_in_schema]
     docs = {id(r): getattr(r.endpoint, "openapi", None) or Operation(r.name.replace("_", " ")) for r in found}
 
+    def answers(answer: type[BaseModel] | str | tuple[type[BaseModel] | str, ...]) -> tuple[type[BaseModel] | str, ...]:
+        return answer if isinstance(answer, tuple) else (answer,)
+
     models = {(ErrorBody, "serialization")}
     for op in docs.values():
         if op.body:
             models.add((op.body, "validation"))
-        models |= {(m, "serialization") for m in op.responses.values() if not isinstance(m, str)}
+        models |= {(m, "serialization") for a in op.responses.values() for m in answers(a) if not isinstance(m, str)}
     refs, defs = models_json_schema(
         sorted(models, key=lambda m: m[0].__name__), ref_template="#/components/schemas/{model}"
     )
 
-    def content(answer: type[BaseModel] | str, mode: str) -> dict[str, Any]:
-        if isinstance(answer, str):
-            return {answer: {"schema": {"type": "object" if answer == "application/json" else "string"}}}
-        return {"application/json": {"schema": refs[(answer, mode)]}}
+    def content(answer: type[BaseModel] | str | tuple[type[BaseModel] | str, ...], mode: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for one in answers(answer):
+            if isinstance(one, str):
+                out[one] = {"schema": {"type": "object" if one == "application/json" else "string"}}
+            else:
+                out["application/json"] = {"schema": refs[(one, mode)]}
+        return out
 
-    error = {"$ref": "#/components/responses/Error"}
     paths: dict[str, dict[str, Any]] = {}
     for route in found:
         op = docs[id(route)]
+        if op.errors == ("application/json",):
+            error: dict[str, Any] = {"$ref": "#/components/responses/Error"}
+        else:
+            error = {"description": "Any 4xx or 5xx: the JSON error shape to a client asking for JSON",
+                     "content": content(tuple(ErrorBody if m == "application/json" else m for m in op.errors),
+                                        "serialization")}
         roles = getattr(route.endpoint, "roles", None)
         responses: dict[str, Any] = {
             str(status): {"description": HTTPStatus(status).phrase, "content": content(answer, "serialization")}
+            if answer != NO_BODY else {"description": HTTPStatus(status).phrase}
             for status, answer in op.responses.items()
         } or {"200": {"description": "OK"}}
         if op.body:
-            responses |= {"400": error, "422": error}
+            responses |= {"400": error, "413": error, "415": error, "422": error}
+        if op.query:
+            responses |= {"422": error}
+        if route.param_convertors:
+            responses |= {"404": error}
         if roles:
             responses |= {"401": error, "403": error}
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": _param_schema(convertor)}
+            for name, convertor in route.param_convertors.items()
+        ]
+        parameters += [{"name": name, "in": "query", "required": False, "schema": schema}
+                       for name, schema in (op.query or {}).items()]
         operation = {
             "summary": op.summary,
             "description": _description(route.endpoint),
             "operationId": route.name,
-            "parameters": [
-                {"name": name, "in": "path", "required": True, "schema": _param_schema(convertor)}
-                for name, convertor in route.param_convertors.items()
-            ],
+            "parameters": parameters,
             "responses": responses | {"default": error},
             "security": [{"bearer": []}] if roles else [],
         }

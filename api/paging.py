@@ -11,6 +11,8 @@ import base64
 import binascii
 from collections.abc import Mapping
 
+from api.inputs import ascii_int
+
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 
@@ -23,19 +25,16 @@ def decode_cursor(kind: str, cursor: str) -> int | None:
     """The id a cursor of ``kind`` points after, or None if it is not one this API issued."""
     try:
         tag, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-        return int(value) if tag == kind else None
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
+    return ascii_int(value) if tag == kind else None
 
 
 def page_limit(query: Mapping[str, str], problems: list[tuple[str, str]]) -> int:
     """``?limit=`` (1 to 200, default 50); a bad value is appended to ``problems``."""
     if "limit" not in query:
         return DEFAULT_LIMIT
-    try:
-        limit = int(query["limit"])
-    except ValueError:
-        limit = 0
+    limit = ascii_int(query["limit"]) or 0
     if not 1 <= limit <= MAX_LIMIT:
         problems.append(("limit", f"an integer from 1 to {MAX_LIMIT}"))
         return DEFAULT_LIMIT

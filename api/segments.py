@@ -38,7 +38,8 @@ from starlette.routing import Route
 
 from api.auth import ROLES, require_role
 from api.errors import ApiError, FieldProblem, parse_body
-from api.openapi import operation
+from api.inputs import ascii_int
+from api.openapi import PAGED, operation
 from pipeline import audit
 from pipeline.launch_audience import ExclusionError
 from pipeline.launch_audience import load_exclusions as resolve_exclusions
@@ -268,8 +269,9 @@ def _cursor(segment_id: int) -> str:
 def _after(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if text[:1] == "s" and text[1:].isdigit():
-            return int(text[1:])
+        after = ascii_int(text[1:]) if text[:1] == "s" else None
+        if after is not None:
+            return after
     except ValueError:
         pass
     raise _invalid_param("cursor", "not a cursor this API issued")
@@ -278,9 +280,10 @@ def _after(cursor: str) -> int:
 def _limit(raw: str | None) -> int:
     if raw is None:
         return 50
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    limit = ascii_int(raw)
+    if limit is None or not 1 <= limit <= MAX_PAGE:
         raise _invalid_param("limit", f"an integer from 1 to {MAX_PAGE}")
-    return int(raw)
+    return limit
 
 
 # ---------------------------------------------------------------- endpoints
@@ -325,7 +328,7 @@ async def create_segment(request: Request) -> Response:
 
 
 @require_role(*ROLES)
-@operation("List segments", responses={200: SegmentList})
+@operation("List segments", responses={200: SegmentList}, query=PAGED)
 async def list_segments(request: Request) -> Response:
     """Every segment, newest first, a page at a time (``?limit=`` up to 200, ``?cursor=`` from the last page).
 

@@ -34,8 +34,8 @@ from starlette.routing import Route
 
 from api import paging
 from api.auth import ROLES, require_role
-from api.errors import ApiError, FieldProblem, invalid, parse_body
-from api.openapi import operation
+from api.errors import ApiError, FieldProblem, invalid, parse_body, read_json
+from api.openapi import NO_BODY, PAGED, STR, operation
 from pipeline import audit
 from pipeline.channels import Message, open_channel
 from pipeline.content.store import COLUMNS, template_record
@@ -329,7 +329,7 @@ def decode_cursor(cursor: str) -> int:
 
 
 @require_role(*ROLES)
-@operation("List templates", responses={200: TemplateList})
+@operation("List templates", responses={200: TemplateList}, query={"channel": STR, **PAGED})
 async def list_templates(request: Request) -> Response:
     """Newest first, ``limit`` (1 to 200, default 50) at a time, optionally one ``channel``; ``cursor`` pages on."""
     q = request.query_params
@@ -375,10 +375,7 @@ async def update_template(request: Request) -> Response:
     template render the new text from their next message on.
     """
     template_id = _template_id(request)
-    try:
-        patch = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    patch = await read_json(request)
     if not isinstance(patch, dict):
         raise _invalid([("(body)", "a JSON object (a merge patch)")])
     problems = [(k, "cannot be changed; create a new template for another channel") for k in patch if k == "channel"]
@@ -419,7 +416,7 @@ async def update_template(request: Request) -> Response:
 
 
 @require_role(*EDITORS)
-@operation("Delete a template")
+@operation("Delete a template", responses={204: NO_BODY})
 async def delete_template(request: Request) -> Response:
     """Deletes a template no live campaign uses: 409 names the draft, scheduled, active or paused campaigns that do."""
     template_id = _template_id(request)

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     api_port: int = 8080
     health_timeout_s: float = 1.5
     api_key_cache_s: float = 5.0
+    # Request bodies over this many bytes get 413 before they are read (api/body_limit.py); the provider
+    # callbacks (/callbacks/...) take up to api_max_callback_bytes, as SendGrid posts batches of events.
+    api_max_body_bytes: int = Field(default=2**20, ge=1024)
+    api_max_callback_bytes: int = Field(default=4 * 2**20, ge=1024)
+    # Free-form JSON (campaign goals, triggers, content variables, webhook payloads) nested deeper gets 422.
+    api_max_json_depth: int = Field(default=32, ge=4, le=256)
     # Where people reach Herald from outside: unsubscribe, tracking and preview links.
     public_url: str = "http://127.0.0.1:8080"
 

@@ -433,6 +433,9 @@ def content_problems(
             problems.append((f"content.{channel}", f"the campaign sends {channel} but has no {channel} content"))
     for channel, entry in content.items():
         where = f"content.{channel}"
+        if channel not in CHANNELS:
+            problems.append((where, f"unknown channel {channel!r}; known: {', '.join(CHANNELS)}"))
+            continue
         if channel not in channels:
             problems.append((where, f"content for {channel!r}, which is not one of the campaign's channels"))
             continue

@@ -200,7 +200,7 @@ async def test_callbacks_count_delivery_bounces_opens_clicks_and_complaints_once
 def test_callbacks_refuse_bad_bodies_with_the_error_shape(server):
     url, _ = server
     too_big = httpx.post(f"{url}/callbacks/sendgrid/events", content=b"[" + b" " * (5 * 2**20) + b"]", timeout=30)
-    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "too_large"
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "body_too_large"
     not_form = httpx.post(f"{url}/callbacks/twilio/status", json={"MessageStatus": "delivered"}, timeout=10)
     assert not_form.status_code == 415
     signed_object = _signed_post(url, {"event": "delivered"})  # type: ignore[arg-type]
