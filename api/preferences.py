@@ -40,7 +40,7 @@ from starlette.routing import Route
 
 from api.auth import ROLES, Caller, require_role
 from api.errors import ApiError, FieldProblem, parse_body
-from api.openapi import operation
+from api.openapi import ANY_QUERY, operation
 from pipeline import audit
 from pipeline.attribution import parse_touches
 from pipeline.partitioning import per_user_records
@@ -377,6 +377,8 @@ async def unsubscribe(request: Request) -> Response:
 
 
 _CHANNEL_WORDS = {"email": "emails", "sms": "text messages", "push": "push notifications", "in_app": "in-app messages"}
+# /u/{token} answers a person's browser with a page, and a client that asks for JSON (Accept) with the error shape.
+_PAGE_ERRORS = ("text/html", "application/json")
 _PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",  # the token is in the URL: never pass it on
@@ -403,15 +405,23 @@ def _page(status: int, title: str, message: str, form: bool = False) -> HTMLResp
     return HTMLResponse(body, status_code=status, headers=_PAGE_HEADERS)
 
 
+def _wants_json(request: Request) -> bool:
+    """A client that asks for JSON and not for a page (a person's browser always accepts text/html)."""
+    accept = request.headers.get("accept", "").lower()
+    return "json" in accept and "text/html" not in accept
+
+
 def _page_for_bad_token(request: Request) -> tuple[UnsubscribeClaim | None, HTMLResponse | None]:
     try:
         return _verify(request, request.path_params["token"]), None
     except ApiError as exc:
+        if _wants_json(request):
+            raise
         advice = "It may have been cut short or altered; use the link from the message itself."
         return None, _page(exc.status, "This unsubscribe link is not valid", advice)
 
 
-@operation("Unsubscribe confirmation page", responses={200: "text/html"})
+@operation("Unsubscribe confirmation page", responses={200: "text/html"}, query=ANY_QUERY, errors=_PAGE_ERRORS)
 async def one_click_page(request: Request) -> Response:
     """Asks before unsubscribing: mail scanners prefetch links, so a GET never changes anything."""
     claim, refused = _page_for_bad_token(request)
@@ -422,7 +432,7 @@ async def one_click_page(request: Request) -> Response:
     return _page(200, f"Unsubscribe from {words}?", f"You will no longer receive {words} from us.", form=True)
 
 
-@operation("One-click unsubscribe (RFC 8058)", responses={200: "text/html"})
+@operation("One-click unsubscribe (RFC 8058)", responses={200: "text/html"}, query=ANY_QUERY, errors=_PAGE_ERRORS)
 async def one_click_unsubscribe(request: Request) -> Response:
     """The POST a mail client sends for ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``.
 
@@ -440,6 +450,8 @@ async def one_click_unsubscribe(request: Request) -> Response:
     except UserNotFound:
         pass  # nobody left to write to: the person's wish holds either way
     except ApiError as exc:
+        if _wants_json(request):
+            raise
         return _page(exc.status, "Please try again", "We could not record your request just now.")
     return _page(200, "You are unsubscribed", f"You will no longer receive {words} from us.")
 
