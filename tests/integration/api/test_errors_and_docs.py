@@ -73,4 +73,5 @@ def test_openapi_document_covers_every_route(client):
     assert issue["security"] == [{"bearer": []}]
     assert issue["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/NewApiKey"}
     assert document["paths"]["/healthz"]["get"]["security"] == []
-    assert document["paths"]["/api/v1/api-keys/{key_id}"]["delete"]["parameters"][0]["schema"] == {"type": "integer"}
+    assert document["paths"]["/api/v1/api-keys/{key_id}"]["delete"]["parameters"][0]["schema"] == {
+        "type": "integer", "minimum": 0, "maximum": 2**63 - 1}
