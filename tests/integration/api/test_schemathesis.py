@@ -28,7 +28,7 @@ from schemathesis.checks import (
 from api.app import create_app
 from tests.helpers.api import bearer, serve
 
-EXAMPLES = 15  # per operation and mode (valid, then invalid input): keeps the test well under three minutes
+EXAMPLES = 40  # per operation and mode (valid, then invalid input): ~3,500 requests, about a minute on two cores
 SEED = 16
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXCLUDED = {
@@ -93,7 +93,7 @@ def test_every_operation_answers_as_documented(served, admin_key):
             # invalid request to write; its valid requests ran above.
             if mode is not GenerationMode.NEGATIVE:
                 failures.append(f"{op.method.upper()} {op.path} ({mode.value}): no request could be generated")
-        except Exception as exc:  # noqa: BLE001 - gather every operation's failure, then report them all
+        except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - gather every operation's failures, then report
             failures.append(f"{op.method.upper()} {op.path} ({mode.value}): {str(exc)[:1500]}")
     print(f"schemathesis: {sum(sent.values())} requests to {len(run)} operations, by status {dict(sorted(sent.items()))}")
     assert not failures, "\n\n".join(failures)
