@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from urllib.parse import parse_qsl
 
 import orjson
 from pydantic import BaseModel
@@ -24,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api.errors import ApiError
+from api.errors import ApiError, read_form
 from api.openapi import ANY_QUERY, operation
 from pipeline import callbacks as cb
 from pipeline.partitioning import per_user_records
@@ -89,14 +88,8 @@ async def sendgrid_events(request: Request) -> Response:
 @operation("Twilio message status callback", responses={200: CallbackReceipt}, query=ANY_QUERY)
 async def twilio_status(request: Request) -> Response:
     """Twilio's status changes of an SMS Herald sent (delivered, undelivered, failed)."""
-    body = await _body(request)
     settings = request.app.state.settings
-    if "application/x-www-form-urlencoded" not in request.headers.get("content-type", ""):
-        raise ApiError(415, "unsupported_media_type", "the body must be application/x-www-form-urlencoded")
-    try:
-        params = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body), max_num_fields=200)
-    except (UnicodeDecodeError, ValueError):
-        raise ApiError(400, "invalid_form", "the body is not a URL-encoded form") from None
+    params = await read_form(request)
     form = dict(params)
     # Twilio signs the URL it was given, which is the public one (not what a proxy in front of us rewrote).
     query = request.url.query

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from api import inputs
 from api.body_limit import BodyLimitMiddleware
-from api.errors import exception_handlers, parse_body
+from api.errors import exception_handlers, parse_body, read_form
 from api.openapi import PAGED, operation
 from pipeline.campaigns import content_problems
 
@@ -117,3 +117,18 @@ def test_path_ids_past_64_bits_are_404_and_bad_query_is_422():
     assert {f["field"] for f in response.json()["error"]["fields"]} == {"limit", "cursor"}
     nul = client.post("/echo/1", content=orjson.dumps({"name": "a\x00"}), headers={"content-type": "application/json"})
     assert _code(nul) == (422, "validation_error") and nul.json()["error"]["fields"][0]["field"] == "name"
+
+
+async def _form(request: Request) -> JSONResponse:
+    return JSONResponse(dict(await read_form(request)))
+
+
+def test_forms_refuse_nul_and_other_media_types():
+    app = Starlette(routes=[Route("/form", _form, methods=["POST"])], exception_handlers=exception_handlers)
+    client = TestClient(app)
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert client.post("/form", content=b"Body=STOP&From=%2B15550100", headers=form).json() == {
+        "Body": "STOP", "From": "+15550100"}
+    nul = client.post("/form", content=b"Body=ST%00OP", headers=form)
+    assert _code(nul) == (422, "validation_error") and nul.json()["error"]["fields"][0]["field"] == "Body"
+    assert _code(client.post("/form", json={"Body": "STOP"})) == (415, "unsupported_media_type")
