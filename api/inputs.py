@@ -6,7 +6,8 @@ refused once, for every endpoint, old and new:
 
 - a NUL character in any text (PostgreSQL's text and jsonb cannot hold one);
 - an integer beyond 64 bits (ids, cursors, ``exclude_segments``: PostgreSQL's
-  bigint and Cassandra's bigint stop there);
+  bigint and Cassandra's bigint stop there), or a number such as ``1e19`` that
+  would become one in an integer field;
 - free-form JSON nested deeper than ``api_max_json_depth`` (goals, triggers,
   content variables, webhook payloads are stored and walked recursively);
 - non-finite numbers (``NaN``, ``1e400``), which JSON has no spelling for;
@@ -79,11 +80,16 @@ def json_problems(data: Any, max_depth: int) -> list[Problem]:
         if isinstance(value, str):
             if NUL in value:
                 problems.append((_path(path), "text may not contain a NUL character"))
-        elif isinstance(value, bool) or value is None or isinstance(value, float):
+        elif isinstance(value, bool) or value is None:
             continue
         elif isinstance(value, int):
             if not INT64_MIN <= value <= INT64_MAX:
                 problems.append((_path(path), "an integer beyond 64 bits"))
+        elif isinstance(value, float):
+            # 1e19 passes an int field as 10000000000000000000 (pydantic takes whole floats), so no number may
+            # leave the 64-bit range, whichever way it is written.
+            if not INT64_MIN <= value <= INT64_MAX:
+                problems.append((_path(path), "a number beyond the 64-bit range"))
         elif isinstance(value, (dict, list)):
             if len(path) >= max_depth:
                 # Name the field the client wrote (its top-level name), not a path hundreds of levels long.

@@ -28,6 +28,7 @@ def test_integers_past_64_bits_are_refused_and_64_bit_ones_kept():
     assert problems == [("exclude_segments.1", "an integer beyond 64 bits")]
     assert data["id"] == 2**63 - 1
     assert inputs.load_json(b'{"id": -9223372036854775809}', 32)[1] == [("id", "an integer beyond 64 bits")]
+    assert inputs.load_json(b'{"id": 1e19, "weight": 0.5}', 32)[1] == [("id", "a number beyond the 64-bit range")]
 
 
 def test_deep_json_is_refused_naming_the_top_field():
