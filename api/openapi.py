@@ -48,12 +48,12 @@ ANY_QUERY = None
 class Operation:
     summary: str
     body: type[BaseModel] | None = None
-    # status -> a response model, or a media type for non-JSON answers (/metrics); a tuple of them for an
-    # answer given in several media types (/u/{token}: HTML to a browser, JSON to a client asking for it)
-    responses: dict[int, type[BaseModel] | str | tuple[type[BaseModel] | str, ...]] = field(default_factory=dict)
+    # status -> a response model, or a media type for non-JSON answers (/metrics), or NO_BODY
+    responses: dict[int, type[BaseModel] | str] = field(default_factory=dict)
     # name -> JSON schema of each query parameter the endpoint takes (None: any, not checked)
     query: dict[str, dict[str, Any]] | None = field(default_factory=dict)
-    # the media types of the error answers, when not only the JSON error shape
+    # the media types of the error answers, when not only the JSON error shape (/u/{token}: HTML to a browser,
+    # the error shape to a client asking for JSON)
     errors: tuple[str, ...] = ("application/json",)
 
 
@@ -61,7 +61,7 @@ def operation(
     summary: str,
     *,
     body: type[BaseModel] | None = None,
-    responses: dict[int, type[BaseModel] | str | tuple[type[BaseModel] | str, ...]] | None = None,
+    responses: dict[int, type[BaseModel] | str] | None = None,
     query: Mapping[str, dict[str, Any]] | None = MappingProxyType({}),
     errors: tuple[str, ...] = ("application/json",),
 ) -> Callable[[F], F]:
@@ -107,26 +107,19 @@ def build_document(routes: list[BaseRoute]) -> dict[str, Any]:
     found = [r for r in routes if isinstance(r, Route) and r.include_in_schema]
     docs = {id(r): getattr(r.endpoint, "openapi", None) or Operation(r.name.replace("_", " ")) for r in found}
 
-    def answers(answer: type[BaseModel] | str | tuple[type[BaseModel] | str, ...]) -> tuple[type[BaseModel] | str, ...]:
-        return answer if isinstance(answer, tuple) else (answer,)
-
     models = {(ErrorBody, "serialization")}
     for op in docs.values():
         if op.body:
             models.add((op.body, "validation"))
-        models |= {(m, "serialization") for a in op.responses.values() for m in answers(a) if not isinstance(m, str)}
+        models |= {(m, "serialization") for m in op.responses.values() if not isinstance(m, str)}
     refs, defs = models_json_schema(
         sorted(models, key=lambda m: m[0].__name__), ref_template="#/components/schemas/{model}"
     )
 
-    def content(answer: type[BaseModel] | str | tuple[type[BaseModel] | str, ...], mode: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for one in answers(answer):
-            if isinstance(one, str):
-                out[one] = {"schema": {"type": "object" if one == "application/json" else "string"}}
-            else:
-                out["application/json"] = {"schema": refs[(one, mode)]}
-        return out
+    def content(answer: type[BaseModel] | str, mode: str) -> dict[str, Any]:
+        if isinstance(answer, str):
+            return {answer: {"schema": {"type": "object" if answer == "application/json" else "string"}}}
+        return {"application/json": {"schema": refs[(answer, mode)]}}
 
     paths: dict[str, dict[str, Any]] = {}
     for route in found:
@@ -134,9 +127,9 @@ def build_document(routes: list[BaseRoute]) -> dict[str, Any]:
         if op.errors == ("application/json",):
             error: dict[str, Any] = {"$ref": "#/components/responses/Error"}
         else:
+            kinds = [content(ErrorBody if m == "application/json" else m, "serialization") for m in op.errors]
             error = {"description": "Any 4xx or 5xx: the JSON error shape to a client asking for JSON",
-                     "content": content(tuple(ErrorBody if m == "application/json" else m for m in op.errors),
-                                        "serialization")}
+                     "content": {k: v for kind in kinds for k, v in kind.items()}}
         roles = getattr(route.endpoint, "roles", None)
         responses: dict[str, Any] = {
             str(status): {"description": HTTPStatus(status).phrase, "content": content(answer, "serialization")}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import orjson
 import pytest
@@ -37,14 +39,11 @@ def test_ints_past_64_bits_in_paths_cursors_and_bodies_are_4xx(client, admin_key
     assert_error(client.get("/api/v1/campaigns/99999999999999999999", headers=auth), 404, "not_found")
     assert_error(client.get("/api/v1/segments", params={"cursor": "czk5OTk5OTk5OTk5OTk5OTk5OTk5"}, headers=auth),
                  422, "validation_error")
-    body = b'{"name": "x", "channels": ["email"], "target_segment_id": 18446744073709551616}'
-    assert _fields(assert_error_and_return(client.post("/api/v1/campaigns", headers={**auth, **JSON}, content=body))
-                   ) == {"target_segment_id"}
-
-
-def assert_error_and_return(response: httpx.Response) -> httpx.Response:
-    assert_error(response, 422, "validation_error")
-    return response
+    for big in (b"18446744073709551616", b"1e19"):
+        body = b'{"name": "x", "channels": ["email"], "target_segment_id": ' + big + b"}"
+        response = client.post("/api/v1/campaigns", headers={**auth, **JSON}, content=body)
+        assert_error(response, 422, "validation_error")
+        assert _fields(response) == {"target_segment_id"}
 
 
 def test_superscript_limit_and_empty_cursor_and_unknown_params_are_422_everywhere(client, admin_key):
@@ -73,11 +72,7 @@ def test_deep_json_is_422_naming_the_field(client, admin_key):
 
 
 def _dumps_deep(value: object) -> bytes:
-    import json
-    import sys
-
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))
-    return json.dumps(value).encode()
+    return json.dumps(value).encode()  # orjson refuses to write 300 levels
 
 
 def test_big_bodies_get_413_before_being_read(served):
