@@ -72,6 +72,21 @@ class Settings(BaseSettings):
     # Where people reach Herald from outside: unsubscribe, tracking and preview links.
     public_url: str = "http://127.0.0.1:8080"
 
+    # Rate limits (api/ratelimit.py): a token bucket per API key and per client address on the public
+    # endpoints, in Redis so that every API process draws from the same one. Requests per second
+    # ("name=rate,..."), and the burst as seconds' worth of that rate. Keys by role, a key by its id
+    # ("api_rate_limit_keys": "17=50"); the public groups per client address. The defaults stay above
+    # what bench/api.py and bench/analytics.py ask of one key (500 requests/s); Twilio posts a status
+    # callback per SMS from a handful of addresses, and a webmail's image proxy fetches many people's
+    # pixels from one, so those groups are generous. Off: no limit at all (and no Redis call).
+    rate_limits: bool = True
+    api_rate_limits: str = Field(default="admin=1000,marketer=1000,analyst=1000",
+                                 pattern=r"^(\s*[a-z_]+=\d+(\.\d+)?\s*(,\s*[a-z_]+=\d+(\.\d+)?\s*)*)?$")
+    api_rate_limit_keys: str = Field(default="", pattern=r"^(\s*\d+=\d+(\.\d+)?\s*(,\s*\d+=\d+(\.\d+)?\s*)*)?$")
+    public_rate_limits: str = Field(default="unsubscribe=10,tracking=200,callbacks=500",
+                                    pattern=r"^(\s*[a-z_]+=\d+(\.\d+)?\s*(,\s*[a-z_]+=\d+(\.\d+)?\s*)*)?$")
+    rate_limit_burst_s: float = Field(default=2.0, gt=0)
+
     # Signing secret for unsubscribe tokens and tracked links; kept in .local/ when unset.
     signing_secret: str | None = None
 
