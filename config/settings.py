@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
     smtp_from: str = "Herald <campaigns@herald.local>"
+    # CAN-SPAM: the sender's postal address, printed in every marketing email's text and HTML
+    # (pipeline/email_footer.py); set it to your organisation's real address. And an address that
+    # takes unsubscribe requests by mail, offered in List-Unsubscribe beside the one-click URL (unset: none).
+    sender_postal_address: str = "Herald Campaigns, 100 Example Street, Springfield, IL 62701, USA"
+    list_unsubscribe_mailto: str | None = None
     sms_url: str = "http://127.0.0.1:8091/2010-04-01/Accounts/ACherald/Messages.json"
     sms_account_sid: str = "ACherald"
     sms_auth_token: str = "herald-local"
