@@ -178,6 +178,14 @@ class Settings(BaseSettings):
     # after them, until this many are waiting (~25 kB each).
     gate_batches_pending: int = Field(default=256, ge=1)
 
+    # Retention (pipeline/retention.py): Cassandra message_log and user_events rows expire this many days
+    # after they are written (the tables' default_time_to_live, set by scripts/migrate.py; the spec's
+    # 30 days hot), and the user-events and delivery-events topics keep no record longer (schemas/topics.py).
+    # The audit log keeps rows this many days; agents/retention.py deletes older ones every purge period.
+    retention_days: int = Field(default=30, ge=1, le=20 * 365)  # Cassandra's TTL cap is 20 years
+    audit_retention_days: int = Field(default=400, ge=1)
+    audit_purge_every_s: float = Field(default=3600.0, gt=0)
+
     # The scheduler (agents/schedule.py): how often it looks for due campaigns (a scheduled start
     # fires within one tick plus the launch's acknowledgement: 0.2 s keeps it well inside 1 s at
     # one indexed query per tick), how many it claims per transaction, and after how long a run
