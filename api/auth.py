@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import ApiError
+from api.ratelimit import check_key
 
 ROLES = ("admin", "marketer", "analyst")
 Role = Literal["admin", "marketer", "analyst"]
@@ -164,7 +165,8 @@ def require_role(*roles: str) -> Callable[[Endpoint], Endpoint]:
     """Let only keys with one of ``roles`` call the endpoint; the caller lands on ``request.state.caller``.
 
     The roles are kept on the endpoint (``endpoint.roles``) so the OpenAPI
-    document can mark it as needing a bearer key.
+    document can mark it as needing a bearer key. Each call draws on the key's
+    rate limit (``api.ratelimit``): 429 with ``Retry-After`` when it is spent.
     """
     unknown = set(roles) - set(ROLES)
     if not roles or unknown:
@@ -181,7 +183,11 @@ def require_role(*roles: str) -> Callable[[Endpoint], Endpoint]:
                     f"this needs a key with role {' or '.join(roles)}; this key has role {caller.role}",
                 )
             request.state.caller = caller
-            return await endpoint(request)
+            verdict = await check_key(request, caller.key_id, caller.role)  # 429 when over the key's limit
+            response = await endpoint(request)
+            if verdict is not None:
+                response.headers.update(verdict.headers())
+            return response
 
         guarded.roles = roles  # type: ignore[attr-defined]
         return guarded

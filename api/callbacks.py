@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from api.errors import ApiError, read_form
 from api.openapi import ANY_QUERY, operation
+from api.ratelimit import limited_by_address
 from pipeline import callbacks as cb
 from pipeline.partitioning import per_user_records
 from schemas.messages import DeliveryEvent
@@ -64,6 +65,7 @@ def _sendgrid_key(request: Request):
     return key
 
 
+@limited_by_address("callbacks")
 @operation("SendGrid event webhook", responses={200: CallbackReceipt}, query=ANY_QUERY)
 async def sendgrid_events(request: Request) -> Response:
     """Delivery, bounce, spam report, open and click events of emails sent through the batch provider."""
@@ -85,6 +87,7 @@ async def sendgrid_events(request: Request) -> Response:
     return JSONResponse(CallbackReceipt(accepted=len(read.events), skipped=read.skipped).model_dump())
 
 
+@limited_by_address("callbacks")
 @operation("Twilio message status callback", responses={200: CallbackReceipt}, query=ANY_QUERY)
 async def twilio_status(request: Request) -> Response:
     """Twilio's status changes of an SMS Herald sent (delivered, undelivered, failed)."""

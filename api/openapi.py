@@ -4,7 +4,8 @@ Each endpoint states its summary, body model and response models with
 ``@operation``; the rest is derived, so the document cannot drift from the
 code: paths and path parameters from the ``Route``, the description from the
 docstring's first paragraph, bearer security and the 401/403 answers from
-``require_role``, and the component schemas from the pydantic models.
+``require_role``, the 429 answer from ``require_role`` and ``limited_by_address``
+(api/ratelimit.py), and the component schemas from the pydantic models.
 """
 
 from __future__ import annotations
@@ -150,6 +151,8 @@ def build_document(routes: list[BaseRoute]) -> dict[str, Any]:
         ]
         parameters += [{"name": name, "in": "query", "required": False, "schema": schema}
                        for name, schema in (op.query or {}).items()]
+        if roles or getattr(route.endpoint, "rate_limited", False):
+            responses |= {"429": {"$ref": "#/components/responses/RateLimited"}}
         operation = {
             "summary": op.summary,
             "description": _description(route.endpoint),
@@ -175,7 +178,13 @@ def build_document(routes: list[BaseRoute]) -> dict[str, Any]:
                 "Error": {
                     "description": "Any 4xx or 5xx, in one shape",
                     "content": {"application/json": {"schema": refs[(ErrorBody, "serialization")]}},
-                }
+                },
+                "RateLimited": {  # api/ratelimit.py: per API key, or per client address on public routes
+                    "description": "Too Many Requests: over the rate limit; try again after Retry-After seconds",
+                    "headers": {name: {"schema": {"type": "integer"}} for name in
+                                ("Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")},
+                    "content": {"application/json": {"schema": refs[(ErrorBody, "serialization")]}},
+                },
             },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "An API key: hk_<prefix>_<secret>"}

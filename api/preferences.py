@@ -41,6 +41,7 @@ from starlette.routing import Route
 from api.auth import ROLES, Caller, require_role
 from api.errors import ApiError, FieldProblem, parse_body
 from api.openapi import ANY_QUERY, operation
+from api.ratelimit import limited_by_address
 from pipeline import audit
 from pipeline.attribution import parse_touches
 from pipeline.partitioning import per_user_records
@@ -346,6 +347,7 @@ async def _count_unsubscribe(request: Request, claim: UnsubscribeClaim, now: dat
         log.warning("unsubscribe not counted", campaign_id=claim.campaign_id, error=repr(exc))
 
 
+@limited_by_address("unsubscribe")
 @operation("Unsubscribe with a signed token", body=UnsubscribeRequest, responses={200: UnsubscribeResult})
 async def unsubscribe(request: Request) -> Response:
     """Switches off the channel a token was issued for; needs no API key, since the token is signed.
@@ -421,6 +423,7 @@ def _page_for_bad_token(request: Request) -> tuple[UnsubscribeClaim | None, HTML
         return None, _page(exc.status, "This unsubscribe link is not valid", advice)
 
 
+@limited_by_address("unsubscribe")
 @operation("Unsubscribe confirmation page", responses={200: "text/html"}, query=ANY_QUERY, errors=_PAGE_ERRORS)
 async def one_click_page(request: Request) -> Response:
     """Asks before unsubscribing: mail scanners prefetch links, so a GET never changes anything."""
@@ -432,6 +435,7 @@ async def one_click_page(request: Request) -> Response:
     return _page(200, f"Unsubscribe from {words}?", f"You will no longer receive {words} from us.", form=True)
 
 
+@limited_by_address("unsubscribe")
 @operation("One-click unsubscribe (RFC 8058)", responses={200: "text/html"}, query=ANY_QUERY, errors=_PAGE_ERRORS)
 async def one_click_unsubscribe(request: Request) -> Response:
     """The POST a mail client sends for ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``.

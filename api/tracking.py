@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from api.errors import ApiError
 from api.openapi import ANY_QUERY, operation
+from api.ratelimit import limited_by_address
 from pipeline.channels.tracking import PIXEL_GIF, InvalidTrackingToken, TrackedLink, link_key, read_token
 from pipeline.engagement import machine_open
 from pipeline.signing import signing_key
@@ -74,6 +75,7 @@ def _in_background(request: Request, link: TrackedLink, status: str, machine: bo
     task.add_done_callback(_pending.discard)
 
 
+@limited_by_address("tracking")
 @operation("Email open pixel", responses={200: "image/gif"}, query=ANY_QUERY)
 async def open_pixel(request: Request) -> Response:
     """A transparent 1×1 GIF; records that the email was opened (400 if the token is not Herald's)."""
@@ -87,6 +89,7 @@ async def open_pixel(request: Request) -> Response:
     return Response(PIXEL_GIF, media_type="image/gif", headers=_NO_STORE)
 
 
+@limited_by_address("tracking")
 @operation("Tracked link redirect", responses={302: "text/plain"}, query=ANY_QUERY)
 async def click_redirect(request: Request) -> Response:
     """Redirects (302) to the URL the token signs and records the click (400 if forged or altered)."""

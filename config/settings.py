@@ -78,6 +78,21 @@ class Settings(BaseSettings):
     # Where people reach Herald from outside: unsubscribe, tracking and preview links.
     public_url: str = "http://127.0.0.1:8080"
 
+    # Rate limits (api/ratelimit.py): a token bucket per API key and per client address on the public
+    # endpoints, in Redis so that every API process draws from the same one. Requests per second
+    # ("name=rate,..."), and the burst as seconds' worth of that rate. Keys by role, a key by its id
+    # ("api_rate_limit_keys": "17=50"); the public groups per client address. The defaults stay above
+    # what bench/api.py and bench/analytics.py ask of one key (500 requests/s); Twilio posts a status
+    # callback per SMS from a handful of addresses, and a webmail's image proxy fetches many people's
+    # pixels from one, so those groups are generous. Off: no limit at all (and no Redis call).
+    rate_limits: bool = True
+    api_rate_limits: str = Field(default="admin=1000,marketer=1000,analyst=1000",
+                                 pattern=r"^(\s*[a-z_]+=\d+(\.\d+)?\s*(,\s*[a-z_]+=\d+(\.\d+)?\s*)*)?$")
+    api_rate_limit_keys: str = Field(default="", pattern=r"^(\s*\d+=\d+(\.\d+)?\s*(,\s*\d+=\d+(\.\d+)?\s*)*)?$")
+    public_rate_limits: str = Field(default="unsubscribe=10,tracking=200,callbacks=500",
+                                    pattern=r"^(\s*[a-z_]+=\d+(\.\d+)?\s*(,\s*[a-z_]+=\d+(\.\d+)?\s*)*)?$")
+    rate_limit_burst_s: float = Field(default=2.0, gt=0)
+
     # Signing secret for unsubscribe tokens and tracked links; kept in .local/ when unset.
     signing_secret: str | None = None
 
@@ -97,6 +112,11 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
     smtp_from: str = "Herald <campaigns@herald.local>"
+    # CAN-SPAM: the sender's postal address, printed in every marketing email's text and HTML
+    # (pipeline/email_footer.py); set it to your organisation's real address. And an address that
+    # takes unsubscribe requests by mail, offered in List-Unsubscribe beside the one-click URL (unset: none).
+    sender_postal_address: str = "Herald Campaigns, 100 Example Street, Springfield, IL 62701, USA"
+    list_unsubscribe_mailto: str | None = None
     sms_url: str = "http://127.0.0.1:8091/2010-04-01/Accounts/ACherald/Messages.json"
     sms_account_sid: str = "ACherald"
     sms_auth_token: str = "herald-local"
@@ -163,6 +183,14 @@ class Settings(BaseSettings):
     # channel that is behind holds its own batches, not the other channels' batches read
     # after them, until this many are waiting (~25 kB each).
     gate_batches_pending: int = Field(default=256, ge=1)
+
+    # Retention (pipeline/retention.py): Cassandra message_log and user_events rows expire this many days
+    # after they are written (the tables' default_time_to_live, set by scripts/migrate.py; the spec's
+    # 30 days hot), and the user-events and delivery-events topics keep no record longer (schemas/topics.py).
+    # The audit log keeps rows this many days; agents/retention.py deletes older ones every purge period.
+    retention_days: int = Field(default=30, ge=1, le=20 * 365)  # Cassandra's TTL cap is 20 years
+    audit_retention_days: int = Field(default=400, ge=1)
+    audit_purge_every_s: float = Field(default=3600.0, gt=0)
 
     # The scheduler (agents/schedule.py): how often it looks for due campaigns (a scheduled start
     # fires within one tick plus the launch's acknowledgement: 0.2 s keeps it well inside 1 s at

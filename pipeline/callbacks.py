@@ -128,6 +128,8 @@ def verify_sendgrid(key: ec.EllipticCurvePublicKey, signature: str | None, times
         der = base64.b64decode(signature, validate=True)
     except (ValueError, binascii.Error):
         raise CallbackRefused("the signature or timestamp is malformed") from None
+    if base64.b64encode(der).decode() != signature:  # spare bits set in the last character: not as signed
+        raise CallbackRefused("the signature is not in canonical base64")
     if abs(now - stamp) > tolerance_s:
         raise CallbackRefused(f"the timestamp is more than {tolerance_s:.0f} s from now: a replay or a wrong clock")
     try:

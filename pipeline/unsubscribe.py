@@ -124,9 +124,14 @@ def list_unsubscribe_headers(settings: Settings, token: str) -> dict[str, str]:
     """The RFC 8058 headers an email carries so mail clients can offer one-click unsubscribe.
 
     The message must also be DKIM-signed over both headers for receivers to
-    trust them (RFC 8058 section 4); that is the sender's job.
+    trust them (RFC 8058 section 4); that is the sender's job. With
+    ``list_unsubscribe_mailto`` set, a mailto link (the token in its subject)
+    follows the https one, for clients that only mail (RFC 2369).
     """
+    links = [f"<{unsubscribe_url(settings, token)}>"]  # the https one first: clients take the first they can use
+    if settings.list_unsubscribe_mailto:
+        links.append(f"<mailto:{settings.list_unsubscribe_mailto}?subject=unsubscribe%20{token}>")
     return {
-        "List-Unsubscribe": f"<{unsubscribe_url(settings, token)}>",
+        "List-Unsubscribe": ", ".join(links),
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }

@@ -25,6 +25,11 @@ Delivery, per channel:
     claim:{ledger key}:{batch id}     a sender's claim on one outbox batch
     gate:deferred                     batches deferred by quiet hours, by release time
 
+The API's rate limits (api/ratelimit.py):
+
+    ratelimit:key:{key id}            an API key's token bucket
+    ratelimit:{group}:{address}       a client address's bucket on a public group (unsubscribe, tracking, callbacks)
+
 People:
 
     inbox:{user}                      a user's in-app inbox
@@ -220,3 +225,11 @@ def touch_key(user_id: int) -> str:
 
 
 TEST_CLOCK = "test:clock:offset_s"  # seconds the flows' clock runs ahead (HERALD_TEST_CLOCK workers only)
+
+
+def api_key_limit_key(key_id: int) -> str:
+    return f"ratelimit:key:{key_id}"
+
+
+def address_limit_key(group: str, address: str) -> str:
+    return f"ratelimit:{group}:{address}"

@@ -72,7 +72,12 @@ _P = settings.topic_partitions
 
 # Latest state per key (compacted) or a log of facts (deleted after retention).
 USER_PROFILES = TopicSpec("user-profiles", _P, UserProfile, compacted=True)
-USER_EVENTS = TopicSpec("user-events", _P, UserEvent, retention_ms=WEEK_MS)
+# Retention (pipeline/retention.py): user-events feeds Cassandra user_events and delivery-events feeds
+# message_log, whose rows expire HERALD_RETENTION_DAYS after their write. The topics "match" them: they keep
+# a record for what their consumers need (a week; four for the aggregate's replays) but never longer than
+# the tables keep its row, so no replay can write back a fact the store has let expire.
+_RETAINED_MS = settings.retention_days * 24 * 3600 * 1000
+USER_EVENTS = TopicSpec("user-events", _P, UserEvent, retention_ms=min(WEEK_MS, _RETAINED_MS))
 PREFERENCE_UPDATES = TopicSpec("preference-updates", _P, PreferenceUpdate, compacted=True)
 CAMPAIGN_LAUNCHES = TopicSpec("campaign-launches", _P, CampaignLaunch)
 CAMPAIGN_CONTROL = TopicSpec("campaign-control", _P, CampaignControl)
@@ -81,7 +86,8 @@ DEAD_LETTERS = TopicSpec("dead-letters", _P, DeadLetter, retention_ms=4 * WEEK_M
 # The delivery pipeline (schemas/messages.py): batches of recipients, one partition each.
 MESSAGE_REQUESTS = TopicSpec("message-requests", _P, MessageBatch, retention_ms=WEEK_MS)
 OUTBOX = {channel: TopicSpec(f"outbox.{channel}", _P, MessageBatch, retention_ms=WEEK_MS) for channel in CHANNELS}
-DELIVERY_EVENTS = TopicSpec("delivery-events", _P, DeliveryEventBatch, retention_ms=4 * WEEK_MS)
+DELIVERY_EVENTS = TopicSpec("delivery-events", _P, DeliveryEventBatch,
+                            retention_ms=min(4 * WEEK_MS, _RETAINED_MS))
 # The trigger stages (schemas/journeys.py): events some flow listens to, and due timers, per partition.
 JOURNEY_SIGNALS = TopicSpec("journey-signals", _P, JourneySignal, retention_ms=WEEK_MS)
 

@@ -21,6 +21,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from config import Settings, get_settings
+from pipeline.retention_io import apply_table_ttls
 from pipeline.stores.cassandra import connect
 from schemas.topics import TOPICS
 
@@ -60,7 +61,7 @@ def cql_statements(keyspace: str) -> list[str]:
 
 
 def migrate_cassandra(settings: Settings) -> int:
-    """Create the keyspace and tables; return how many statements ran."""
+    """Create the keyspace and tables and set the retained tables' TTL; return how many statements ran."""
     cluster, session = connect(settings)
     try:
         statements = cql_statements(settings.cassandra_keyspace)
@@ -72,7 +73,8 @@ def migrate_cassandra(settings: Settings) -> int:
             session.execute(f"DROP TABLE {settings.cassandra_keyspace}.campaign_metrics", timeout=60)
         for statement in statements:
             session.execute(statement, timeout=60)
-        return len(statements)
+        # message_log and user_events expire after HERALD_RETENTION_DAYS (pipeline/retention.py).
+        return len(statements) + len(apply_table_ttls(settings, session))
     finally:
         cluster.shutdown()
 

@@ -95,6 +95,10 @@ def read_token(key: bytes, token: str) -> TrackedLink:
         raw = _unb64(token)
     except (binascii.Error, ValueError):
         raise InvalidTrackingToken("not URL-safe base64") from None
+    # Only the spelling make_token writes: the decoder also takes "+" and "/", skips stray characters and
+    # ignores the last character's spare bits, which would let several strings pass as one token.
+    if _b64(raw) != token:
+        raise InvalidTrackingToken("not URL-safe base64 as Herald writes it")
     if len(raw) < _HEAD.size + _MAC_BYTES:
         raise InvalidTrackingToken("too short to be a tracking token")
     body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]

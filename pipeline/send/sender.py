@@ -14,7 +14,7 @@ For each MessageBatch (one campaign, one channel, one partition, many users):
 3. **Campaign and profiles**: the campaign's content for the channel, compiled once and
    cached; the recipients' profiles in ONE PostgreSQL query per batch.
 4. **Render once per message to what the provider takes** (email: the MIME bytes, with
-   List-Unsubscribe headers, tracked links and an open pixel), before any retry.
+   List-Unsubscribe headers, the CAN-SPAM footer, tracked links and an open pixel), before any retry.
 5. **Rate**: tokens from the channel's bucket in Redis (pipeline/send/pacing.py, one Lua call
    per chunk, shared by every worker), then the adapter's ``send_many`` (concurrent, kept-alive).
 6. **Retry**: transient outcomes (timeouts, 5xx, 429 with Retry-After) are retried in process
@@ -68,6 +68,7 @@ from pipeline.send.ledger import AckWriter, BatchClaims, SendLedger
 from pipeline.send.pacing import TokenBucket
 from pipeline.signing import signing_key
 from pipeline.templates import CompiledTemplate, RenderError, message_variables
+from pipeline.email_footer import with_footer
 from pipeline.unsubscribe import list_unsubscribe_headers, make_unsubscribe_token, unsubscribe_url
 from schemas.messages import DeliveryEvent, DeliveryEventBatch, MessageBatch, Recipient, message_id
 from schemas.encoding import encode, from_json
@@ -357,6 +358,7 @@ class Sender:
         raw = None
         if self.channel == "email":
             headers = list_unsubscribe_headers(self.settings, token)
+            parts = with_footer(parts, self.settings.sender_postal_address, unsubscribe)  # CAN-SPAM
             if parts.get("html"):
                 parts["html"] = rewrite_links(parts["html"], self.public_url, self.link_key, mid, batch.campaign_id,
                                               r.user_id, r.variant, skip_prefixes=(self.unsubscribe_prefix,),

@@ -23,8 +23,10 @@ from tests.helpers.api import bearer, unique_name
 
 @pytest.fixture(scope="session")
 def api_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """No key cache (revocation is immediate) and a private admin key file."""
-    return settings.model_copy(update={"api_key_cache_s": 0, "local_dir": tmp_path_factory.mktemp("local")})
+    """No key cache (revocation is immediate), a private admin key file, and public rate limits high enough
+    for a whole session of tests from one client address (test_rate_limits.py sets its own low ones)."""
+    return settings.model_copy(update={"api_key_cache_s": 0, "local_dir": tmp_path_factory.mktemp("local"),
+                                       "public_rate_limits": "unsubscribe=1000,tracking=1000,callbacks=1000"})
 
 
 @pytest.fixture(scope="session")
