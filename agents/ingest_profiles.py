@@ -12,16 +12,18 @@ from pipeline.app import app, clients, settings
 from schemas.topics import USER_PROFILES
 from pipeline.batch_consumer import run_forever
 from pipeline.codecs import RawRecord, decode_batch
+from pipeline.pii_keys import pii_keyring
 from pipeline.sinks import store_batch
 from pipeline.stores.postgres import upsert_users
 from schemas.records import UserProfile
 
+keyring = pii_keyring(settings)
 
 
 async def ingest_batch(raws: list[RawRecord]) -> None:
     pool = await clients.postgres()
     decoded = decode_batch(raws, UserProfile, stage="ingest_profiles")
-    refused = await store_batch(decoded, lambda profiles: upsert_users(pool, profiles), "ingest_profiles")
+    refused = await store_batch(decoded, lambda profiles: upsert_users(pool, keyring, profiles), "ingest_profiles")
     await send_dead_letters(decoded.dead + refused)
 
 

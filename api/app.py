@@ -13,6 +13,7 @@ server clients in the lifespan. Handlers find what they need on
     kafka       started AIOKafkaProducer
     audience    live pipeline.segments.AudienceStore (estimates and membership)
     key_cache   verified API keys (``api.auth``)
+    pii         the email/phone encryption Keyring (``pipeline.pii``)
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from api.body_limit import BodyLimitMiddleware
 from api.clients import open_clients
 from api.errors import exception_handlers
 from config import Settings, get_settings
+from pipeline.logs import configure_logging
+from pipeline.pii_keys import pii_keyring
 from pipeline.segments import open_audience
 
 MODULES = (health, metrics, openapi, keys, campaigns, analytics, dashboard, campaign_runs, journeys, segments, templates,
@@ -63,4 +66,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
+    app.state.pii = pii_keyring(settings)  # email and phone at rest (pipeline/pii.py)
+    configure_logging()  # no address or phone number reaches a log line
     return app

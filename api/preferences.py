@@ -45,6 +45,7 @@ from api.ratelimit import limited_by_address
 from pipeline import audit
 from pipeline.attribution import parse_touches
 from pipeline.partitioning import per_user_records
+from pipeline.pii import CONTACT_COLUMNS, email_index, sealed
 from pipeline.signing import signing_key
 from pipeline.unsubscribe import InvalidUnsubscribeToken, MalformedToken, UnsubscribeClaim, read_unsubscribe_token
 from schemas.preferences import (
@@ -184,7 +185,7 @@ async def change_preferences(
         # publish inside the lock is what keeps the topic in the order of the changes.
         await conn.execute("SELECT pg_advisory_xact_lock($1, hashint8($2))", _LOCK_SPACE, user_id)
         for _ in range(3):
-            user = await conn.fetchrow("SELECT email FROM users WHERE user_id = $1", user_id)
+            user = await conn.fetchrow(f"SELECT {CONTACT_COLUMNS}, email_idx FROM users WHERE user_id = $1", user_id)
             if user is None:
                 raise UserNotFound
             if check_user is not None:
@@ -210,10 +211,10 @@ async def change_preferences(
                 )
                 for channel in switched_off(before, after):
                     await conn.execute(
-                        "INSERT INTO unsubscribes (user_id, email, channel, reason, campaign_id, source)"
-                        " VALUES ($1, $2, $3, $4, $5, $6)",
+                        "INSERT INTO unsubscribes (user_id, email_enc, email_idx, channel, reason, campaign_id, source)"
+                        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
                         user_id,
-                        user["email"] if channel == "email" else None,
+                        *(_sealed_email(request, user) if channel == "email" else (None, None)),
                         channel,
                         reason,
                         campaign_id,
@@ -222,6 +223,18 @@ async def change_preferences(
             await _publish(request, after)
             return before, after
     raise RuntimeError(f"preferences of user {user_id} kept changing under three attempts in a row")
+
+
+def _sealed_email(request: Request, user: asyncpg.Record) -> tuple[str | None, str | None]:
+    """The unsubscribes row's (email_enc, email_idx): the user's address as stored, encrypted."""
+    if user["email_enc"] is not None:
+        return user["email_enc"], user["email_idx"]
+    return sealed(request.app.state.pii, "email", user["email"])  # a row from before migration 012
+
+
+def _email_index_of(request: Request, user: asyncpg.Record) -> str | None:
+    """The blind index of the user's address (computed for a row from before migration 012)."""
+    return user["email_idx"] or sealed(request.app.state.pii, "email", user["email"])[1]
 
 
 def _not_found(user_id: int) -> ApiError:
@@ -300,7 +313,7 @@ async def _unsubscribe(
     email: str | None = None,
 ) -> tuple[Preferences, Preferences]:
     def same_address(user: asyncpg.Record) -> None:
-        if email is not None and (user["email"] or "").strip().lower() != email.strip().lower():
+        if email is not None and _email_index_of(request, user) != email_index(request.app.state.pii, email):
             raise ApiError(
                 403,
                 "token_mismatch",

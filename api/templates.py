@@ -46,6 +46,7 @@ from pipeline.content.validate import (
     normalize_parts,
     table_shape_parts,
 )
+from pipeline.pii import CONTACT_COLUMNS, contact_of
 from pipeline.templates import (
     CHANNELS,
     TABLE_FIELDS,
@@ -69,7 +70,7 @@ EDITORS = ("admin", "marketer")
 _EDITABLE = ("name", "description", "category", "parts", "default_language", "translations", "variants")
 _TABLE_SHAPE = ("subject", "body")  # the spec's templates table: mapped onto parts
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
-_USER_COLUMNS = "user_id, email, phone, first_name, last_name, country, language, timezone, attributes, push_tokens"
+_USER_COLUMNS = f"user_id, {CONTACT_COLUMNS}, first_name, last_name, country, language, timezone, attributes, push_tokens"
 
 
 class NewTemplate(BaseModel):
@@ -464,6 +465,8 @@ async def _profile(request: Request, ask: PreviewRequest) -> dict[str, Any]:
     if row is None:
         raise ApiError(404, "not_found", f"no user {ask.user_id}")
     profile = dict(row)
+    profile["email"], profile["phone"] = contact_of(request.app.state.pii, row)
+    del profile["email_enc"], profile["phone_enc"]
     for key in ("attributes", "push_tokens"):
         if isinstance(profile[key], str):
             profile[key] = orjson.loads(profile[key])

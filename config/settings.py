@@ -95,6 +95,10 @@ class Settings(BaseSettings):
 
     # Signing secret for unsubscribe tokens and tracked links; kept in .local/ when unset.
     signing_secret: str | None = None
+    # Email and phone encryption at rest (pipeline/pii.py): "id=<64 hex>,..." (the first key encrypts,
+    # all decrypt), and the blind-index key (hex, >= 16 bytes). Kept in .local/ when unset.
+    pii_keys: str | None = None
+    pii_index_key: str | None = None
 
     # Audience store (pipeline/segments): snapshots and how fast it follows the topics.
     audience_snapshot_s: float = Field(default=60.0, gt=0)

@@ -35,6 +35,7 @@ from pipeline import journey_exits
 from pipeline.release_windows import FULL_BATCH, ReleaseWindow
 from pipeline.campaign_state import campaign_status, load_campaign
 from pipeline.control_io import HeldBatches
+from pipeline.pii import HAS_EMAIL_SQL, HAS_PHONE_SQL
 from pipeline.worker_clients import WorkerClients
 from schemas.encoding import from_json
 from schemas.keys import DEFERRED, lag_key, reservations_key, spend_key
@@ -199,7 +200,7 @@ class GateIO:
     async def profiles(self, user_ids: list[int]) -> dict[int, gate_rules.Profile]:
         pool = await self.postgres()
         rows = await pool.fetch(
-            "SELECT user_id, timezone, email IS NOT NULL AS e, phone IS NOT NULL AS p,"
+            f"SELECT user_id, timezone, {HAS_EMAIL_SQL} AS e, {HAS_PHONE_SQL} AS p,"
             " jsonb_array_length(push_tokens) > 0 AS t FROM users WHERE user_id = ANY($1::bigint[])",
             user_ids,
         )

@@ -43,6 +43,11 @@ def purpose_key(key: bytes, purpose: str) -> bytes:
     return hmac.new(key, f"herald:{purpose}".encode(), hashlib.sha256).digest()
 
 
+def local_secret(path: Path) -> bytes:
+    """A random secret kept in ``path`` (hex, mode 0600), created there the first time."""
+    return _key_file(path)
+
+
 @lru_cache(maxsize=8)
 def _key_file(path: Path) -> bytes:
     if not path.exists():

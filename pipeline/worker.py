@@ -7,6 +7,7 @@ name (agents import it too) rather than a second time as ``__main__``.
 import os
 
 from pipeline.app import app, settings
+from pipeline.logs import configure_logging
 from pipeline.memory import GiveBacks, HeapDumps
 
 # With PYTHONTRACEMALLOC set, `touch .local/logs/heap-dump.request` makes each worker write where its heap is
@@ -24,6 +25,7 @@ async def memory_on_request() -> None:
 
 
 def main() -> None:
+    configure_logging()  # no address or phone number reaches a worker's log
     app.main()
 
 

@@ -33,6 +33,7 @@ import orjson
 from config import Settings
 from pipeline.channels.base import Message, OnResult, SendResult
 from pipeline.channels.http import HTTP_ERRORS, http_client, status_failure, transport_failure
+from pipeline.pii import redact  # reasons are stored and logged: no address in them
 
 MAX_PERSONALIZATIONS = 1000
 TEXT, HTML = "-herald-text-", "-herald-html-"
@@ -86,7 +87,7 @@ class SendGridBatch:
             text = "; ".join(f"{e.get('field') or ''}: {e.get('message')}".strip(": ") for e in errors)
         except (ValueError, AttributeError):
             text = response.text[:200]
-        result = status_failure(response, f"{response.status_code} {text or response.reason_phrase}".strip(),
+        result = status_failure(response, redact(f"{response.status_code} {text or response.reason_phrase}".strip()),
                                 code=str(response.status_code))
         return [result] * len(messages)
 

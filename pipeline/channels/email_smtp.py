@@ -20,6 +20,7 @@ import aiosmtplib
 from config import Settings
 from pipeline.channels.base import ConcurrentSends, Message, SendResult
 from pipeline.channels.mime import _BARE_ADDRESS, build_email, envelope_address, format_address
+from pipeline.pii import redact
 
 
 class SmtpChannel(ConcurrentSends):
@@ -139,7 +140,7 @@ class SmtpChannel(ConcurrentSends):
 
 
 def _reply_result(code: int, text: str, recipient: bool) -> SendResult:
-    reason = f"{code} {text}".strip()
+    reason = redact(f"{code} {text}".strip())  # "550 <a@b> unknown": reasons are stored and logged
     if 500 <= code < 600:
         return SendResult.permanent(reason, code=str(code), recipient_problem=recipient)
     return SendResult.transient(reason, code=str(code))

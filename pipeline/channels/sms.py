@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 from config import Settings
 from pipeline.channels.base import ConcurrentSends, Message, SendResult
 from pipeline.channels.http import HTTP_ERRORS, http_client, status_failure, transport_failure
+from pipeline.pii import redact  # providers quote the number back; reasons are stored and logged
 
 # 21211 invalid To, 21214 To cannot be reached, 21408 region not enabled for To,
 # 21610 recipient replied STOP, 21612 To/From cannot be connected, 21614 To is not a mobile number
@@ -58,14 +59,14 @@ class TwilioSms(ConcurrentSends):
         if response.is_success:
             if answer.get("status") == "failed" or answer.get("error_code"):
                 return SendResult.permanent(
-                    str(answer.get("error_message") or "the provider marked the message failed"),
+                    redact(str(answer.get("error_message") or "the provider marked the message failed")),
                     code=str(answer.get("error_code")),
                 )
             return SendResult.sent(answer.get("sid"))
         code = answer.get("code")
         reason = f"{response.status_code} {code or ''} {answer.get('message') or response.reason_phrase}"
         return status_failure(
-            response, " ".join(reason.split()), code=None if code is None else str(code),
+            response, redact(" ".join(reason.split())), code=None if code is None else str(code),
             recipient_problem=isinstance(code, int) and code in RECIPIENT_CODES,
         )
 

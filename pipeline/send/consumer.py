@@ -24,6 +24,7 @@ from config import Settings
 from pipeline.batch_consumer import GROUP_TIMEOUTS
 from pipeline.channels import make_channel
 from pipeline.codecs import RawRecord
+from pipeline.pii_keys import pii_keyring
 from pipeline.release_windows import SenderSlots
 from pipeline.send.pacing import QueueLag
 from pipeline.send.sender import (
@@ -47,7 +48,7 @@ async def run_sender(settings: Settings, channel: str, topic: str, emit_events: 
     the worker, not here; the provider adapter is this sender's own and closed on the way out.
     """
     adapter = make_channel(channel, settings, redis, **adapter_options(settings, channel))
-    sender = Sender(settings, channel, redis, adapter, CampaignPlans(pool, settings, channel), PostgresProfiles(pool),
+    sender = Sender(settings, channel, redis, adapter, CampaignPlans(pool, settings, channel), PostgresProfiles(pool, pii_keyring(settings)),
                     emit_events, emit_dead, chunk=send_chunk(settings, channel))
     delay = 0.5
     try:

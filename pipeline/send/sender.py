@@ -53,6 +53,7 @@ from pipeline.channels.base import SENT, TRANSIENT
 from pipeline.channels.tracking import link_key, rewrite_links
 from pipeline.codecs import RawRecord, dead_letter, decode_batch
 from pipeline.control_io import HeldBatches
+from pipeline.pii import CONTACT_COLUMNS, Keyring, contact_of
 from pipeline.send.decisions import (
     RetryPolicy,
     SendPlan,
@@ -125,15 +126,16 @@ class CampaignPlans:
 
 # ---------------------------------------------------------------- profiles
 
-PROFILE_COLUMNS = ("user_id, email, phone, first_name, last_name, country, language, timezone, attributes,"
+PROFILE_COLUMNS = (f"user_id, {CONTACT_COLUMNS}, first_name, last_name, country, language, timezone, attributes,"
                    " push_tokens")
 
 
 class PostgresProfiles:
-    """The recipients' profiles, one query per batch."""
+    """The recipients' profiles, one query per batch, their addresses decrypted (pipeline/pii.py)."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, keyring: Keyring) -> None:
         self.pool = pool
+        self.keyring = keyring
 
     async def fetch(self, user_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         if not user_ids:
@@ -143,6 +145,8 @@ class PostgresProfiles:
         profiles = {}
         for row in rows:
             profile = dict(row)
+            profile["email"], profile["phone"] = contact_of(self.keyring, row)
+            del profile["email_enc"], profile["phone_enc"]
             profile["attributes"] = from_json(profile["attributes"]) or {}
             profile["push_tokens"] = from_json(profile["push_tokens"]) or []
             profiles[profile["user_id"]] = profile

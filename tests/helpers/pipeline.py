@@ -14,7 +14,9 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import RecordMetadata
 
-from config import Settings
+from config import Settings, get_settings
+from pipeline.pii import Keyring, contact_columns, sealed
+from pipeline.pii_keys import pii_keyring
 from schemas.campaigns import CampaignLaunch, LaunchVariant, campaign_key
 from schemas.encoding import encode
 from schemas.topics import CAMPAIGN_LAUNCHES, MESSAGE_REQUESTS
@@ -29,19 +31,39 @@ DEFAULT_CONTENT: dict[str, dict[str, Any]] = {
 }
 
 
-def _user_row(uid: int, language: str) -> tuple:
-    return (uid, f"u{uid}@example.test", f"+1555{uid % 10**7:07d}", f"First{uid % 1000}", "Tester", "US", language,
-            "UTC", "{}", orjson.dumps([f"token-{uid}"]).decode())
+def user_email(uid: int) -> str:
+    return f"u{uid}@example.test"
+
+
+def user_phone(uid: int) -> str:
+    return f"+1555{uid % 10**7:07d}"
+
+
+def _user_row(keyring: Keyring, uid: int, language: str) -> tuple:
+    contact = contact_columns(keyring, user_email(uid), user_phone(uid))
+    return (uid, contact["email_enc"], contact["email_idx"], contact["phone_enc"], contact["phone_idx"],
+            f"First{uid % 1000}", "Tester", "US", language, "UTC", "{}", orjson.dumps([f"token-{uid}"]).decode())
 
 
 async def insert_users(conn: asyncpg.Connection, user_ids: Sequence[int],
-                       language: Callable[[int], str] = lambda uid: "en") -> None:
-    """Users with an email, a phone, a push token and ``language(uid)``, written by COPY."""
+                       language: Callable[[int], str] = lambda uid: "en", keyring: Keyring | None = None) -> None:
+    """Users with an email, a phone (encrypted, as ingestion stores them), a push token and ``language(uid)``."""
+    keyring = keyring or pii_keyring(get_settings())
     await conn.copy_records_to_table(
-        "users", records=[_user_row(uid, language(uid)) for uid in user_ids],
-        columns=["user_id", "email", "phone", "first_name", "last_name", "country", "language", "timezone",
-                 "attributes", "push_tokens"],
+        "users", records=[_user_row(keyring, uid, language(uid)) for uid in user_ids],
+        columns=["user_id", "email_enc", "email_idx", "phone_enc", "phone_idx", "first_name", "last_name", "country",
+                 "language", "timezone", "attributes", "push_tokens"],
     )
+
+
+async def set_contact(conn: asyncpg.Connection, user_id: int, keyring: Keyring | None = None, **contact: str | None
+                      ) -> None:
+    """Change a stored user's ``email`` and/or ``phone`` (None: has none), as ingestion would store it."""
+    keyring = keyring or pii_keyring(get_settings())
+    for field, value in contact.items():
+        enc, idx = sealed(keyring, field, value)
+        await conn.execute(f"UPDATE users SET {field} = NULL, {field}_enc = $2, {field}_idx = $3 WHERE user_id = $1",
+                           user_id, enc, idx)
 
 
 async def insert_static_segment(conn: asyncpg.Connection, user_ids: Sequence[int], name: str) -> int:

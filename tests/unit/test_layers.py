@@ -29,7 +29,7 @@ PURE = (
     "pipeline.metrics", "pipeline.control", "pipeline.aggregate", "pipeline.send.decisions", "pipeline.segments.dsl",
     "pipeline.segments.compile", "pipeline.content.engine", "pipeline.content.model", "pipeline.partitioning",
     "pipeline.schedule", "pipeline.journeys.model", "pipeline.journeys.rules", "pipeline.journeys.engine",
-    "pipeline.journeys.flows", "pipeline.journeys.timers", "pipeline.journeys.matching",
+    "pipeline.journeys.flows", "pipeline.journeys.timers", "pipeline.journeys.matching", "pipeline.pii",
 )
 
 

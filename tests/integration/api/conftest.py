@@ -18,6 +18,8 @@ from api.app import create_app
 from api.auth import key_digest
 from api.keys import bootstrap_admin_key
 from config import Settings
+from pipeline.pii import contact_columns
+from pipeline.pii_keys import pii_keyring
 from tests.helpers.api import bearer, unique_name
 
 
@@ -90,7 +92,9 @@ async def make_user(api_settings) -> AsyncIterator[MakeUser]:
     async def make(email: str | None = "") -> int:
         user_id = next(_next_id)
         address = f"pref-{user_id}@example.com" if email == "" else email
-        await conn.execute("INSERT INTO users (user_id, email) VALUES ($1, $2)", user_id, address)
+        contact = contact_columns(pii_keyring(api_settings), address, None)  # stored as ingestion stores it
+        await conn.execute("INSERT INTO users (user_id, email_enc, email_idx) VALUES ($1, $2, $3)",
+                           user_id, contact["email_enc"], contact["email_idx"])
         created.append(user_id)
         return user_id
 

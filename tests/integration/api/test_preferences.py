@@ -13,6 +13,8 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 
+from pipeline.pii import decrypt, email_index
+from pipeline.pii_keys import pii_keyring
 from pipeline.signing import signing_key
 from pipeline.unsubscribe import make_unsubscribe_token
 from schemas.preferences import CATEGORIES, PreferenceUpdate, preference_key
@@ -96,7 +98,10 @@ async def test_patch_persists_records_the_unsubscribe_and_audits(client, api_set
 
     (unsub,) = await fetch(api_settings, "SELECT * FROM unsubscribes WHERE user_id = $1", user_id)
     assert unsub["channel"] == "email" and unsub["reason"] == "Too many emails"
-    assert unsub["email"] == f"pref-{user_id}@example.com" and unsub["source"] == "api"
+    keyring = pii_keyring(api_settings)  # the address is kept encrypted, found by its blind index
+    assert unsub["email"] is None and unsub["source"] == "api"
+    assert decrypt(keyring, "email", unsub["email_enc"]) == f"pref-{user_id}@example.com"
+    assert unsub["email_idx"] == email_index(keyring, f"PREF-{user_id}@example.com ")
     (audit,) = await fetch(
         api_settings,
         "SELECT * FROM audit_log WHERE entity_type = 'user_preferences' AND entity_id = $1", str(user_id),

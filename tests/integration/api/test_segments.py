@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 
 from pipeline.launch_audience import exclusion_cycle
 from config import Settings
+from pipeline.pii_keys import pii_keyring
 from pipeline.stores.postgres import upsert_users
 from schemas.records import UserProfile
 from tests.helpers.api import assert_error, bearer, unique_name
@@ -62,7 +63,7 @@ def profiles(token: str, tiers: dict[str, int], first_id: int) -> list[UserProfi
 
 async def publish(settings: Settings, pool: asyncpg.Pool, users: list[UserProfile]) -> None:
     """As upstream plus ingestion would: into PostgreSQL's users, and onto the profiles topic."""
-    await upsert_users(pool, users)
+    await upsert_users(pool, pii_keyring(settings), users)
     records = [(str(u.user_id).encode(), orjson.dumps(u.model_dump(mode="json"))) for u in users]
     await produce(settings.kafka_brokers, "user-profiles", records)
 

@@ -19,7 +19,7 @@ from pipeline.callbacks import callback_args
 from schemas import keys
 from schemas.messages import message_id
 from tests.helpers.api import new_key, serve
-from tests.helpers.pipeline import PipelineCampaign
+from tests.helpers.pipeline import PipelineCampaign, set_contact
 from tests.peers import SendGridPeer, TwilioPeer
 from tests.peers.callbacks import sendgrid_signer
 
@@ -96,8 +96,8 @@ async def test_callbacks_count_delivery_bounces_opens_clicks_and_complaints_once
     fates = {u[0]: "bounce", u[1]: "bounce", u[2]: "complain", u[3]: "opener", u[4]: "opener", u[5]: "clicker",
              u[6]: "machine"}
     for uid, what in fates.items():
-        await pipeline_pool.execute("UPDATE users SET email = $2 WHERE user_id = $1", uid, f"{what}-{uid}@example.test")
-    await pipeline_pool.execute("UPDATE users SET phone = '+15551230003' WHERE user_id = $1", u[7])  # unreachable
+        await set_contact(pipeline_pool, uid, email=f"{what}-{uid}@example.test")
+    await set_contact(pipeline_pool, u[7], phone="+15551230003")  # unreachable
     await c.launch()
 
     want_email = {"sent": 12, "delivered": 10, "bounced": 2, "opened": 3, "clicked": 1, "machine_opened": 1,

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from pipeline.channels import make_channel
 from pipeline.codecs import RawRecord
+from pipeline.pii_keys import pii_keyring
 from pipeline.send.ledger import BatchClaims
 from pipeline.send.pacing import TokenBucket
 from pipeline.send.sender import CampaignPlans, PostgresProfiles, Sender
@@ -28,7 +29,7 @@ class Worker:
         self.adapter = make_channel("sms", self.settings, self.redis, connections=4)
         self.events: list = []
         self.sender = Sender(self.settings, "sms", self.redis, self.adapter, CampaignPlans(pool, self.settings, "sms"),
-                             PostgresProfiles(pool), self._events, self._dead,
+                             PostgresProfiles(pool, pii_keyring(settings)), self._events, self._dead,
                              bucket=TokenBucket(self.redis, f"claims-test-{tag}", 1e6))
 
     async def _events(self, partition: int, batch: DeliveryEventBatch) -> None:

@@ -26,6 +26,7 @@ from schemas.encoding import encode
 from schemas.preferences import Preferences, preference_key
 from tests.helpers.kafka import end_offsets
 from tests.helpers.kafka import read_campaign_records
+from tests.helpers.pipeline import set_contact
 
 
 def _one_partition(campaign, settings, n: int) -> tuple[int, list[int]]:
@@ -109,7 +110,7 @@ async def test_gate_suppresses_with_reasons_dedups_replays_and_caps(worker, sett
     capped = Preferences(user_id=u[1], frequency_cap={"email": 1}).to_update()
     for pref in (opted_out, capped):
         last_pref = await _send(settings, PREFERENCE_UPDATES.name, p, preference_key(pref.user_id), encode(pref))
-    await pipeline_pool.execute("UPDATE users SET email = NULL WHERE user_id = $1", u[2])
+    await set_contact(pipeline_pool, u[2], email=None)
     bounce = DeliveryEventBatch(events=[DeliveryEvent(message_id=message_id(cid, u[3], "email", "earlier"),
                                                       campaign_id=cid, user_id=u[3], channel="email", step="earlier",
                                                       status="bounced", reason="550 mailbox unavailable")])
