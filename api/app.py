@@ -24,7 +24,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from api import (
-    analytics, audit_log, callbacks, campaign_runs, campaigns, dashboard, dead_letters, health, inbox, journeys, keys,
+    analytics, audit_log, callbacks, campaign_runs, campaigns, dashboard, dead_letters, erasure, health, inbox, journeys,
+    keys,
     metrics, openapi, preferences, segments, templates, tracking,
 )
 from api.auth import KeyCache
@@ -34,7 +35,7 @@ from config import Settings, get_settings
 from pipeline.segments import open_audience
 
 MODULES = (health, metrics, openapi, keys, campaigns, analytics, dashboard, campaign_runs, journeys, segments, templates,
-           preferences, audit_log, tracking, callbacks, inbox, dead_letters)
+           preferences, audit_log, tracking, callbacks, inbox, dead_letters, erasure)
 
 
 @asynccontextmanager
