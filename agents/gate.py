@@ -44,6 +44,7 @@ from redis.exceptions import RedisError
 
 from agents._io import emit_events, send_dead_letters
 from pipeline import control
+from pipeline import erase as erase_rules
 from pipeline import gate as gate_rules
 from pipeline.app import app, clients, message_requests_topic, outbox_topics, settings
 from pipeline.codecs import RawRecord, dead_letter, explain
@@ -118,12 +119,14 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
 
     # Read the state of every user in the batch: a few bucket keys, one Postgres query.
     buckets = gate_rules.group_by_bucket(partition, uids)
+    profiles = await stores.profiles(uids)
     view = gate_rules.GateView(
         consent=_users(gate_preferences, buckets), suppressed=_users(gate_suppressions, buckets),
-        history=_users(gate_history, buckets), profiles=await stores.profiles(uids),
+        history=_users(gate_history, buckets), profiles=profiles,
     )
     asks, verdicts = {}, {}
     gone = await stores.exited(campaign.journey_id, batch.step, uids) if campaign.journey_id else set()
+    erased = await stores.erased(uids, profiles)  # GDPR erasures (pipeline/erase.py): never sent to
     for ch in channels:
         asks[ch] = gate_rules.Ask(batch.campaign_id, ch, batch.step, batch.category, batch.transactional,
                              f"{partition}:{offset}", now, campaign.quiet_hours, stores.policy,
@@ -131,6 +134,8 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
         verdicts[ch] = gate_rules.screen(asks[ch], uids, view)
         if gone:
             verdicts[ch] = gate_rules.drop_users(verdicts[ch], gone, "journey_exit")
+        if erased:
+            verdicts[ch] = gate_rules.drop_users(verdicts[ch], erased, erase_rules.ERASED_REASON)
     if campaign.max_spend is not None:
         wanted = {ch: len(gate_rules.releases(v)) for ch, v in verdicts.items()}
         allowed = await stores.reserve_budget(batch.campaign_id, f"{partition}:{offset}", campaign.max_spend,

@@ -2,12 +2,17 @@
 
 Input: ``user-profiles`` (JSON ``UserProfile``, keyed by user_id, compacted).
 Output: ``dead-letters`` for records that fail validation or that the store refuses.
-Side effects: upserts users in PostgreSQL, one statement per batch. Runs as a bulk
+Side effects: upserts users in PostgreSQL, one statement per batch. A tombstone (an erasure's,
+pipeline/erase.py: the API already deleted the row) is skipped; a profile of an erased user is
+dropped unless it is a new sign-up, which clears the erasure's marker. Runs as a bulk
 consumer task of the Faust worker (see ``pipeline.batch_consumer`` for why); offsets are
 committed only after the batch is stored.
 """
 
 from agents._io import send_dead_letters
+from pipeline import erase
+from pipeline.erase_io import drop_erased
+from pipeline.signing import signing_key
 from pipeline.app import app, clients, settings
 from schemas.topics import USER_PROFILES
 from pipeline.batch_consumer import run_forever
@@ -22,7 +27,8 @@ keyring = pii_keyring(settings)
 
 async def ingest_batch(raws: list[RawRecord]) -> None:
     pool = await clients.postgres()
-    decoded = decode_batch(raws, UserProfile, stage="ingest_profiles")
+    decoded = decode_batch([r for r in raws if r.value], UserProfile, stage="ingest_profiles")
+    decoded = await drop_erased(pool, erase.marker_key(signing_key(settings)), decoded, "ingest_profiles")
     refused = await store_batch(decoded, lambda profiles: upsert_users(pool, keyring, profiles), "ingest_profiles")
     await send_dead_letters(decoded.dead + refused)
 

@@ -36,4 +36,8 @@ async def replicate_preferences(stream):
             await send_dead_letters([dead_letter(raw, "replicate_preferences", reason)])
             continue
         key = gate_rules.bucket_key(message.partition, user_id)
-        gate_preferences[key] = gate_rules.apply_preference(gate_preferences.get(key), user_id, state)
+        bucket = gate_rules.apply_preference(gate_preferences.get(key), user_id, state)
+        if bucket:
+            gate_preferences[key] = bucket
+        elif key in gate_preferences:  # the last user of the bucket gone (an erasure): a tombstone
+            del gate_preferences[key]

@@ -25,7 +25,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from api import (
-    analytics, audit_log, callbacks, campaign_runs, campaigns, dashboard, dead_letters, health, inbox, journeys, keys,
+    analytics, audit_log, callbacks, campaign_runs, campaigns, dashboard, dead_letters, erasure, health, inbox, journeys,
+    keys,
     metrics, openapi, preferences, segments, templates, tracking,
 )
 from api.auth import KeyCache
@@ -38,7 +39,7 @@ from pipeline.pii_keys import pii_keyring
 from pipeline.segments import open_audience
 
 MODULES = (health, metrics, openapi, keys, campaigns, analytics, dashboard, campaign_runs, journeys, segments, templates,
-           preferences, audit_log, tracking, callbacks, inbox, dead_letters)
+           preferences, audit_log, tracking, callbacks, inbox, dead_letters, erasure)
 
 
 @asynccontextmanager

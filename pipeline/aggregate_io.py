@@ -21,6 +21,7 @@ import structlog
 from cassandra.query import BatchStatement, BatchType
 
 from pipeline import aggregate as decide
+from pipeline import erase
 from pipeline import metrics
 from pipeline.sinks import until_stored
 from pipeline.stores.cassandra import run_async
@@ -247,16 +248,23 @@ class MessageLog:
         "INSERT INTO {ks}.message_log (campaign_id, day, shard, sent_at, message_id, user_id, channel, variant,"
         " status, delivered_at, error_message, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
+    # Beside each row, which (campaign, day) holds the user's rows (pipeline/erase.py finds them by it).
+    _INDEX = "INSERT INTO {ks}.message_log_by_user (user_bucket, user_id, campaign_id, day) VALUES (?, ?, ?, ?)"
     ROWS_PER_BATCH = decide.ROWS_PER_LOG_BATCH
 
     def __init__(self, session, keyspace: str, in_flight: int = 64) -> None:
         self.session = session
         self.insert = session.prepare(self._INSERT.format(ks=keyspace))
+        self.index = session.prepare(self._INDEX.format(ks=keyspace))
         self.in_flight = asyncio.Semaphore(in_flight)
 
     def statements(self, events: list[DeliveryEvent]) -> list[BatchStatement]:
-        """The unlogged batches of the events' rows, bound (the driver binds in Python: CPU-heavy)."""
-        return bound_batches(self.insert, decide.log_batches(events, self.ROWS_PER_BATCH))
+        """The unlogged batches of the events' rows and their index rows, bound (the driver binds in Python:
+        CPU-heavy)."""
+        chunks = decide.log_batches(events, self.ROWS_PER_BATCH)
+        index = erase.log_index_rows(row for chunk in chunks for row in chunk)
+        return (bound_batches(self.insert, chunks)
+                + bound_batches(self.index, decide.partition_chunks(index, 1, self.ROWS_PER_BATCH)))
 
     async def write(self, events: list[DeliveryEvent]) -> int:
         # Bound in a thread: binding 10,000 rows a second took ~45 % of a worker's event loop, and the live

@@ -17,7 +17,7 @@ from pipeline.launch_audience import WorkerAudience
 from pipeline.worker_clients import WorkerClients
 from schemas.topics import (
     CAMPAIGN_CONTROL, CAMPAIGN_LAUNCHES, DEAD_LETTERS, DELIVERY_EVENTS, JOURNEY_SIGNALS, MESSAGE_REQUESTS, OUTBOX,
-    PREFERENCE_UPDATES, USER_EVENTS, USER_PROFILES, TopicSpec,
+    PREFERENCE_UPDATES, USER_ERASURES, USER_EVENTS, USER_PROFILES, TopicSpec,
 )
 
 settings = get_settings()
@@ -76,6 +76,7 @@ dead_letters_topic = _topic(DEAD_LETTERS)
 campaign_launches_topic = _topic(CAMPAIGN_LAUNCHES)
 campaign_control_topic = _topic(CAMPAIGN_CONTROL)
 preference_updates_topic = _topic(PREFERENCE_UPDATES)
+user_erasures_topic = _topic(USER_ERASURES)
 message_requests_topic = _topic(MESSAGE_REQUESTS)
 outbox_topics = {channel: _topic(spec) for channel, spec in OUTBOX.items()}
 delivery_events_topic = _topic(DELIVERY_EVENTS)

@@ -30,12 +30,15 @@ import orjson
 import redis.asyncio as aioredis
 
 from config import Settings
+from pipeline import erase as erase_rules
+from pipeline import erase_io
 from pipeline import gate as gate_rules
 from pipeline import journey_exits
 from pipeline.release_windows import FULL_BATCH, ReleaseWindow
 from pipeline.campaign_state import campaign_status, load_campaign
 from pipeline.control_io import HeldBatches
 from pipeline.pii import HAS_EMAIL_SQL, HAS_PHONE_SQL
+from pipeline.signing import signing_key
 from pipeline.worker_clients import WorkerClients
 from schemas.encoding import from_json
 from schemas.keys import DEFERRED, lag_key, reservations_key, spend_key
@@ -150,6 +153,15 @@ class GateIO:
     async def exited(self, journey_id: int | None, step: str, user_ids: list[int]) -> set[int]:
         """Users of a journey step who left the journey by its goal (or a stop) since it was queued."""
         return await journey_exits.exited(self.redis, journey_id, step, user_ids)
+
+    async def erased(self, user_ids: list[int], profiles: dict) -> set[int]:
+        """Of the users without a profile, those erased (pipeline/erase.py): only they can be, as an erased
+        user's profile is deleted and a new sign-up's profile clears the mark."""
+        missing = [uid for uid in user_ids if uid not in profiles]
+        if not missing:
+            return set()
+        key = erase_rules.marker_key(signing_key(self.settings))
+        return set(await erase_io.erased_markers(await self.postgres(), key, missing))
 
     async def lag(self, channel: str) -> float:
         """The channel's queue lag as its senders last reported it (0 when none did lately), read at

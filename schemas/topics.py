@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from config import get_settings
 from schemas.campaigns import CampaignControl, CampaignLaunch
+from schemas.erasure import UserErasure
 from schemas.journeys import JourneySignal
 from schemas.messages import CHANNELS, DeliveryEventBatch, MessageBatch
 from schemas.preferences import FREQUENCY_CAP_WINDOW_DAYS, PreferenceUpdate
@@ -82,6 +83,8 @@ PREFERENCE_UPDATES = TopicSpec("preference-updates", _P, PreferenceUpdate, compa
 CAMPAIGN_LAUNCHES = TopicSpec("campaign-launches", _P, CampaignLaunch)
 CAMPAIGN_CONTROL = TopicSpec("campaign-control", _P, CampaignControl)
 DEAD_LETTERS = TopicSpec("dead-letters", _P, DeadLetter, retention_ms=4 * WEEK_MS)
+# GDPR erasures for the workers owning each user's table state (pipeline/erase.py).
+USER_ERASURES = TopicSpec("user-erasures", _P, UserErasure, retention_ms=WEEK_MS)
 
 # The delivery pipeline (schemas/messages.py): batches of recipients, one partition each.
 MESSAGE_REQUESTS = TopicSpec("message-requests", _P, MessageBatch, retention_ms=WEEK_MS)
@@ -112,6 +115,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     CAMPAIGN_LAUNCHES,
     CAMPAIGN_CONTROL,
     DEAD_LETTERS,
+    USER_ERASURES,
     DEAD_LETTER_COUNTS,
     MESSAGE_REQUESTS,
     *OUTBOX.values(),

@@ -10,7 +10,7 @@ def test_cql_statements_are_split_and_name_the_keyspace():
     assert statements[0].startswith("CREATE KEYSPACE IF NOT EXISTS hk")
     assert all("--" not in s for s in statements)
     tables = [s.split("hk.")[1].split()[0] for s in statements[1:]]
-    assert tables == ["message_log", "user_events", "campaign_metrics"]
+    assert tables == ["message_log", "user_events", "campaign_metrics", "message_log_by_user"]
 
 
 def test_message_log_partitions_are_bounded_by_day_and_shard():
