@@ -126,7 +126,7 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
     gone = await stores.exited(campaign.journey_id, batch.step, uids) if campaign.journey_id else set()
     for ch in channels:
         asks[ch] = gate_rules.Ask(batch.campaign_id, ch, batch.step, batch.category, batch.transactional,
-                             f"{partition}:{offset}", now, campaign.quiet_hours, stores.policy,
+                             f"{partition}:{offset}", now, campaign.quiet_hours_for(ch), stores.policy,
                              local=campaign.local, launched_at=batch.launched_at.timestamp())
         verdicts[ch] = gate_rules.screen(asks[ch], uids, view)
         if gone:

@@ -25,7 +25,7 @@ from starlette.middleware import Middleware
 
 from api import (
     analytics, audit_log, callbacks, campaign_runs, campaigns, dashboard, dead_letters, health, inbox, journeys, keys,
-    metrics, openapi, preferences, segments, templates, tracking,
+    metrics, openapi, preferences, segments, sms_inbound, templates, tracking,
 )
 from api.auth import KeyCache
 from api.clients import open_clients
@@ -34,7 +34,7 @@ from config import Settings, get_settings
 from pipeline.segments import open_audience
 
 MODULES = (health, metrics, openapi, keys, campaigns, analytics, dashboard, campaign_runs, journeys, segments, templates,
-           preferences, audit_log, tracking, callbacks, inbox, dead_letters)
+           preferences, audit_log, tracking, callbacks, sms_inbound, inbox, dead_letters)
 
 
 @asynccontextmanager
