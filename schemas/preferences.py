@@ -11,7 +11,7 @@ order; ``version`` counts a user's changes and helps spot gaps and duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -132,15 +132,17 @@ class Preferences(BaseModel):
         )
 
 
-def stored_preferences(user_id: int, row: Mapping[str, Any] | None) -> Preferences:
+def stored_preferences(user_id: int, row: Mapping[str, Any] | None, opt_in: Collection[str] = ()) -> Preferences:
     """Preferences from a ``user_preferences`` row (JSON columns already decoded), defaults filled in.
 
     Only explicit choices are stored, so a category added later starts on for
     everyone, and names no longer known are dropped rather than failing a read.
+    A channel in ``opt_in`` (Settings.gate_opt_in_channels) that nobody decided
+    about shows consent not granted, as the gate treats it.
     """
+    consent = _all_consent() | {c: Consent(granted=False) for c in opt_in if c in CHANNELS}
     if row is None:
-        return Preferences(user_id=user_id)
-    consent = _all_consent()
+        return Preferences(user_id=user_id, consent=consent)
     consent.update({c: Consent(**v) for c, v in (row["consent"] or {}).items() if c in CHANNELS})
     return Preferences(
         user_id=user_id,

@@ -114,7 +114,9 @@ async def test_help_is_answered_with_the_configured_text_and_changes_nothing(cli
     response = text(phone, " help ")
     assert response.status_code == 200 and response.text == reply(api_settings.sms_help_text)
     assert ElementTree.fromstring(response.content).findtext("Message") == api_settings.sms_help_text
-    assert prefs(client, admin_key, user_id)["version"] == 0
+    got = prefs(client, admin_key, user_id)
+    assert got["version"] == 0 and got["consent"]["sms"] == {"granted": False, "at": None, "source": "default",
+                                                             "text_version": None}  # SMS needs opt-in
 
 
 async def test_a_keyword_inside_a_sentence_is_acknowledged_and_opts_nobody_out(client, admin_key, phone_user, text):

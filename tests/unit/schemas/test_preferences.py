@@ -192,3 +192,14 @@ def test_stored_consent_with_a_text_version_reads_back():
            "consent": {"sms": {"granted": True, "at": NOW.isoformat(), "source": "sms_keyword", "text_version": "v9"}}}
     prefs = stored_preferences(7, row)
     assert prefs.consent["sms"].text_version == "v9" and prefs.to_update().consented == ["sms"]
+
+
+def test_an_opt_in_channel_nobody_decided_about_shows_consent_not_granted():
+    fresh = stored_preferences(7, None, ["sms"])
+    assert fresh.sms_enabled and fresh.consent["sms"].model_dump() == {
+        "granted": False, "at": None, "source": "default", "text_version": None}
+    assert fresh.consent["email"].granted and fresh.to_update().consented == []
+    row = {"email_enabled": True, "sms_enabled": True, "push_enabled": True, "in_app_enabled": True,
+           "frequency_cap": {}, "categories": {}, "updated_at": NOW, "version": 1,
+           "consent": {"sms": {"granted": True, "at": NOW.isoformat(), "source": "signup_form", "text_version": "v3"}}}
+    assert stored_preferences(7, row, ["sms"]).consent["sms"].granted
