@@ -129,7 +129,7 @@ async def _release(batch: MessageBatch, campaign, request: dict, partition: int,
     erased = await stores.erased(uids, profiles)  # GDPR erasures (pipeline/erase.py): never sent to
     for ch in channels:
         asks[ch] = gate_rules.Ask(batch.campaign_id, ch, batch.step, batch.category, batch.transactional,
-                             f"{partition}:{offset}", now, campaign.quiet_hours, stores.policy,
+                             f"{partition}:{offset}", now, campaign.quiet_hours_for(ch), stores.policy,
                              local=campaign.local, launched_at=batch.launched_at.timestamp())
         verdicts[ch] = gate_rules.screen(asks[ch], uids, view)
         if gone:

@@ -26,8 +26,7 @@ from starlette.middleware import Middleware
 
 from api import (
     analytics, audit_log, callbacks, campaign_runs, campaigns, dashboard, dead_letters, erasure, health, inbox, journeys,
-    keys,
-    metrics, openapi, preferences, segments, templates, tracking,
+    keys, metrics, openapi, preferences, segments, sms_inbound, templates, tracking,
 )
 from api.auth import KeyCache
 from api.body_limit import BodyLimitMiddleware
@@ -39,7 +38,7 @@ from pipeline.pii_keys import pii_keyring
 from pipeline.segments import open_audience
 
 MODULES = (health, metrics, openapi, keys, campaigns, analytics, dashboard, campaign_runs, journeys, segments, templates,
-           preferences, audit_log, tracking, callbacks, inbox, dead_letters, erasure)
+           preferences, audit_log, tracking, callbacks, sms_inbound, inbox, dead_letters, erasure)
 
 
 @asynccontextmanager

@@ -193,7 +193,7 @@ async def change_preferences(
             row = await conn.fetchrow(
                 f"SELECT {_COLUMNS} FROM user_preferences WHERE user_id = $1 FOR UPDATE", user_id
             )
-            before = stored_preferences(user_id, _decoded(row))
+            before = stored_preferences(user_id, _decoded(row), _opt_in(request))
             after = decide(before)
             if after is not before:
                 if row is not None:
@@ -237,6 +237,11 @@ def _email_index_of(request: Request, user: asyncpg.Record) -> str | None:
     return user["email_idx"] or sealed(request.app.state.pii, "email", user["email"])[1]
 
 
+def _opt_in(request: Request) -> list[str]:
+    """Channels that need consent (Settings.gate_opt_in_channels): their default shows as not granted."""
+    return [c.strip() for c in request.app.state.settings.gate_opt_in_channels.split(",") if c.strip()]
+
+
 def _not_found(user_id: int) -> ApiError:
     return ApiError(404, "not_found", f"no user {user_id}")
 
@@ -250,7 +255,9 @@ async def get_preferences(request: Request) -> Response:
     """Channels, weekly frequency caps, categories and consent of one user; defaults until they change any.
 
     Defaults: every channel and every category on, no frequency caps, consent
-    source "default". Caps count messages per channel over a rolling 7 days.
+    source "default" (not granted on a channel that needs opt-in, SMS by default:
+    nothing goes out on it until consent is recorded). Caps count messages per
+    channel over a rolling 7 days.
     """
     user_id = request.path_params["user_id"]
     if user_id > BIGINT_MAX:
@@ -262,7 +269,7 @@ async def get_preferences(request: Request) -> Response:
     )
     if row is None:
         raise _not_found(user_id)
-    prefs = stored_preferences(user_id, _decoded(row) if row["stored"] is not None else None)
+    prefs = stored_preferences(user_id, _decoded(row) if row["stored"] is not None else None, _opt_in(request))
     return JSONResponse(prefs.model_dump(mode="json"))
 
 

@@ -75,7 +75,9 @@ async def run(args) -> dict:
 
     app_id = f"herald-bench-gate-{os.getpid()}"
     prefix = f"{app_id}-"
-    env = dict(os.environ, HERALD_APP_ID=app_id, PYTHONUNBUFFERED="1")
+    # Synthetic users record no consent and the bench runs at any hour: no SMS opt-in or SMS quiet hours.
+    env = dict(os.environ, HERALD_APP_ID=app_id, PYTHONUNBUFFERED="1", HERALD_GATE_OPT_IN_CHANNELS="",
+               HERALD_GATE_CHANNEL_QUIET_HOURS="")
     settings = get_settings()
     P = settings.topic_partitions
     topics = {f"{prefix}{t.name}": False for t in (MESSAGE_REQUESTS, DELIVERY_EVENTS, PREFERENCE_UPDATES,

@@ -510,7 +510,8 @@ def run(args: argparse.Namespace) -> dict:
                              cwd=REPO, stdout=subprocess.PIPE, start_new_session=True)
     assert peers.stdout is not None and b"peers ready" in peers.stdout.readline()
     env = {"HERALD_EMAIL_PROVIDER": args.email_provider,
-           **{f"HERALD_RATE_{c}": "1000000" for c in ("EMAIL", "PUSH", "SMS", "IN_APP")}}
+           **{f"HERALD_RATE_{c}": "1000000" for c in ("EMAIL", "PUSH", "SMS", "IN_APP")},
+           "HERALD_GATE_OPT_IN_CHANNELS": "", "HERALD_GATE_CHANNEL_QUIET_HOURS": ""}  # synthetic users, any hour
     procs = [start_worker(env, i) for i in range(args.workers)]
     pids = [p.pid for p in procs]
     try:

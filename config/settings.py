@@ -135,6 +135,10 @@ class Settings(BaseSettings):
                                 "TmOcyZeQdUkcvF5DdjVMALYM5KlDNryNJg==")
     callback_tolerance_s: float = Field(default=300.0, gt=0)  # how old a signed callback may be
     sms_status_callbacks: bool = True
+    # Inbound SMS keywords (api/sms_inbound.py): the replies Herald sends in TwiML.
+    sms_help_text: str = "Herald alerts: reply STOP to unsubscribe, START to resubscribe. Msg & data rates may apply."
+    sms_stop_text: str = "You are unsubscribed and will receive no more messages. Reply START to resubscribe."
+    sms_start_text: str = "You are resubscribed. Reply HELP for help, STOP to unsubscribe."
     metrics_persist_s: float = Field(default=30.0, gt=0)  # how often changed hours go to Cassandra campaign_metrics  # ask Twilio for status callbacks (delivered, undelivered, failed)
     provider_timeout_s: float = 10.0
     email_provider: str = Field(default="smtp", pattern="^(smtp|batch)$")  # batch: the SendGrid-shaped HTTP API
@@ -175,6 +179,14 @@ class Settings(BaseSettings):
     gate_frequency_caps: str = Field(default="", pattern=r"^(\s*[a-z_]+=\d+\s*(,\s*[a-z_]+=\d+\s*)*)?$")
     gate_cap_window_days: int = Field(default=7, ge=1)
     gate_dedup_window_s: int = Field(default=24 * 3600, ge=1)
+    # Channels that need recorded consent (opt-in) before anything goes out on them, "sms,push";
+    # empty: none. SMS by default (TCPA and most carriers' rules): the gate suppresses "no_consent".
+    gate_opt_in_channels: str = Field(default="sms", pattern=r"^(\s*[a-z_]+\s*(,\s*[a-z_]+\s*)*)?$")
+    # Per-channel quiet hours that apply whatever the campaign left unsaid (a campaign's own
+    # schedule.quiet_hours still wins): "sms=21:00-08:00" sends SMS only 08:00-21:00 in the
+    # recipient's zone; empty: none.
+    gate_channel_quiet_hours: str = Field(default="sms=21:00-08:00",
+                                          pattern=r"^(\s*[a-z_]+=\d{2}:\d{2}-\d{2}:\d{2}\s*(,\s*[a-z_]+=\d{2}:\d{2}-\d{2}:\d{2}\s*)*)?$")
     # Pacing: the gate holds a channel's releases while its senders say that a batch released
     # now would wait longer than this for them (seconds; pipeline/send/pacing.py's QueueLag: the
     # backlog over their finishing rate, the waits at pickup, the oldest batch in flight

@@ -12,6 +12,8 @@ and its reason is the one counted):
     unsubscribed       the user switched the channel off (preferences)
     channel_disabled   channel off without an unsubscribe record
     category_opt_out   the user opted out of the message's category
+    no_consent         the channel needs opt-in (``GatePolicy.opt_in_channels``, SMS by default) and the
+                       user has no granted consent recorded for it
     no_address         no email / phone / push token for the channel (profile facts)
     duplicate          (campaign, user, channel, step) already released in the last 24 h
     frequency_cap      the user's cap (else the policy's default) reached in the rolling window
@@ -19,7 +21,8 @@ and its reason is the one counted):
                        for this user when the campaign launched, and its ``if_passed`` is "skip"
     local hour         → deferred to the user's local hour (``local_release``), unless it is now
     quiet hours        → deferred to the end of the user's local quiet window (not dropped); a local
-                         hour that falls inside quiet hours moves to their end
+                         hour that falls inside quiet hours moves to their end. SMS has quiet hours of
+                         its own (21:00-08:00, ``channel_quiet_window``) unless its campaign says otherwise
     budget             settled afterwards for the whole batch (``cut_to_budget``)
 
 Transactional messages bypass frequency caps and quiet hours (as Braze does: they
@@ -84,6 +87,11 @@ class GatePolicy:
     frequency_caps: Mapping[str, int] = field(default_factory=dict)
     cap_window_days: int = 7
     dedup_window_s: int = 24 * 3600
+    # Channels on which nothing goes out without granted consent (TCPA-style opt-in for SMS).
+    opt_in_channels: frozenset[str] = frozenset({"sms"})
+    # Quiet hours a channel keeps whatever its campaign left unsaid: SMS only 08:00-21:00 local.
+    channel_quiet_hours: Mapping[str, tuple[time, time]] = field(
+        default_factory=lambda: {"sms": (time(21, 0), time(8, 0))})
 
     @classmethod
     def from_settings(cls, settings) -> GatePolicy:
@@ -92,9 +100,16 @@ class GatePolicy:
         for item in filter(None, (x.strip() for x in settings.gate_frequency_caps.split(","))):
             channel, count = item.split("=")
             caps[channel.strip()] = int(count)
+        channel_quiet = {}
+        for item in filter(None, (x.strip() for x in settings.gate_channel_quiet_hours.split(","))):
+            channel, window = item.split("=")
+            begin, finish = window.strip().split("-")
+            channel_quiet[channel.strip()] = (time.fromisoformat(begin), time.fromisoformat(finish))
+        opt_in = frozenset(filter(None, (x.strip() for x in settings.gate_opt_in_channels.split(","))))
         return cls(quiet_hours=(time.fromisoformat(start), time.fromisoformat(end)),
                    quiet_hours_by_default=settings.gate_quiet_hours_by_default, frequency_caps=caps,
-                   cap_window_days=settings.gate_cap_window_days, dedup_window_s=settings.gate_dedup_window_s)
+                   cap_window_days=settings.gate_cap_window_days, dedup_window_s=settings.gate_dedup_window_s,
+                   opt_in_channels=opt_in, channel_quiet_hours=channel_quiet)
 
 
 DEFAULTS = GatePolicy()
@@ -134,6 +149,7 @@ def consent_entry(update: Mapping) -> dict:
         "cat_off": sorted(cat for cat, on in update.get("categories", {}).items() if not on),
         "caps": dict(update.get("frequency_cap", {})),
         "win": update.get("frequency_cap_window_days"),  # None: the configured default
+        "ok": sorted(update.get("consented", [])),  # granted consent, for opt-in channels
     }
 
 
@@ -183,18 +199,23 @@ class Profile:
 
 
 def consent_reason(channel: str, category: str, consent: Mapping | None,
-                   suppressed: Mapping | None) -> str | None:
-    """Suppression list, then the user's channel and category choices."""
+                   suppressed: Mapping | None, opt_in: frozenset[str] = frozenset()) -> str | None:
+    """Suppression list, then the user's channel and category choices, then consent where ``opt_in``
+    channels need it (a user the replica does not know has granted none)."""
     if suppressed and channel in suppressed:
         return "suppression_list"
-    if consent is None or channel not in PREFERENCE_CHANNELS:
+    if channel not in PREFERENCE_CHANNELS:
         return None
+    if consent is None:
+        return "no_consent" if channel in opt_in else None
     if channel in consent.get("unsub", ()):
         return "unsubscribed"
     if channel in consent.get("off", ()):
         return "channel_disabled"
     if category in consent.get("cat_off", ()):
         return "category_opt_out"
+    if channel in opt_in and channel not in consent.get("ok", ()):
+        return "no_consent"
     return None
 
 
@@ -389,7 +410,8 @@ def screen(ask: Ask, user_ids: Sequence[int], view: GateView) -> list[Verdict]:
     for uid in user_ids:
         consent = view.consent.get(uid)
         history = view.history.get(uid)
-        reason = consent_reason(ask.channel, ask.category, consent, view.suppressed.get(uid))
+        reason = consent_reason(ask.channel, ask.category, consent, view.suppressed.get(uid),
+                                ask.policy.opt_in_channels)
         if reason is None and not has_address(ask.channel, view.profiles.get(uid)):
             reason = "no_address"
         if reason is not None:
@@ -578,6 +600,14 @@ def quiet_window(spec: object, policy: GatePolicy = DEFAULTS) -> tuple[time, tim
         end = spec.get("end", policy.quiet_hours[1].strftime("%H:%M"))
         return time.fromisoformat(start), time.fromisoformat(end)
     return None
+
+
+def channel_quiet_window(spec: object, channel: str, policy: GatePolicy = DEFAULTS) -> tuple[time, time] | None:
+    """A campaign's quiet hours on one channel: what its schedule says (``quiet_window``), else the
+    channel's own (``policy.channel_quiet_hours``: SMS 21:00-08:00), else the policy's default."""
+    if spec is None and channel in policy.channel_quiet_hours:
+        return policy.channel_quiet_hours[channel]
+    return quiet_window(spec, policy)
 
 
 # ── Records the gate emits (shaped like schemas.messages, built as dicts for speed) ──

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import time as clock
 
 import asyncpg
@@ -90,6 +90,11 @@ class GateCampaign:
     quiet_hours: tuple[clock, clock] | None
     local: gate_rules.LocalDelivery | None = None  # delivery.local_time: each recipient's local hour
     journey_id: int | None = None  # a journey's send node (pipeline/journey_exits.py)
+    # Channels whose quiet hours differ from ``quiet_hours`` (SMS's own, gate_rules.channel_quiet_window).
+    channel_quiet_hours: dict[str, tuple[clock, clock] | None] = field(default_factory=dict)
+
+    def quiet_hours_for(self, channel: str) -> tuple[clock, clock] | None:
+        return self.channel_quiet_hours.get(channel, self.quiet_hours)
 
 
 class GateIO:
@@ -100,7 +105,7 @@ class GateIO:
         self.settings = settings
         self._owned = clients is None
         self.clients = clients if clients is not None else WorkerClients(settings)
-        self._campaigns: dict[int, tuple[float, tuple[clock, clock] | None, gate_rules.LocalDelivery | None]] = {}
+        self._campaigns: dict[int, tuple] = {}  # campaign_id → (cached at, quiet hours, local delivery, by channel)
         self._scripts: dict = {}
         self._held: HeldBatches | None = None
         self._lags: dict[str, tuple[float, float]] = {}
@@ -139,7 +144,10 @@ class GateIO:
             spec = getattr(runtime, "quiet_hours", None)
             if spec is None:
                 spec = schedule.get("quiet_hours") if isinstance(schedule, dict) else None
-            cached = (now, gate_rules.quiet_window(spec, self.policy), gate_rules.local_delivery(delivery, schedule))
+            quiet = gate_rules.quiet_window(spec, self.policy)
+            by_channel = {ch: gate_rules.channel_quiet_window(spec, ch, self.policy) for ch in runtime.channels}
+            cached = (now, quiet, gate_rules.local_delivery(delivery, schedule),
+                      {ch: window for ch, window in by_channel.items() if window != quiet})
             self._campaigns[campaign_id] = cached
         return GateCampaign(
             channels=tuple(runtime.channels),
@@ -148,6 +156,7 @@ class GateIO:
             quiet_hours=cached[1],
             local=cached[2],
             journey_id=runtime.journey_id,
+            channel_quiet_hours=cached[3],
         )
 
     async def exited(self, journey_id: int | None, step: str, user_ids: list[int]) -> set[int]:

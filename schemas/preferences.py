@@ -11,7 +11,7 @@ order; ``version`` counts a user's changes and helps spot gaps and duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -52,21 +52,34 @@ class PreferenceUpdate(BaseModel):
     unsubscribed: list[Channel] = Field(description="The channels switched off, for quick suppression checks")
     updated_at: datetime | None = Field(description="Null for a user who never changed anything (the defaults)")
     version: int = Field(ge=0, description="How many changes this user's preferences have had")
+    consented: list[Channel] = Field(
+        default_factory=list,
+        description="Channels with an explicit, granted consent: what an opt-in channel (Settings.gate_opt_in_channels)"
+        " needs before anything goes out on it",
+    )
 
 
-ConsentSource = Literal["default", "api", "unsubscribe_api", "one_click"]
+# Where a consent decision came from: Herald's own paths, plus whatever an operator names through the API
+# (a signup form, a checkout box...), as a short lowercase word (``CONSENT_SOURCE``).
+ConsentSource = str
+CONSENT_SOURCE = r"^[a-z][a-z0-9_]{0,39}$"
 
 
 class Consent(BaseModel):
-    """The last explicit decision about a channel: who made it, how and when.
+    """The last explicit decision about a channel: who made it, how, when, and which text was agreed to.
 
-    ``source`` "default" (with ``at`` null) means nobody decided yet and the
-    channel is on, as for every user upstream sends us.
+    ``source`` "default" (with ``at`` null) means nobody decided yet: the channel
+    is on, as for every user upstream sends us, but a channel that needs opt-in
+    (Settings.gate_opt_in_channels) gets nothing until consent is granted.
     """
 
     granted: bool
     at: datetime | None = None
-    source: ConsentSource = "default"
+    source: str = Field(default="default", max_length=40)
+    text_version: str | None = Field(default=None, max_length=100, description="The terms' version agreed to")
+
+    def explicit(self) -> bool:
+        return self.source != "default"
 
 
 def _all_categories() -> dict[str, bool]:
@@ -115,18 +128,21 @@ class Preferences(BaseModel):
             unsubscribed=self.unsubscribed(),
             updated_at=self.updated_at,
             version=self.version,
+            consented=[c for c in CHANNELS if self.enabled(c) and self.consent[c].granted and self.consent[c].explicit()],
         )
 
 
-def stored_preferences(user_id: int, row: Mapping[str, Any] | None) -> Preferences:
+def stored_preferences(user_id: int, row: Mapping[str, Any] | None, opt_in: Collection[str] = ()) -> Preferences:
     """Preferences from a ``user_preferences`` row (JSON columns already decoded), defaults filled in.
 
     Only explicit choices are stored, so a category added later starts on for
     everyone, and names no longer known are dropped rather than failing a read.
+    A channel in ``opt_in`` (Settings.gate_opt_in_channels) that nobody decided
+    about shows consent not granted, as the gate treats it.
     """
+    consent = _all_consent() | {c: Consent(granted=False) for c in opt_in if c in CHANNELS}
     if row is None:
-        return Preferences(user_id=user_id)
-    consent = _all_consent()
+        return Preferences(user_id=user_id, consent=consent)
     consent.update({c: Consent(**v) for c, v in (row["consent"] or {}).items() if c in CHANNELS})
     return Preferences(
         user_id=user_id,
@@ -140,6 +156,49 @@ def stored_preferences(user_id: int, row: Mapping[str, Any] | None) -> Preferenc
 
 
 FrequencyCap = Annotated[int, Field(ge=1, le=MAX_FREQUENCY_CAP)]
+
+
+class ConsentChange(BaseModel):
+    """One channel's consent as recorded where the person gave or withdrew it (a form, a keyword...).
+
+    Granting switches the channel on, withdrawing switches it off (an unsubscribe).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+
+    granted: bool
+    source: str = Field(pattern=CONSENT_SOURCE, description='Where it was given, e.g. "signup_form"')
+    text_version: str | None = Field(default=None, min_length=1, max_length=100, validate_default=True,
+                                     description='The terms\' version agreed to, e.g. "sms-terms-v3"')
+    at: datetime | None = Field(default=None, description="When it was given; now if left out")
+
+    @field_validator("source")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value == "default":
+            raise ValueError('"default" means nobody decided; name where consent was given')
+        return value
+
+    @field_validator("text_version")
+    @classmethod
+    def _version_goes_with_a_grant(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("granted") is True:
+            raise ValueError("required when consent is granted: the version of the text the person agreed to")
+        return value
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _parse_time(cls, value: object) -> object:
+        # strict mode takes no strings for datetimes; JSON has nothing else
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError("not an ISO 8601 date-time") from None
+            if parsed.tzinfo is None:
+                raise ValueError("needs a time zone offset, e.g. 2026-01-31T12:00:00Z")
+            return parsed
+        return value
 
 
 class PreferencesPatch(BaseModel):
@@ -158,10 +217,11 @@ class PreferencesPatch(BaseModel):
     in_app_enabled: bool | None = None
     frequency_cap: dict[Channel, FrequencyCap | None] | None = None
     categories: dict[Category, bool] | None = None
+    consent: dict[Channel, ConsentChange] | None = None
     unsubscribe_reason: str | None = Field(default=None, min_length=1, max_length=500)
 
     @field_validator(
-        "email_enabled", "sms_enabled", "push_enabled", "in_app_enabled", "frequency_cap", "categories"
+        "email_enabled", "sms_enabled", "push_enabled", "in_app_enabled", "frequency_cap", "categories", "consent"
     )
     @classmethod
     def _not_null(cls, value: object) -> object:
@@ -174,8 +234,18 @@ class PreferencesPatch(BaseModel):
     @classmethod
     def _reason_needs_an_opt_out(cls, value: str | None, info: ValidationInfo) -> str | None:
         # Declared last, so every *_enabled field is in info.data by now.
-        if value is not None and not any(info.data.get(f"{c}_enabled") is False for c in CHANNELS):
+        withdrawn = any(not c.granted for c in (info.data.get("consent") or {}).values())
+        if value is not None and not withdrawn and not any(info.data.get(f"{c}_enabled") is False for c in CHANNELS):
             raise ValueError("only goes with switching a channel off, e.g. email_enabled: false")
+        return value
+
+    @field_validator("consent")
+    @classmethod
+    def _consent_agrees(cls, value: dict | None, info: ValidationInfo) -> dict | None:
+        for channel, change in (value or {}).items():
+            enabled = info.data.get(f"{channel}_enabled")
+            if enabled is not None and enabled != change.granted:
+                raise ValueError(f"{channel}: granted contradicts {channel}_enabled")
         return value
 
     def switched_off(self) -> list[str]:
@@ -202,7 +272,25 @@ def apply_patch(current: Preferences, patch: PreferencesPatch, source: ConsentSo
         categories = current.categories | patch.categories
         if categories != current.categories:
             changes["categories"] = categories
-    return _changed(current, changes, source, now)
+    after = _changed(current, changes, source, now)
+    for channel, change in (patch.consent or {}).items():
+        after = record_consent(after, channel, change.granted, change.source, now, change.text_version, change.at)
+    return after
+
+
+def record_consent(current: Preferences, channel: str, granted: bool, source: ConsentSource, now: datetime,
+                   text_version: str | None = None, at: datetime | None = None) -> Preferences:
+    """The preferences with ``channel``'s consent given or withdrawn (``at``: when, if not ``now``), and the
+    channel on or off with it; ``current`` itself when that same decision is already the one recorded."""
+    consent = Consent(granted=granted, at=at or now, source=source, text_version=text_version)
+    old = current.consent.get(channel)
+    if current.enabled(channel) == granted and old is not None and old.explicit() and old.granted == granted \
+            and old.source == source and old.text_version == text_version:
+        return current
+    return current.model_copy(update={
+        f"{channel}_enabled": granted, "consent": {**current.consent, channel: consent},
+        "updated_at": now, "version": current.version + 1,
+    })
 
 
 def switch_off(current: Preferences, channel: str, source: ConsentSource, now: datetime) -> Preferences:

@@ -14,6 +14,12 @@ from config import Settings
 from config.settings import REPO_ROOT as REPO
 
 
+# Most tests are about something other than consent, and send SMS at any hour to users who never
+# recorded any: their workers run without opt-in channels or per-channel quiet hours. Tests of those
+# rules pass their own values (tests/integration/api/test_sms_inbound.py passes the defaults).
+NOT_ABOUT_CONSENT = {"HERALD_GATE_OPT_IN_CHANNELS": "", "HERALD_GATE_CHANNEL_QUIET_HOURS": ""}
+
+
 class Workers:
     """The session's one real Faust worker process.
 
@@ -31,7 +37,7 @@ class Workers:
         self.env: dict[str, str] = {}
 
     def ensure(self, env: dict[str, str] | None = None, name: str = "test-worker") -> subprocess.Popen:
-        env = dict(env or {})
+        env = {**NOT_ABOUT_CONSENT, **(env or {})}
         if self.proc is not None and self.proc.poll() is None and env == self.env:
             return self.proc
         self.stop()

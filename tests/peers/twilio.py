@@ -9,6 +9,9 @@ magic test numbers behave as on Twilio's test credentials:
     +15005550002  21612 cannot route         +15005550009  21614 not a mobile number
     +15005550003  21408 no permission for the region
 
+``inbound_sms`` builds the signed webhook Twilio posts when someone texts Herald's number (a reply, a
+STOP, a HELP), with ``OptOutType`` when Twilio's Advanced Opt-Out recognised a keyword.
+
 Given ``callbacks=True``, a message sent with a ``StatusCallback`` gets Twilio's signed status callbacks there (sent, then
 delivered, or undelivered 30003 for numbers ending in 0003: tests/peers/callbacks.py).
 """
@@ -86,3 +89,17 @@ class TwilioPeer(HttpPeer):
         return Response(201, {"sid": sid, "account_sid": self.account_sid, "to": to, "from": sender, "body": body,
                               "status": "queued", "num_segments": "1", "error_code": None, "error_message": None,
                               "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json"})
+
+
+def inbound_sms(auth_token: str, url: str, sender: str, body: str, to: str = "+15550100000",
+                opt_out_type: str | None = None, account_sid: str = "ACherald") -> tuple[str, bytes, dict[str, str]]:
+    """(url, body, headers) of Twilio's incoming-message webhook to ``url``, signed with ``auth_token``:
+    the fields Twilio posts for an SMS, in its order."""
+    sid = "SM" + secrets.token_hex(16)
+    form = {"ToCountry": "US", "ToState": "", "SmsMessageSid": sid, "NumMedia": "0", "ToCity": "", "FromZip": "",
+            "SmsSid": sid, "FromState": "", "SmsStatus": "received", "FromCity": "", "Body": body, "FromCountry": "",
+            "To": to, "MessagingServiceSid": "", "ToZip": "", "NumSegments": "1", "MessageSid": sid,
+            "AccountSid": account_sid, "From": sender, "ApiVersion": "2010-04-01"}
+    if opt_out_type is not None:
+        form["OptOutType"] = opt_out_type
+    return twilio_request(auth_token, url, form)

@@ -67,7 +67,7 @@ async def test_user_without_a_row_gets_the_documented_defaults(client, admin_key
     assert body["email_enabled"] and body["sms_enabled"] and body["push_enabled"] and body["in_app_enabled"]
     assert body["frequency_cap"] == {} and body["frequency_cap_window_days"] == 7
     assert body["categories"] == dict.fromkeys(CATEGORIES, True)
-    assert body["consent"]["email"] == {"granted": True, "at": None, "source": "default"}
+    assert body["consent"]["email"] == {"granted": True, "at": None, "source": "default", "text_version": None}
     assert body["updated_at"] is None and body["version"] == 0
 
 

@@ -11,11 +11,14 @@ from pipeline import gate as g
 
 NOW = datetime(2024, 1, 15, 12, 0, tzinfo=timezone.utc).timestamp()  # a Monday, noon UTC
 EVERYWHERE = g.Profile("UTC", frozenset({"email", "phone", "push"}))
+# The tests about other rules send SMS to users without recorded consent: no channel needs opt-in here
+# (the opt-in tests, in test_gate_consent.py, use the defaults).
+NO_OPT_IN = g.GatePolicy(opt_in_channels=frozenset())
 
 
 def ask(**kw) -> g.Ask:
     base = dict(campaign_id=7, channel="email", step="send", category="promotional", transactional=False,
-                source="0:100", now=NOW, quiet_hours=None)
+                source="0:100", now=NOW, quiet_hours=None, policy=NO_OPT_IN)
     return g.Ask(**(base | kw))
 
 
@@ -501,7 +504,7 @@ def test_preference_update_replaces_the_users_entry_and_tombstone_removes_it():
     b = g.apply_preference(None, 1, {"channels": {"email": False}, "unsubscribed": ["email"],
                                      "categories": {"promotional": False}, "frequency_cap": {"sms": 3},
                                      "frequency_cap_window_days": 7})
-    assert b == {"1": {"off": ["email"], "unsub": ["email"], "cat_off": ["promotional"], "caps": {"sms": 3}, "win": 7}}
+    assert b == {"1": {"off": ["email"], "unsub": ["email"], "cat_off": ["promotional"], "caps": {"sms": 3}, "win": 7, "ok": []}}
     b = g.apply_preference(b, 2, {"channels": {}, "unsubscribed": [], "categories": {}, "frequency_cap": {}})
     assert set(g.apply_preference(b, 1, None)) == {"2"}
 

@@ -45,7 +45,7 @@ def test_defaults_are_everything_on_and_no_caps():
 def test_switching_email_off_changes_only_email_and_records_consent():
     after = apply_patch(Preferences(user_id=7), patch(email_enabled=False, unsubscribe_reason="Too many"), "api", NOW)
     assert not after.email_enabled and after.sms_enabled and after.push_enabled and after.in_app_enabled
-    assert after.consent["email"].model_dump() == {"granted": False, "at": NOW, "source": "api"}
+    assert after.consent["email"].model_dump() == {"granted": False, "at": NOW, "source": "api", "text_version": None}
     assert after.consent["sms"].source == "default"
     assert after.version == 1 and after.updated_at == NOW
     assert switched_off(Preferences(user_id=7), after) == ["email"]
@@ -132,3 +132,74 @@ def test_key_and_topic_match_the_pipeline():
     assert PREFERENCE_UPDATES.record is PreferenceUpdate and PREFERENCE_UPDATES.compacted
     assert PREFERENCE_UPDATES.partitions == USER_PROFILES.partitions  # co-partitioned with the profiles
     assert preference_key(1234567) == b"1234567"
+
+
+# ---- consent per channel: source, time, the text agreed to ----------------------------------------
+
+
+def test_consent_granted_through_a_patch_records_source_time_and_text_version():
+    signed_up = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
+    body = {"consent": {"sms": {"granted": True, "source": "signup_form", "text_version": "sms-terms-v3",
+                                "at": "2026-11-20T09:30:00Z"}}}
+    after = apply_patch(switch_off(Preferences(user_id=7), "sms", "api", NOW), patch(**body), "api", NOW)
+    assert after.sms_enabled
+    assert after.consent["sms"].model_dump() == {"granted": True, "at": signed_up, "source": "signup_form",
+                                                 "text_version": "sms-terms-v3"}
+    assert after.to_update().consented == ["sms"] and after.updated_at == NOW
+
+
+def test_consent_at_defaults_to_now_and_withdrawing_switches_the_channel_off():
+    after = apply_patch(Preferences(user_id=7), patch(consent={"sms": {"granted": False, "source": "call_center"}}),
+                        "api", NOW)
+    assert not after.sms_enabled and after.consent["sms"].at == NOW and after.to_update().consented == []
+    assert switched_off(Preferences(user_id=7), after) == ["sms"]
+
+
+def test_defaults_and_channels_switched_on_without_a_grant_count_as_no_consent():
+    assert Preferences(user_id=7).to_update().consented == []
+
+
+def test_the_same_consent_twice_changes_nothing():
+    body = {"consent": {"sms": {"granted": True, "source": "signup_form", "text_version": "v3"}}}
+    once = apply_patch(Preferences(user_id=7), patch(**body), "api", NOW)
+    assert apply_patch(once, patch(**body), "api", NOW) is once and once.version == 1
+
+
+@pytest.mark.parametrize("consent,where,why", [
+    ({"sms": {"granted": True, "source": "signup_form"}}, "consent.sms.text_version", "required when consent"),
+    ({"sms": {"granted": True, "source": "Signup Form!", "text_version": "v1"}}, "consent.sms.source", "pattern"),
+    ({"sms": {"granted": True, "source": "default", "text_version": "v1"}}, "consent.sms.source", "nobody decided"),
+    ({"sms": {"granted": "yes", "source": "form", "text_version": "v1"}}, "consent.sms.granted", "boolean"),
+    ({"sms": {"granted": True, "source": "form", "text_version": "v1", "at": "yesterday"}}, "consent.sms.at", "ISO"),
+    ({"sms": {"granted": True, "source": "form", "text_version": "v1", "at": "2026-01-01T10:00:00"}},
+     "consent.sms.at", "time zone"),
+    ({"fax": {"granted": True, "source": "form", "text_version": "v1"}}, "consent.fax", ""),
+    ({"sms": {"granted": True, "source": "form", "text_version": "v1", "ip": "1.2.3.4"}}, "consent.sms.ip", ""),
+])
+def test_bad_consent_is_refused_naming_the_field(consent, where, why):
+    found = problems({"consent": consent})
+    assert any(loc.startswith(where) and why in msg for loc, msg in found), found
+
+
+def test_consent_contradicting_the_channel_switch_is_refused():
+    found = problems({"sms_enabled": False, "consent": {"sms": {"granted": True, "source": "f", "text_version": "1"}}})
+    assert any(loc == "consent" and "contradicts" in msg for loc, msg in found), found
+
+
+def test_stored_consent_with_a_text_version_reads_back():
+    row = {"email_enabled": True, "sms_enabled": True, "push_enabled": True, "in_app_enabled": True,
+           "frequency_cap": {}, "categories": {}, "updated_at": NOW, "version": 2,
+           "consent": {"sms": {"granted": True, "at": NOW.isoformat(), "source": "sms_keyword", "text_version": "v9"}}}
+    prefs = stored_preferences(7, row)
+    assert prefs.consent["sms"].text_version == "v9" and prefs.to_update().consented == ["sms"]
+
+
+def test_an_opt_in_channel_nobody_decided_about_shows_consent_not_granted():
+    fresh = stored_preferences(7, None, ["sms"])
+    assert fresh.sms_enabled and fresh.consent["sms"].model_dump() == {
+        "granted": False, "at": None, "source": "default", "text_version": None}
+    assert fresh.consent["email"].granted and fresh.to_update().consented == []
+    row = {"email_enabled": True, "sms_enabled": True, "push_enabled": True, "in_app_enabled": True,
+           "frequency_cap": {}, "categories": {}, "updated_at": NOW, "version": 1,
+           "consent": {"sms": {"granted": True, "at": NOW.isoformat(), "source": "signup_form", "text_version": "v3"}}}
+    assert stored_preferences(7, row, ["sms"]).consent["sms"].granted
