@@ -14,12 +14,13 @@ from agents._io import publish_keyed_events
 from pipeline import attribution as decide
 from pipeline.app import app, clients, settings
 from pipeline.attribution_io import GoalBook, Touches
+from pipeline.erase_io import ErasedCheck
 from pipeline.batch_consumer import IDEMPOTENT_TIMEOUTS, run_forever
 from pipeline.codecs import RawRecord
 from schemas.records import UserEvent
 from schemas.topics import DELIVERY_EVENTS, USER_EVENTS
 
-touches = Touches(clients.redis())
+touches = Touches(clients.redis(), ErasedCheck(clients))
 goal_book = GoalBook(clients)
 
 

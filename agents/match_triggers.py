@@ -7,7 +7,8 @@ Output: ``journey-signals`` (``JourneySignal`` kind "events"), one record per to
 partition of each batch read, holding the events some flow needs (pipeline/journeys/matching.py:
 an entry rule they match, or members listening for them); the rest are dropped here.
 A record of another topic that is no event (no user id, no name, not JSON) is dead-lettered with
-the reason; on ``user-events`` ingest_events dead-letters those already.
+the reason; on ``user-events`` ingest_events dead-letters those already. Events of erased users
+(pipeline/erase.py) are dropped before routing out.
 At least once: the batch's offsets are committed after Kafka acknowledged its signals.
 """
 
@@ -22,6 +23,7 @@ from agents._io import send_dead_letters
 from pipeline.app import app, clients, settings
 from pipeline.batch_consumer import run_forever
 from pipeline.codecs import RawRecord, dead_letter
+from pipeline.erase_io import ErasedCheck
 from pipeline.journeys.matching import route
 from pipeline.journeys_io import FlowBook, FlowClock
 from schemas.topics import JOURNEY_SIGNALS, USER_EVENTS
@@ -29,11 +31,16 @@ from schemas.topics import JOURNEY_SIGNALS, USER_EVENTS
 log = structlog.get_logger("herald.match_triggers")
 book = FlowBook(settings, clients)
 clock = FlowClock(settings, clients)
+erased_check = ErasedCheck(clients)
 
 
 async def match_batch(raws: list[RawRecord]) -> None:
     index, now = await book.refresh(), await clock.now()
     routed = route([(r.topic, r.key, r.value) for r in raws], index, now, JOURNEY_SIGNALS.partitions)
+    erased = await erased_check.among(e["u"] for events in routed.signals.values() for e in events)
+    if erased:  # an erased person enters no journey again (pipeline/erase.py)
+        routed.signals = {k: kept for k, events in routed.signals.items()
+                          if (kept := [e for e in events if e["u"] not in erased])}
     producer = await clients.producer()
     futures = [await producer.send(JOURNEY_SIGNALS.name, orjson.dumps({"kind": "events", "partition": p, "topic": topic,
                                                                        "events": events}),

@@ -52,6 +52,7 @@ class UserExport(BaseModel):
     messages: list[dict[str, Any]]
     last_messages: dict[str, str]
     inbox: list[Any]
+    journeys: dict[str, Any] = Field(description="Flow id (j<journey> or c<triggered campaign>) → the person's place")
     audit: list[dict[str, Any]]
 
 
@@ -128,11 +129,12 @@ async def get_erasure(request: Request) -> Response:
 @require_role("admin")
 @operation("Everything Herald holds about a person (GDPR Art. 15, 20)", responses={200: UserExport})
 async def export_user(request: Request) -> Response:
-    """Profile, preferences and consent, events, messages, segments, unsubscribes, inbox and audit entries."""
+    """Profile, preferences and consent, events, messages, segments, unsubscribes, inbox, journeys and audit entries."""
     user_id = _user_id(request)
     state = request.app.state
+    journeys = await erase_io.journey_state(state.settings.kafka_brokers, user_id)
     export = await erase_io.export_user(state.postgres, state.pii, state.cassandra,
-                                        state.settings.cassandra_keyspace, state.redis, user_id)
+                                        state.settings.cassandra_keyspace, state.redis, user_id, journeys=journeys)
     if export is None:
         raise ApiError(404, "not_found", "no such user")
     async with state.postgres.acquire() as conn:

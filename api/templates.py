@@ -39,6 +39,7 @@ from api.openapi import NO_BODY, PAGED, STR, operation
 from pipeline import audit
 from pipeline.channels import Message, open_channel
 from pipeline.content.store import COLUMNS, template_record
+from pipeline.email_footer import with_footer
 from pipeline.content.validate import (
     all_texts,
     content_problems,
@@ -487,7 +488,7 @@ def _render(request: Request, record: dict[str, Any], ask: PreviewRequest, profi
     system = {
         "message_id": message_id,
         "variant": ask.variant or "A",
-        "unsubscribe_url": f"{request.app.state.settings.public_url}/unsubscribe?preview=1",
+        "unsubscribe_url": _preview_unsubscribe_url(request.app.state.settings),
     }
     try:
         variables = message_variables(profile, ask.variables, system)
@@ -540,6 +541,10 @@ def _recipient(channel: str, to: str | None, profile: dict[str, Any], user_id: i
     return to
 
 
+def _preview_unsubscribe_url(settings) -> str:
+    return f"{settings.public_url}/unsubscribe?preview=1"
+
+
 @require_role(*EDITORS)
 @operation("Send one test message", body=TestSendRequest, responses={200: TestSendResult})
 async def test_send(request: Request) -> Response:
@@ -560,7 +565,10 @@ async def test_send(request: Request) -> Response:
     if problems:
         raise _invalid([(f"parts.{part}", reason) for part, reason in problems])
     settings = request.app.state.settings
-    message = Message(channel=channel, to=to, parts=rendered.parts, message_id=message_id,
+    parts = rendered.parts
+    if channel == "email":  # as every campaign email ends (pipeline/email_footer.py), with the preview's link
+        parts = with_footer(parts, settings.sender_postal_address, _preview_unsubscribe_url(settings))
+    message = Message(channel=channel, to=to, parts=parts, message_id=message_id,
                       user_id=ask.user_id, headers={"X-Herald-Test-Send": "1"} if channel == "email" else {})
     async with open_channel(channel, settings, redis=request.app.state.redis) as adapter:
         result = await adapter.send(message)
@@ -578,7 +586,7 @@ async def test_send(request: Request) -> Response:
                                                     f"(worth retrying): {result.reason}")
     return JSONResponse(TestSendResult(
         status="sent", channel=channel, to=to, message_id=message_id, provider_id=result.provider_id,
-        language=rendered.language, variant=rendered.variant, parts=rendered.parts,
+        language=rendered.language, variant=rendered.variant, parts=parts,
     ).model_dump(mode="json"))
 
 

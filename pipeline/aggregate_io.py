@@ -22,6 +22,7 @@ from cassandra.query import BatchStatement, BatchType
 
 from pipeline import aggregate as decide
 from pipeline import erase
+from pipeline import erase_io
 from pipeline import metrics
 from pipeline.sinks import until_stored
 from pipeline.stores.cassandra import run_async
@@ -289,6 +290,7 @@ class AggregateIO:
         self._completion: Completion | None = None
         self._log: MessageLog | None = None
         self._hourly: HourlyMetrics | None = None
+        self.erased = erase_io.ErasedCheck(clients)
 
     @property
     def hourly(self) -> HourlyMetrics:
@@ -320,6 +322,10 @@ class AggregateIO:
         if events:
             message_log = await self.message_log()
             await until_stored(lambda: message_log.write(events), "message_log")
+            # Erased meanwhile (pipeline/erase.py): the rows just written go again (checked after the write).
+            for user_id in sorted(await self.erased.among(e.user_id for e in events)):
+                await until_stored(lambda u=user_id: erase_io.erase_messages(message_log.session, self.keyspace, u),
+                                   "message_log.erase")
 
 
 class HourlyMetrics:

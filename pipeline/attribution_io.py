@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from redis.asyncio import Redis
 
 from pipeline import attribution as decide
+from pipeline.erase_io import ErasedCheck
 from pipeline.sinks import until_stored
 from pipeline.worker_clients import WorkerClients
 from schemas.encoding import from_json
@@ -23,8 +24,11 @@ from schemas.messages import DeliveryEvent
 
 
 class Touches:
-    def __init__(self, redis: Redis) -> None:
+    """``erased``: checked after each write of touches, whose erased users lose them again (pipeline/erase.py)."""
+
+    def __init__(self, redis: Redis, erased: ErasedCheck | None = None) -> None:
         self.redis = redis
+        self.erased = erased
 
     async def record_raw(self, values: list[bytes | None]) -> None:
         """The touches of raw delivery-events values, parsed in a thread (off the worker's event loop)."""
@@ -41,6 +45,9 @@ class Touches:
                 pipe.expire(touch_key(user), decide.TOUCH_TTL_S)
             await pipe.execute()
         await until_stored(write, "attribution.touches")
+        gone = await self.erased.among(touches) if self.erased is not None else set()
+        if gone:
+            await until_stored(lambda: self.redis.delete(*(touch_key(u) for u in gone)), "attribution.erase")
 
     async def read(self, users: Iterable[int]) -> dict[int, dict]:
         users = list(dict.fromkeys(users))

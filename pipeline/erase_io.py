@@ -4,7 +4,8 @@
                 unsubscribes, audit_log (read for the export)
     Cassandra   user_events (by (user, month)), message_log (found through message_log_by_user)
     Redis       touch:{user}, inbox:{user}, flow:{flow}:exit:{user}
-    Kafka       tombstones on user-profiles and preference-updates; one UserErasure on user-erasures
+    Kafka       tombstones on user-profiles and preference-updates; one UserErasure on user-erasures;
+                the journey_state changelog read for the export (the user's partition, their last record)
 
 ``user_profile`` is the one reader of a person's ``users`` row (the export and the erasure's address
 hashes read it), so that a profile stored encrypted is decrypted in one place.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -29,11 +31,13 @@ from pipeline import erase as decide
 from pipeline.codecs import Decoded
 from pipeline.explode import pack_codes, pack_ids, unpack_codes, unpack_ids
 from pipeline.metrics import log_shard
+from pipeline.signing import signing_key
 from pipeline.stores.cassandra import run_async
+from pipeline.worker_clients import WorkerClients
 from schemas.encoding import to_json
 from schemas.keys import flow_exit_key, inbox_key, touch_key
 from schemas.preferences import preference_key
-from schemas.topics import PREFERENCE_UPDATES, USER_ERASURES, USER_PROFILES
+from schemas.topics import JOURNEY_STATE, PREFERENCE_UPDATES, USER_ERASURES, USER_PROFILES
 
 # How far back user_events months and message_log days are looked for (the time series' retention).
 LOOKBACK_DAYS = 400
@@ -71,6 +75,21 @@ async def erased_markers(pool: asyncpg.Pool, key: bytes, user_ids: list[int]) ->
     rows = await pool.fetch("SELECT user_hash, erased_at FROM erased_users WHERE user_hash = ANY($1::bytea[])",
                             list(by_hash))
     return {by_hash[bytes(r["user_hash"])]: r["erased_at"] for r in rows}
+
+
+class ErasedCheck:
+    """Which of some users are erased, for the stages that write a person's state after the gate
+    (message_log, touches, inboxes). Asked AFTER the write: an erasure whose marker the check does not
+    see committed its marker after the write, so its own deletions (which follow the marker) find the
+    write; one whose marker it sees is undone by the writer. Either way nothing of the person is left."""
+
+    def __init__(self, clients: WorkerClients) -> None:
+        self.clients = clients
+        self.key = decide.marker_key(signing_key(clients.settings))
+
+    async def among(self, user_ids: Iterable[int]) -> set[int]:
+        ids = sorted({int(u) for u in user_ids if u is not None})
+        return set(await erased_markers(await self.clients.postgres(), self.key, ids)) if ids else set()
 
 
 async def forget_markers(pool: asyncpg.Pool, key: bytes, user_ids: list[int]) -> None:
@@ -223,8 +242,38 @@ def _rows(rows) -> list[dict[str, Any]]:
     return [{k: _plain(v) for k, v in dict(r).items()} for r in rows]
 
 
+async def journey_state(brokers: str, user_id: int, timeout_s: float = 30.0) -> dict[str, Any]:
+    """The user's place in every flow, as the workers' ``journey_state`` table last wrote it: their last record
+    in the table's changelog (the partition of their key; compacted, so about one record per user in it)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from pipeline.partitioning import user_partition
+
+    tp = TopicPartition(JOURNEY_STATE.name, user_partition(user_id, JOURNEY_STATE.partitions))
+    key = b'"' + str(user_id).encode() + b'"'  # the table's key codec (tables/journey_state.py)
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        latest: bytes | None = None
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while await consumer.position(tp) < end:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"reading {tp.topic} partition {tp.partition} took over {timeout_s} s")
+            for records in (await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)).values():
+                for record in records:
+                    if record.key == key:
+                        latest = record.value
+        return orjson.loads(latest) if latest else {}
+    finally:
+        await consumer.stop()
+
+
 async def export_user(pool: asyncpg.Pool, keyring: pii.Keyring, session, keyspace: str, redis: aioredis.Redis,
-                      user_id: int, today: date | None = None) -> dict[str, Any] | None:
+                      user_id: int, today: date | None = None,
+                      journeys: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Everything Herald holds about the person, or None when it holds no profile of them."""
     profile = await user_profile(pool, keyring, user_id)
     if profile is None:
@@ -256,6 +305,7 @@ async def export_user(pool: asyncpg.Pool, keyring: pii.Keyring, session, keyspac
         "messages": await user_messages(session, keyspace, user_id),
         "last_messages": {k.decode(): v.decode() for k, v in touches.items()},
         "inbox": [_plain(item.decode()) for item in inbox],
+        "journeys": journeys or {},
         "audit": _rows(audit_rows),
     }
 

@@ -59,6 +59,11 @@ class RedisInbox(ConcurrentSends):
             return SendResult.transient(f"Redis: {type(exc).__name__}: {exc}")
         return SendResult.sent(message.message_id)
 
+    async def forget(self, user_ids: Sequence[int]) -> None:
+        """Delete the inboxes of erased users (pipeline/erase.py)."""
+        if user_ids:
+            await self.redis.delete(*(inbox_key(u) for u in user_ids))
+
     async def send_many(self, messages: Sequence[Message], on_result: OnResult | None = None
                         ) -> list[SendResult]:
         """One round trip for the whole batch."""

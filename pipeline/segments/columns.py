@@ -105,6 +105,12 @@ class Column:
         n = len(order)
         self.data[:n] = self.data[:n][order]
 
+    def take(self, keep: np.ndarray, n: int) -> None:
+        """Keep only rows ``keep`` (ascending) of the first ``n``, moved to the front; the rest become null."""
+        m = len(keep)
+        self.data[:m] = self.data[:n][keep]
+        self.data[m:n] = self.null
+
     def raw(self, name: str, n: int) -> pl.Series:
         return pl.Series(name, self.data[:n])
 

@@ -12,6 +12,11 @@ from the beginning without one. Records are applied in batches every
 them). Every ``audience_snapshot_s`` a forked child writes a snapshot while
 applying goes on (``snapshot.fork_snapshot``); on exit the follower stops and
 the store is written once more, so a restart reads only what came after.
+
+Erasure (pipeline/erase.py): a tombstone on ``user-profiles`` removes the user's row; a snapshot is
+written at once and every older one deleted (they hold the user). The keyed hash of the id stays in
+``store.erased`` so that a later profile or event does not bring them back, unless it is a new
+sign-up's profile (created after the erasure).
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from config import Settings
-from pipeline.segments.snapshot import fork_snapshot, read_newest, write_snapshot
+from pipeline import erase
+from pipeline.signing import signing_key
+from pipeline.segments.columns import from_micros
+from pipeline.segments.snapshot import KEEP, fork_snapshot, read_newest, write_snapshot
 from pipeline.segments.store import AudienceStore
 from schemas.records import UserEvent, UserProfile
 from schemas.topics import USER_EVENTS, USER_PROFILES
@@ -65,6 +73,8 @@ class _Follower:
         self.snapshot_version = store.version
         self.snapshot_at = time.monotonic()
         self.child: tuple[int, int] | None = None  # (pid, store version) of a snapshot being written
+        self.erase_key = erase.marker_key(signing_key(settings))
+        self.erasing = False  # users were removed: snapshot now, and drop the older snapshots that hold them
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -104,8 +114,8 @@ class _Follower:
                     self._apply(batch)
                 if self.child is not None:
                     self._reap(os.WNOHANG)
-                elif (time.monotonic() - self.snapshot_at >= self.settings.audience_snapshot_s
-                        and self.store.version != self.snapshot_version):
+                elif self.erasing or (time.monotonic() - self.snapshot_at >= self.settings.audience_snapshot_s
+                                      and self.store.version != self.snapshot_version):
                     await self._snapshot_in_background()
             except asyncio.CancelledError:
                 raise
@@ -116,6 +126,7 @@ class _Follower:
     def _apply(self, batch: dict) -> None:
         profiles: list[UserProfile] = []
         events: list[UserEvent] = []
+        tombstones: dict[int, int] = {}  # erased user → erasure time, µs (a tombstone on user-profiles)
         for tp, messages in batch.items():
             model, into = (UserProfile, profiles) if tp.topic == USER_PROFILES.name else (UserEvent, events)
             for message in messages:
@@ -124,17 +135,41 @@ class _Follower:
                         into.append(model.model_validate_json(message.value))
                     except ValidationError:
                         pass  # dead-lettered by the ingest stage
+                elif tp.topic == USER_PROFILES.name and (message.key or b"").isdigit():
+                    tombstones[int(message.key)] = message.timestamp * 1000
             if messages:
                 self.store.offsets.setdefault(tp.topic, {})[tp.partition] = messages[-1].offset
+        if tombstones or self.store.erased:
+            profiles, events = self._screen(tombstones, profiles, events)
         # Profiles first: an event in the same batch then lands on the user's fresh row.
         self.store.apply_profiles(profiles)
         self.store.apply_events(events)
 
+    def _screen(self, tombstones: dict[int, int], profiles: list[UserProfile], events: list[UserEvent]
+                ) -> tuple[list[UserProfile], list[UserEvent]]:
+        """Erased users (pipeline/erase.py) leave the store; their later records are dropped unless a new
+        sign-up's profile (created after the erasure) brings them back."""
+        erased = self.store.erased
+        for user_id, at in tombstones.items():
+            erased[erase.user_marker(self.erase_key, user_id).hex()] = at
+        ids = {r.user_id for r in (*profiles, *events)}
+        markers = {u: from_micros(erased[m]) for u in ids
+                   if (m := erase.user_marker(self.erase_key, u).hex()) in erased}
+        keep_p, signups = erase.screen_erased([(p.user_id, p.created_at) for p in profiles], markers)
+        keep_e, _ = erase.screen_erased([(e.user_id, None) for e in events], markers)
+        for user_id in signups:
+            erased.pop(erase.user_marker(self.erase_key, user_id).hex(), None)
+        if self.store.remove_users(u for u in tombstones if u not in signups):
+            self.erasing = True
+        return ([p for p, k in zip(profiles, keep_p) if k],
+                [e for e, k in zip(events, keep_e) if k or e.user_id in signups])
+
     async def _snapshot_in_background(self) -> None:
         self.snapshot_at = time.monotonic()
-        pid = fork_snapshot(self.store, self.settings.audience_dir)
+        keep, self.erasing = (1 if self.erasing else KEEP), False
+        pid = fork_snapshot(self.store, self.settings.audience_dir, keep)
         if pid is None:
-            await self._snapshot()
+            await self._snapshot(keep)
         else:
             self.child = (pid, self.store.version)
 
@@ -150,10 +185,10 @@ class _Follower:
             else:
                 log.error("audience snapshot child failed", status=status)
 
-    async def _snapshot(self) -> None:
+    async def _snapshot(self, keep: int = KEEP) -> None:
         version = self.store.version
         try:
-            await asyncio.to_thread(write_snapshot, self.store, self.settings.audience_dir)
+            await asyncio.to_thread(write_snapshot, self.store, self.settings.audience_dir, keep)
         except OSError:
             log.exception("audience snapshot failed")
             return

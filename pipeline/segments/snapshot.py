@@ -37,8 +37,9 @@ KEEP = 2
 _PREFIX = "snapshot-"
 
 
-def write_snapshot(store: AudienceStore, directory: Path) -> Path:
-    """Write ``store`` under ``directory`` atomically; returns the snapshot's path."""
+def write_snapshot(store: AudienceStore, directory: Path, keep: int = KEEP) -> Path:
+    """Write ``store`` under ``directory`` atomically, keeping the newest ``keep`` snapshots (1 after an
+    erasure: older ones still hold the erased users); returns the snapshot's path."""
     directory.mkdir(parents=True, exist_ok=True)
     meta, arrays = store.export_state()
     temp = directory / f".tmp-{uuid.uuid4().hex}"
@@ -59,11 +60,11 @@ def write_snapshot(store: AudienceStore, directory: Path) -> Path:
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    _prune(directory)
+    _prune(directory, keep)
     return final
 
 
-def fork_snapshot(store: AudienceStore, directory: Path) -> int | None:
+def fork_snapshot(store: AudienceStore, directory: Path, keep: int = KEEP) -> int | None:
     """Start writing ``store`` in a child process; its pid, or None where fork is unavailable."""
     if not hasattr(os, "fork"):
         return None
@@ -76,7 +77,7 @@ def fork_snapshot(store: AudienceStore, directory: Path) -> int | None:
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
-        write_snapshot(store, directory)
+        write_snapshot(store, directory, keep)
         status = 0
     finally:
         os._exit(status)
@@ -106,8 +107,8 @@ def _snapshots(directory: Path) -> list[Path]:
                   key=lambda p: p.name, reverse=True)
 
 
-def _prune(directory: Path) -> None:
-    for old in _snapshots(directory)[KEEP:]:
+def _prune(directory: Path, keep: int = KEEP) -> None:
+    for old in _snapshots(directory)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     for temp in directory.glob(".tmp-*"):  # left by a writer that died, if old enough
         try:

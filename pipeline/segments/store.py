@@ -77,6 +77,9 @@ class AudienceStore:
         self._newest = NULL_TIME
         # Last applied Kafka offset per topic and partition (kept by the live follower, snapshotted).
         self.offsets: dict[str, dict[int, int]] = {}
+        # Erased users (pipeline/erase.py): hex keyed hash of the id → erasure time, µs (kept by the live
+        # follower so that a later record does not bring them back, snapshotted).
+        self.erased: dict[str, int] = {}
 
     # ── What the store knows (a FieldCatalog for parse_criteria) ──────────────
 
@@ -217,6 +220,31 @@ class AudienceStore:
         self._tail_keys = np.empty(0, dtype=np.int64)
         self._tail_rows = np.empty(0, dtype=np.int64)
         self._changed()
+
+    def remove_users(self, user_ids: Iterable[int]) -> int:
+        """Forget users entirely, their rows gone from every column (a GDPR erasure reaches the store as a
+        tombstone on user-profiles, pipeline/erase.py); returns how many were held. O(users)."""
+        wanted = np.unique(np.fromiter(user_ids, dtype=np.int64))
+        if not len(wanted) or not (self.rows_of(wanted) >= 0).any():
+            return 0
+        self.compact()
+        rows = self.rows_of(wanted)
+        rows = rows[rows >= 0]
+        n = self._n
+        keep = np.ones(n, dtype=bool)
+        keep[rows] = False
+        kept = np.flatnonzero(keep)
+        m = len(kept)
+        self._ids[:m] = self._ids[:n][kept]
+        self._ids[m:n] = 0
+        self._profile_time[:m] = self._profile_time[:n][kept]
+        self._profile_time[m:n] = NULL_TIME
+        for column in self._columns.values():
+            column.take(kept, n)
+        self._n = self._sorted = m
+        self._coarse = None
+        self._changed()
+        return len(rows)
 
     def _changed(self) -> None:
         self._version += 1
@@ -386,6 +414,7 @@ class AudienceStore:
             "format": 1, "users": n, "sorted": self._sorted, "newest": self._newest,
             "attributes": self._attributes, "events": sorted(self._events), "columns": columns,
             "offsets": {topic: {str(p): o for p, o in parts.items()} for topic, parts in self.offsets.items()},
+            "erased": dict(self.erased),
         }
         return meta, arrays
 
@@ -407,6 +436,7 @@ class AudienceStore:
         store._events = set(meta["events"])
         store.offsets = {topic: {int(p): int(o) for p, o in parts.items()}
                          for topic, parts in meta.get("offsets", {}).items()}
+        store.erased = {marker: int(at) for marker, at in meta.get("erased", {}).items()}
         store._changed()
         return store
 

@@ -12,7 +12,10 @@ For each MessageBatch (one campaign, one channel, one partition, many users):
 2. **Idempotency ledger** (one HMGET, under the batch's claim): recipients already
    acknowledged by the provider are not sent again (pipeline/send/ledger.py).
 3. **Campaign and profiles**: the campaign's content for the channel, compiled once and
-   cached; the recipients' profiles in ONE PostgreSQL query per batch.
+   cached; the recipients' profiles in ONE PostgreSQL query per batch. A recipient erased since the
+   gate let them through (pipeline/erase.py: no profile, and the erased-users marker) is suppressed
+   with reason ``erased``; after an in-app send, recipients erased meanwhile lose their inbox again
+   (checked after the write, so an erasure either sees the entry or its marker is seen here).
 4. **Render once per message to what the provider takes** (email: the MIME bytes, with
    List-Unsubscribe headers, the CAN-SPAM footer, tracked links and an open pixel), before any retry.
 5. **Rate**: tokens from the channel's bucket in Redis (pipeline/send/pacing.py, one Lua call
@@ -45,6 +48,8 @@ from redis.asyncio import Redis
 
 from config import Settings
 from pipeline import control
+from pipeline import erase as erase_rules
+from pipeline import erase_io
 from pipeline import journey_exits
 from pipeline.callbacks import callback_args
 from pipeline.campaign_state import campaign_status, load_campaign
@@ -202,6 +207,7 @@ class Sender:
         self.sleep = sleep
         key = signing_key(settings)
         self.signing_key = key
+        self.erase_key = erase_rules.marker_key(key)
         self.link_key = link_key(key)
         self.public_url = settings.public_url.rstrip("/")
         self.unsubscribe_prefix = unsubscribe_url(settings, "")
@@ -309,6 +315,13 @@ class Sender:
                     return
         needs_profile = self.channel != "webhook" or bool(plan.template.content.parts)
         profiles = await self.profiles.fetch([batch.recipients[i].user_id for i in todo]) if needs_profile else {}
+        # Erased since the gate: only a user without a profile can be (the erasure deletes it first).
+        erased = await self._erased([batch.recipients[i].user_id for i in todo
+                                     if batch.recipients[i].user_id not in profiles])
+        if erased:
+            report.events += [self._plain_event(batch, batch.recipients[i], "suppressed", erase_rules.ERASED_REASON)
+                              for i in todo if batch.recipients[i].user_id in erased]
+            todo = [i for i in todo if batch.recipients[i].user_id not in erased]
         outs: list[_Out] = []
         for i in todo:
             r = batch.recipients[i]
@@ -326,6 +339,7 @@ class Sender:
                 report.dead.append(self._dead(batch, raw, r, reason))
         results, attempts, halted = await self._deliver(batch, outs, ledger_key)
         report.sends = sum(attempts)
+        await self._forget_erased(outs, results)
         per_user: dict[int, list[int]] = {}
         for k, out in enumerate(outs):
             per_user.setdefault(out.index, []).append(k)
@@ -343,6 +357,22 @@ class Sender:
             report.events.append(event)
             if result.outcome != SENT:
                 report.dead.append(self._dead(batch, raw, r, event.reason or result.outcome))
+
+    async def _erased(self, user_ids: list[int]) -> set[int]:
+        if not user_ids:
+            return set()
+        return set(await erase_io.erased_markers(self.profiles.pool, self.erase_key, user_ids))
+
+    async def _forget_erased(self, outs: list[_Out], results: list[SendResult]) -> None:
+        """A provider that keeps the message with us (the in-app inbox) forgets recipients erased while it
+        was written: the marker is read after the write, so an erasure racing it is seen one way or the other."""
+        forget = getattr(self.adapter, "forget", None)
+        if forget is None:
+            return
+        sent = sorted({out.message.user_id for out, result in zip(outs, results) if result.outcome == SENT})
+        gone = await self._erased(sent)
+        if gone:
+            await forget(sorted(gone))
 
     # -- rendering -----------------------------------------------------------------------------
     def _messages(self, batch: MessageBatch, r: Recipient, profile: Mapping[str, Any], plan: SendPlan,

@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -146,3 +147,48 @@ async def test_periodic_snapshots_are_written_while_the_store_keeps_following(au
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_an_erasure_tombstone_removes_the_user_from_the_store_and_its_snapshots(audience_settings: Settings):
+    """GDPR erasure (pipeline/erase.py) reaches the store as a tombstone on user-profiles: the user's row goes,
+    a snapshot without them replaces every older one, and their later records do not bring them back
+    unless a new sign-up's profile (created after the erasure) does."""
+    from pipeline.segments.snapshot import read_snapshot
+
+    brokers = audience_settings.kafka_brokers
+    token, base = uuid.uuid4().hex, user_base()
+    erased, kept = base + 1, base + 2
+    async with open_audience(audience_settings) as store:
+        await caught_up(store, brokers)
+        await produce(brokers, PROFILES, [profile_record(erased, token), profile_record(kept, token)])
+        await caught_up(store, brokers)
+        assert estimate(store, probe(token)) == 2
+    assert len(list(audience_settings.audience_dir.glob("snapshot-*"))) == 1  # holds the user
+
+    async with open_audience(audience_settings) as store:
+        await produce(brokers, PROFILES, [(str(erased).encode(), None)])
+        await caught_up(store, brokers)
+        assert estimate(store, probe(token)) == 1
+        assert (store.rows_of(np.array([erased])) < 0).all()
+
+        async def only_a_snapshot_without_them() -> bool:
+            paths = list(audience_settings.audience_dir.glob("snapshot-*"))
+            return len(paths) == 1 and (read_snapshot(paths[0]).rows_of(np.array([erased])) < 0).all()
+
+        await eventually(only_a_snapshot_without_them, timeout_s=30, every_s=0.2)
+        # A late event and an old profile of theirs are dropped.
+        await produce(brokers, EVENTS, [event_record(erased, "probe_purchase")])
+        await produce(brokers, PROFILES, [profile_record(erased, token)])
+        await caught_up(store, brokers)
+        assert (store.rows_of(np.array([erased])) < 0).all() and estimate(store, probe(token)) == 1
+
+    async with open_audience(audience_settings) as store:  # the marker survives a restart from the snapshot
+        await produce(brokers, EVENTS, [event_record(erased, "probe_purchase")])
+        await caught_up(store, brokers)
+        assert (store.rows_of(np.array([erased])) < 0).all()
+        # A new sign-up under the same id comes back.
+        key, value = profile_record(erased, token)
+        signup = {**orjson.loads(value), "created_at": (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()}
+        await produce(brokers, PROFILES, [(key, orjson.dumps(signup))])
+        await caught_up(store, brokers)
+        assert estimate(store, probe(token)) == 2

@@ -137,3 +137,46 @@ def test_two_level_search_finds_what_searchsorted_finds(keys, extra, block):
         patch.setattr(store_module, "_BLOCK", block)
         found = AudienceStore()._search(keys_array, needles)
     np.testing.assert_array_equal(found, np.searchsorted(keys_array, needles))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 5000), min_size=1, max_size=80, unique=True),
+       st.lists(st.integers(1, 5000), max_size=40), st.integers(0, 3))
+def test_removing_users_leaves_exactly_the_others_with_their_own_values(ids, removed, split):
+    """Erasure (pipeline/erase.py): whatever the row order (sorted part and unsorted tail), the removed users
+    are gone from every column and every other user keeps their own values."""
+    store = AudienceStore()
+    cut = len(ids) * split // 4
+    store.apply_profiles([profile(u, country=("DE", "FR", "NZ")[u % 3], attributes={"n": u}) for u in ids[:cut]])
+    store.apply_profiles([profile(u, country=("DE", "FR", "NZ")[u % 3], attributes={"n": u}) for u in ids[cut:]])
+    store.apply_events([event(u, "buy", 1) for u in ids if u % 2])
+    gone = set(removed) & set(ids)
+    assert store.remove_users(removed) == len(gone)
+    kept = sorted(set(ids) - gone)
+    frame = store.frame().sort("user_id")
+    assert frame["user_id"].to_list() == kept
+    assert frame["country"].to_list() == [("DE", "FR", "NZ")[u % 3] for u in kept]
+    assert frame["attr.n"].to_list() == [float(u) for u in kept]
+    assert store.user_count() == len(kept)
+    assert (store.rows_of(np.array(sorted(gone), dtype=np.int64)) < 0).all()
+    assert count(store, field="n", operator="greater_than", value=0) == len(kept)
+
+
+def test_a_removed_user_comes_back_empty_when_a_record_recreates_them():
+    store = AudienceStore()
+    store.apply_profiles([profile(7, country="DE", attributes={"vip": True}), profile(8, country="FR")])
+    store.apply_events([event(7, "buy", 1)])
+    version = store.version
+    assert store.remove_users([7, 99]) == 1 and store.version != version
+    assert store.remove_users([99]) == 0
+    store.apply_profiles([profile(7, 30)])
+    row = store.frame().filter(pl.col("user_id") == 7).row(0, named=True)
+    assert row["country"] is None and row["attr.vip"] is None
+
+
+def test_snapshot_state_keeps_the_erased_markers():
+    store = AudienceStore()
+    store.apply_profiles([profile(1)])
+    store.erased["ab" * 32] = 123
+    meta, arrays = store.export_state()
+    assert AudienceStore.from_state(meta, arrays).erased == {"ab" * 32: 123}
