@@ -3,8 +3,8 @@
 How one person is erased (``DELETE /api/v1/users/{id}``, api/erasure.py):
 
     API ──► PostgreSQL   erasures row (id, user, per-store state), erased_users marker (keyed hash of the id),
-     │                   users, user_preferences, segment_members, launch_audiences (done ones rewritten
-     │                   without the user), unsubscribes (address → keyed hash, row detached from the user),
+     │                   users, user_preferences, segment_members, launch_audiences (a finished launch
+     │                   keeps no audience), unsubscribes (address → keyed hash, row detached from the user),
      │                   audit rows about them kept (the trail of the erasure itself is the legal record)
      ├──► Cassandra      user_events partitions of every month in the lookback; message_log rows deleted
      ├──► Redis          touch:{user}, inbox:{user}, flow:*:exit:{user}
@@ -111,17 +111,6 @@ def without_user(bucket: Mapping | None, user_id: int) -> dict | None:
     if not bucket or str(user_id) not in bucket:
         return None
     return {uid: entry for uid, entry in bucket.items() if uid != str(user_id)}
-
-
-def without_member(ids: Iterable[int], codes: Iterable[int], user_id: int) -> tuple[list[int], list[int]] | None:
-    """A frozen launch audience (ids and their language codes, in step) without the user, or None when
-    the user is not in it."""
-    ids, codes = list(ids), list(codes)
-    if user_id not in ids:
-        return None
-    keep = [i for i, uid in enumerate(ids) if uid != user_id]
-    return [ids[i] for i in keep], [codes[i] for i in keep]
-
 
 
 USER_BUCKET_SHIFT = 9  # message_log_by_user: 512 consecutive user ids per partition

@@ -21,7 +21,6 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 import asyncpg
-import numpy as np
 import orjson
 import redis.asyncio as aioredis
 import structlog
@@ -29,7 +28,6 @@ import structlog
 from pipeline import audit, pii
 from pipeline import erase as decide
 from pipeline.codecs import Decoded
-from pipeline.explode import pack_codes, pack_ids, unpack_codes, unpack_ids
 from pipeline.metrics import log_shard
 from pipeline.signing import signing_key
 from pipeline.stores.cassandra import run_async
@@ -146,28 +144,18 @@ async def erase_postgres(pool: asyncpg.Pool, key: bytes, keyring: pii.Keyring, u
         await conn.execute("DELETE FROM segment_members WHERE user_id = $1", user_id)
         await conn.execute("DELETE FROM user_preferences WHERE user_id = $1", user_id)
         await conn.execute("DELETE FROM users WHERE user_id = $1", user_id)
-        await _erase_launch_audiences(conn, user_id)
+        await _erase_launch_audiences(conn)
         await audit.record(conn, actor, "erase", "user", user_id, None, {"erasure_id": str(erasure_id)})
     return erasure_id
 
 
-async def _erase_launch_audiences(conn: asyncpg.Connection, user_id: int) -> None:
-    """Frozen audiences of finished launches rewritten without the user. A launch still exploding keeps its
-    audience (its checkpoint counts positions in it); the gate refuses the user's messages instead."""
-    rows = await conn.fetch("SELECT launch_id, members, language_codes FROM launch_audiences"
-                            " WHERE state <> 'exploding' AND members IS NOT NULL")
-    for row in rows:
-        ids = unpack_ids(row["members"])
-        if user_id not in ids:
-            continue
-        codes = unpack_codes(row["language_codes"]) if row["language_codes"] else [0] * len(ids)
-        kept = decide.without_member(ids.tolist(), list(codes), user_id)
-        if kept is None:
-            continue
-        await conn.execute(
-            "UPDATE launch_audiences SET members = $2, language_codes = $3, size = $4 WHERE launch_id = $1",
-            row["launch_id"], pack_ids(np.asarray(kept[0], dtype=np.int64)),
-            pack_codes(np.asarray(kept[1])) if row["language_codes"] else None, len(kept[0]))
+async def _erase_launch_audiences(conn: asyncpg.Connection) -> None:
+    """A finished launch keeps no audience (pipeline/explode_io.py drops it when done); rows finished before
+    that rule lose theirs here, instead of each erasure rewriting every audience that holds its person.
+    A launch still exploding keeps its audience (its checkpoint counts positions in it); the gate and the
+    senders refuse the erased user's messages instead."""
+    await conn.execute("UPDATE launch_audiences SET members = NULL, language_codes = NULL"
+                       " WHERE state <> 'exploding' AND members IS NOT NULL")
 
 
 async def erase_events(session, keyspace: str, user_id: int, today: date | None = None) -> None:

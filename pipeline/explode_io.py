@@ -120,8 +120,9 @@ class Exploder:
         recipients = len(ids)
         await finish_launch(redis, launch.campaign_id, recipients, expected_messages(recipients, launch.channels))
         await conn.execute(
-            "UPDATE launch_audiences SET state = 'done', next_chunk = $2, updated_at = now(), finished_at = now()"
-            " WHERE launch_id = $1", launch.launch_id, cut.chunks,
+            # The frozen audience served the explode alone: a finished launch keeps its size, not its people.
+            "UPDATE launch_audiences SET state = 'done', next_chunk = $2, updated_at = now(), finished_at = now(),"
+            " members = NULL, language_codes = NULL WHERE launch_id = $1", launch.launch_id, cut.chunks,
         )
         seconds = time.perf_counter() - started
         log.info("launch exploded", campaign_id=launch.campaign_id, launch_id=str(launch.launch_id),

@@ -75,6 +75,7 @@ class _Follower:
         self.child: tuple[int, int] | None = None  # (pid, store version) of a snapshot being written
         self.erase_key = erase.marker_key(signing_key(settings))
         self.erasing = False  # users were removed: snapshot now, and drop the older snapshots that hold them
+        self.snapshotted = bool(store.offsets)  # a snapshot of this store exists (loaded from one, or written)
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -159,8 +160,8 @@ class _Follower:
         keep_e, _ = erase.screen_erased([(e.user_id, None) for e in events], markers)
         for user_id in signups:
             erased.pop(erase.user_marker(self.erase_key, user_id).hex(), None)
-        if self.store.remove_users(u for u in tombstones if u not in signups):
-            self.erasing = True
+        if self.store.remove_users(u for u in tombstones if u not in signups) and self.snapshotted:
+            self.erasing = True  # (a store never snapshotted is in no snapshot yet)
         return ([p for p, k in zip(profiles, keep_p) if k],
                 [e for e, k in zip(events, keep_e) if k or e.user_id in signups])
 
@@ -182,6 +183,7 @@ class _Follower:
             self.child = None
             if os.waitstatus_to_exitcode(status) == 0:
                 self.snapshot_version = version
+                self.snapshotted = True
             else:
                 log.error("audience snapshot child failed", status=status)
 
@@ -195,3 +197,4 @@ class _Follower:
         finally:
             self.snapshot_at = time.monotonic()
         self.snapshot_version = version
+        self.snapshotted = True

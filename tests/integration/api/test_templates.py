@@ -337,7 +337,7 @@ async def test_test_send_email_arrives_over_smtp(tclient, keys, live, db):
     assert message["Subject"] == "Ada, 30% off" and message["X-Herald-Test-Send"] == "1"
     assert message["Message-ID"].startswith(f"<{sent['message_id']}@")
     html, text = message.get_body(("html",)).get_content(), message.get_body(("plain",)).get_content()
-    assert html.startswith("<p>Hello Ada, use <b>SUN30</b></p>") and text.startswith("Hello Ada, use SUN30\n")
+    assert html.startswith("<p>Hello Ada, use <b>SUN30</b></p>") and text.startswith("Hello Ada, use SUN30\r\n")
     # The CAN-SPAM footer, as campaign emails carry it: the sender's postal address and a way out.
     postal = tclient.app.state.settings.sender_postal_address
     assert postal and postal in text and "Unsubscribe: " in text and "Unsubscribe</a>" in html

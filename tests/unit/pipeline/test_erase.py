@@ -66,11 +66,6 @@ def test_without_user_removes_only_that_user_and_empties_to_a_tombstone():
     assert erase.without_user(None, 1) is None
 
 
-def test_without_member_keeps_languages_in_step():
-    assert erase.without_member([3, 5, 9], [0, 1, 2], 5) == ([3, 9], [0, 2])
-    assert erase.without_member([3, 5, 9], [0, 1, 2], 4) is None
-
-
 def test_log_index_rows_name_each_users_campaign_day_once():
     day = date(2026, 12, 5)
     rows = [(10, day, 5, AT, "m1", 517, "email"), (10, day, 5, AT, "m2", 517, "email"), (11, day, 3, AT, "m3", 3, "sms")]

@@ -163,7 +163,8 @@ async def test_an_erasure_tombstone_removes_the_user_from_the_store_and_its_snap
         await produce(brokers, PROFILES, [profile_record(erased, token), profile_record(kept, token)])
         await caught_up(store, brokers)
         assert estimate(store, probe(token)) == 2
-    assert len(list(audience_settings.audience_dir.glob("snapshot-*"))) == 1  # holds the user
+    assert any((read_snapshot(path).rows_of(np.array([erased])) >= 0).all()  # a snapshot holds the user
+               for path in audience_settings.audience_dir.glob("snapshot-*"))
 
     async with open_audience(audience_settings) as store:
         await produce(brokers, PROFILES, [(str(erased).encode(), None)])
@@ -173,7 +174,10 @@ async def test_an_erasure_tombstone_removes_the_user_from_the_store_and_its_snap
 
         async def only_a_snapshot_without_them() -> bool:
             paths = list(audience_settings.audience_dir.glob("snapshot-*"))
-            return len(paths) == 1 and (read_snapshot(paths[0]).rows_of(np.array([erased])) < 0).all()
+            try:
+                return len(paths) == 1 and (read_snapshot(paths[0]).rows_of(np.array([erased])) < 0).all()
+            except OSError:  # pruned while read: a newer one replaced it
+                return False
 
         await eventually(only_a_snapshot_without_them, timeout_s=30, every_s=0.2)
         # A late event and an old profile of theirs are dropped.
