@@ -95,12 +95,13 @@ async def wait_done(dsn: str, ids: list[str], timeout_s: float = 1800) -> list[a
         await conn.close()
 
 
-async def leftovers(settings, erased: list[int], campaign_id: int) -> int:
+async def leftovers(settings, erased: list[int], campaign_id: int) -> dict[str, int]:
+    """What still names an erased user, per store."""
     conn = await asyncpg.connect(settings.postgres_dsn)
+    found: dict[str, int] = {}
     try:
-        count = 0
         for table in ("users", "user_preferences", "segment_members", "unsubscribes"):
-            count += await conn.fetchval(f"SELECT count(*) FROM {table} WHERE user_id = ANY($1::bigint[])", erased)
+            found[table] = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE user_id = ANY($1::bigint[])", erased)
     finally:
         await conn.close()
     cluster, session = connect(settings)
@@ -112,10 +113,12 @@ async def leftovers(settings, erased: list[int], campaign_id: int) -> int:
                               " AND user_id = ? ALLOW FILTERING")
         for i in range(0, len(erased), 64):
             chunk = erased[i:i + 64]
-            found = await asyncio.gather(
+            rows = await asyncio.gather(
                 *(run_async(session, index, (erase.user_bucket(u), u)) for u in chunk),
                 *(run_async(session, log, (campaign_id, day, log_shard(u), u)) for u in chunk))
-            count += sum(len(list(rows)) for rows in found)
+            counts = [len(list(r)) for r in rows]
+            found["message_log_by_user"] = found.get("message_log_by_user", 0) + sum(counts[:len(chunk)])
+            found["message_log"] = found.get("message_log", 0) + sum(counts[len(chunk):])
     finally:
         await asyncio.to_thread(cluster.shutdown)
     import redis.asyncio as aioredis
@@ -124,10 +127,11 @@ async def leftovers(settings, erased: list[int], campaign_id: int) -> int:
     try:
         for i in range(0, len(erased), 1000):
             chunk = erased[i:i + 1000]
-            count += await redis.exists(*[keys.inbox_key(u) for u in chunk], *[keys.touch_key(u) for u in chunk])
+            found["inbox"] = found.get("inbox", 0) + await redis.exists(*[keys.inbox_key(u) for u in chunk])
+            found["touch"] = found.get("touch", 0) + await redis.exists(*[keys.touch_key(u) for u in chunk])
     finally:
         await redis.aclose()
-    return count
+    return found
 
 
 async def sent_after(settings, before: dict, campaign_id: int, done_at: dict[int, float]) -> tuple[int, int]:
@@ -192,7 +196,8 @@ def run(erase_n: int, keep_n: int, concurrency: int) -> dict:
         stop_api()
         bench_pipeline.stop(worker)
     return {"erased": len(rows), "p99_s": round(float(np.percentile(latencies, 99)), 3),
-            "leftover_rows": leftover, "sent_after_erase": late,
+            "leftover_rows": sum(leftover.values()), "sent_after_erase": late,
+            "leftover_by_store": {k: v for k, v in leftover.items() if v},
             "p50_s": round(float(np.percentile(latencies, 50)), 3), "erasures_per_s": round(len(rows) / all_done_s, 1),
             "requests_s": round(requests_s, 1), "refused_by_gate": refused, "recipients": n,
             "concurrency": concurrency}
