@@ -46,6 +46,10 @@ from pipeline import audit
 from pipeline.attribution import parse_touches
 from pipeline.partitioning import per_user_records
 from pipeline.pii import CONTACT_COLUMNS, email_index, sealed
+from pipeline.preferences_store import COLUMNS as _COLUMNS
+from pipeline.preferences_store import LOCK_SPACE as _LOCK_SPACE
+from pipeline.preferences_store import decoded as _decoded
+from pipeline.preferences_store import stored_values as _stored_values
 from pipeline.signing import signing_key
 from pipeline.unsubscribe import InvalidUnsubscribeToken, MalformedToken, UnsubscribeClaim, read_unsubscribe_token
 from schemas.preferences import (
@@ -68,11 +72,6 @@ from schemas.encoding import BIGINT_MAX
 log = structlog.get_logger()
 
 _PUBLISH_TIMEOUT_S = 10.0
-_LOCK_SPACE = 0x70726566  # "pref": the two-int advisory lock space, apart from the one-bigint locks
-_COLUMNS = (
-    "email_enabled, sms_enabled, push_enabled, in_app_enabled,"
-    " frequency_cap, categories, consent, updated_at, version"
-)
 # Whoever holds a valid link acts; the audit trail names the link, not an API key.
 _LINK_ACTOR = "unsubscribe-link"
 
@@ -99,27 +98,6 @@ class UnsubscribeResult(BaseModel):
 
 
 # ---- storage -------------------------------------------------------------------------------------
-
-
-def _decoded(row: asyncpg.Record | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    values = dict(row)
-    for column in ("frequency_cap", "categories", "consent"):
-        values[column] = orjson.loads(values[column]) if values[column] else {}
-    return values
-
-
-def _stored_values(prefs: Preferences) -> list[Any]:
-    explicit_consent = {c: v.model_dump(mode="json") for c, v in prefs.consent.items() if v.source != "default"}
-    return [
-        *(prefs.enabled(channel) for channel in CHANNELS),
-        orjson.dumps(prefs.frequency_cap).decode(),
-        orjson.dumps(prefs.categories).decode(),
-        orjson.dumps(explicit_consent).decode(),
-        prefs.updated_at,
-        prefs.version,
-    ]
 
 
 async def _insert(conn: asyncpg.Connection, prefs: Preferences) -> bool:

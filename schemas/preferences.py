@@ -278,6 +278,23 @@ def apply_patch(current: Preferences, patch: PreferencesPatch, source: ConsentSo
     return after
 
 
+def upstream_consent(current: Preferences, changes: Mapping[str, ConsentChange], default_at: datetime,
+                     now: datetime) -> Preferences:
+    """The consent an upstream profile carries, applied channel by channel (``at`` missing: the profile's
+    ``default_at``), except where the decision recorded is as new or newer: a profile read again (a replay,
+    a compacted topic re-read) changes nothing, and an opt-out by keyword after the sign-up form stands.
+    ``current`` itself when nothing changes."""
+    out = current
+    for channel in sorted(changes):
+        change = changes[channel]
+        at = change.at or default_at
+        old = out.consent.get(channel)
+        if old is not None and old.explicit() and old.at is not None and old.at >= at:
+            continue
+        out = record_consent(out, channel, change.granted, change.source, now, change.text_version, at)
+    return out
+
+
 def record_consent(current: Preferences, channel: str, granted: bool, source: ConsentSource, now: datetime,
                    text_version: str | None = None, at: datetime | None = None) -> Preferences:
     """The preferences with ``channel``'s consent given or withdrawn (``at``: when, if not ``now``), and the

@@ -16,6 +16,8 @@ from zoneinfo import available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from schemas.encoding import BIGINT_MAX
+from schemas.preferences import Channel as ConsentChannel
+from schemas.preferences import ConsentChange
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")  # E.164
@@ -48,6 +50,10 @@ class UserProfile(BaseModel):
     push_tokens: list[str] = Field(default_factory=list, max_length=20)
     created_at: datetime | None = None
     updated_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    # Consent the upstream system recorded (a sign-up form's SMS box...), per channel: granted, source,
+    # text_version (required when granted), at (the profile's updated_at if left out). Applied to the
+    # user's preferences unless a newer decision is recorded there (pipeline/preferences_store.py).
+    consent: dict[ConsentChannel, ConsentChange] | None = None
 
     @field_validator("email")
     @classmethod

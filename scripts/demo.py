@@ -406,6 +406,9 @@ _PRICES = tuple(p.price for p in CATALOG_BY_PRICE)
 # ── Profiles ───────────────────────────────────────────────────────────────────
 
 
+DEMO_SMS_TERMS = "demo-sms-terms-v1"
+
+
 def generate_profiles(
     count: int, seed: int, start_id: int = 1, now: datetime | None = None
 ) -> Iterator[dict]:
@@ -440,7 +443,7 @@ def _profile(user_id: int, seed: int, now_ts: int) -> dict:
         # The latest of ``purchase_count`` uniform times between signup and the lapse.
         last_purchase = created + int((active_until - created) * rng.random() ** (1 / purchase_count))
 
-    return {
+    profile = {
         "user_id": user_id,
         "email": _email(rng, first, last, user_id),
         "phone": _phone(rng, country) if rng.random() < 0.8 else None,
@@ -468,6 +471,12 @@ def _profile(user_id: int, seed: int, now_ts: int) -> dict:
         "created_at": _datetime(created),
         "updated_at": _datetime(created + int(tenure * (1 - rng.random() ** 3))),
     }
+    if profile["phone"] and profile["attributes"]["marketing_opt_in"]:
+        # The sign-up form's SMS box, as an upstream system records it (pipeline/preferences_store.py):
+        # without it SMS, which needs opt-in (Settings.gate_opt_in_channels), reaches nobody.
+        profile["consent"] = {"sms": {"granted": True, "source": "signup_form", "text_version": DEMO_SMS_TERMS,
+                                      "at": profile["created_at"]}}
+    return profile
 
 
 _ASCII = str.maketrans({"ß": "ss", "ł": "l", "Ł": "L", "ø": "o", "æ": "ae", "å": "a", " ": "", "'": ""})

@@ -34,11 +34,6 @@ def say(message: str) -> None:
     print(f"[run] {message}", flush=True)
 
 
-# The demo audience arrives through ingestion without consent records, so SMS, which needs opt-in
-# (Settings.gate_opt_in_channels), would reach none of it: the demo's workers need none unless the
-# environment says otherwise. A real deployment records consent (PATCH .../preferences "consent",
-# or an inbound START) and keeps the default.
-DEMO_CONSENT = {"HERALD_GATE_OPT_IN_CHANNELS": ""}
 
 
 def start_app_processes(settings: Settings) -> list[Proc]:
@@ -48,7 +43,7 @@ def start_app_processes(settings: Settings) -> list[Proc]:
         proc = Proc(run_dir, f"app-worker-{i}")
         if not proc.running():
             proc.spawn([sys.executable, "-m", "pipeline.worker", "worker", "-l", "info", "--without-web"],
-                       log=logs / f"worker-{i}.log", cwd=REPO, env={**DEMO_CONSENT, **os.environ})
+                       log=logs / f"worker-{i}.log", cwd=REPO, env=dict(os.environ))
         procs.append(proc)
     # Local protocol peers stand in for the channel providers (SMTP, Twilio- and
     # FCM-shaped HTTP, a batch email API, a webhook receiver) on the ports in settings.

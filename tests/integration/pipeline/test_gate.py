@@ -53,14 +53,15 @@ async def _send(settings, topic: str, p: int, key: bytes, value: bytes) -> int:
         await producer.stop()
 
 
-async def _consumed(settings, topic: str, p: int, offset: int, timeout_s: float = 90.0) -> None:
-    """Wait until the worker group committed past ``offset`` on ``topic``/``p`` (it applied the record)."""
+async def _consumed(settings, topic: str, p: int, offset: int, timeout_s: float = 90.0, stage: str | None = None) -> None:
+    """Wait until the worker group (or a bulk consumer ``stage``'s, pipeline/batch_consumer.py) committed past
+    ``offset`` on ``topic``/``p`` (it applied the record)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_brokers)
     await admin.start()
     try:
         deadline = time.monotonic() + timeout_s
         while True:
-            offsets = await admin.list_consumer_group_offsets(settings.app_id)
+            offsets = await admin.list_consumer_group_offsets(f"{settings.app_id}.{stage}" if stage else settings.app_id)
             got = offsets.get(TopicPartition(topic, p))
             if got is not None and got.offset > offset:
                 return

@@ -139,3 +139,58 @@ async def test_sms_needs_consent_stop_reaches_the_gate_within_a_second_and_start
     assert outcomes(records, cid, "after-start") == {agreed: ("queued", None)}
     got = client.get(f"/api/v1/users/{agreed}/preferences", headers=bearer(key)).json()
     assert (got["consent"]["sms"]["granted"], got["consent"]["sms"]["source"]) == (True, "sms_keyword")
+
+
+async def test_consent_an_upstream_profile_carries_reaches_the_gate_and_a_later_stop_stands(
+        consent_worker, settings, make_campaign, pipeline_pool, api):
+    """A sign-up form's SMS consent arrives with the profile on user-profiles (pipeline/preferences_store.py):
+    recorded with its source, time and text version, audited, and the gate sends; the same profile read
+    again after a STOP does not give the consent back."""
+    from schemas.records import UserProfile
+    from schemas.preferences import preference_key
+    from schemas.topics import USER_PROFILES
+
+    client, key = api
+    campaign = await make_campaign(users=60, channels=["sms"])
+    cid = campaign.campaign_id
+    p, (agreed, silent) = _one_partition(campaign, settings, 2)
+    now = datetime.now(timezone.utc)
+    if now.minute >= 58:
+        await asyncio.sleep(121)
+        now = datetime.now(timezone.utc)
+    await pipeline_pool.execute("UPDATE users SET timezone = $2 WHERE user_id = ANY($1::bigint[])",
+                                [agreed, silent], zone_at(13, now))
+    form_at = datetime.now(timezone.utc)
+    profile = UserProfile(user_id=agreed, phone=f"+1999{random.randrange(10**7, 10**8)}", timezone=zone_at(13, now),
+                          consent={"sms": {"granted": True, "source": "signup_form", "text_version": "sms-terms-v4",
+                                           "at": form_at}})
+    before = await end_offsets(settings.kafka_brokers, PREFERENCE_UPDATES.name)
+    offset = await _send(settings, USER_PROFILES.name, p, preference_key(agreed), encode(profile))
+    await _consumed(settings, USER_PROFILES.name, p, offset, stage="ingest_profiles")
+    after = await end_offsets(settings.kafka_brokers, PREFERENCE_UPDATES.name)
+    published = [tp for tp, end in after.items() if end > before.get(tp, 0)]
+    assert published  # the consent went out to the gate's preference stream
+    for tp in published:
+        await _consumed(settings, PREFERENCE_UPDATES.name, tp.partition, after[tp] - 1)
+
+    got = client.get(f"/api/v1/users/{agreed}/preferences", headers=bearer(key)).json()
+    assert got["consent"]["sms"]["granted"] is True and got["consent"]["sms"]["source"] == "signup_form"
+    assert got["consent"]["sms"]["text_version"] == "sms-terms-v4"
+    assert datetime.fromisoformat(got["consent"]["sms"]["at"]) == form_at
+    audited = await pipeline_pool.fetchval("SELECT actor FROM audit_log WHERE entity_type = 'user_preferences'"
+                                           " AND entity_id = $1 AND action = 'consent'", str(agreed))
+    assert audited == "upstream"
+
+    starts = await _starts(settings, OUTBOX["sms"].name, DELIVERY_EVENTS.name)
+    await _send(settings, MESSAGE_REQUESTS.name, p, b"k", encode(_batch(cid, p, [agreed, silent],
+                                                                          f"sms-upstream:{cid}:0", "send")))
+    records = await _read(settings, starts, cid, events=2)
+    assert outcomes(records, cid, "send") == {agreed: ("queued", None), silent: ("suppressed", "no_consent")}
+
+    # STOP through the API (as the keyword records it), then the same profile again: the STOP stands.
+    stop = {"consent": {"sms": {"granted": False, "source": "sms_keyword"}}}
+    assert client.patch(f"/api/v1/users/{agreed}/preferences", headers=bearer(key), json=stop).status_code == 200
+    offset = await _send(settings, USER_PROFILES.name, p, preference_key(agreed), encode(profile))
+    await _consumed(settings, USER_PROFILES.name, p, offset, stage="ingest_profiles")
+    got = client.get(f"/api/v1/users/{agreed}/preferences", headers=bearer(key)).json()
+    assert got["consent"]["sms"]["granted"] is False and got["sms_enabled"] is False

@@ -144,3 +144,41 @@ def test_sms_quiet_hours_follow_dst():
 def test_transactional_sms_ignores_quiet_hours():
     at = datetime(2024, 1, 15, 23, 0, tzinfo=timezone.utc)
     assert verdict(ask(at=at, quiet=sms_window(), transactional=True), granted()).status == "queued"
+
+
+# ---------------------------------------------------------------- consent an upstream profile carries
+
+
+def _change(granted: bool, at=None, source: str = "signup_form"):
+    from schemas.preferences import ConsentChange
+
+    return ConsentChange(granted=granted, source=source, text_version="v1" if granted else None, at=at)
+
+
+def test_upstream_consent_is_recorded_with_its_time_and_a_replay_changes_nothing():
+    from datetime import datetime, timedelta, timezone
+
+    from schemas.preferences import stored_preferences, upstream_consent
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = t0 + timedelta(days=3)
+    start = stored_preferences(7, None, ["sms"])
+    after = upstream_consent(start, {"sms": _change(True)}, t0, now)
+    assert after.consent["sms"].granted and after.consent["sms"].at == t0 and after.sms_enabled
+    assert after.consent["sms"].source == "signup_form" and after.consent["sms"].text_version == "v1"
+    assert "sms" in after.to_update().consented
+    assert upstream_consent(after, {"sms": _change(True)}, t0, now) is after  # the same profile again
+
+
+def test_a_newer_recorded_decision_stands_against_an_older_upstream_one():
+    from datetime import datetime, timedelta, timezone
+
+    from schemas.preferences import record_consent, stored_preferences, upstream_consent
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    granted = upstream_consent(stored_preferences(7, None, ["sms"]), {"sms": _change(True)}, t0, t0)
+    stopped = record_consent(granted, "sms", False, "sms_keyword", t0 + timedelta(hours=1))
+    assert upstream_consent(stopped, {"sms": _change(True)}, t0, t0 + timedelta(days=1)) is stopped
+    # A newer upstream decision (the person ticked the box again later) does apply.
+    again = upstream_consent(stopped, {"sms": _change(True, at=t0 + timedelta(days=2))}, t0, t0 + timedelta(days=2))
+    assert again.consent["sms"].granted and again.sms_enabled

@@ -147,6 +147,20 @@ def test_emails_are_unique_and_on_reserved_example_domains(audience):
     assert {email.rsplit("@", 1)[1] for email in emails} <= {"example.com", "example.org", "example.net"}
 
 
+def test_sms_consent_comes_with_the_profiles_of_opted_in_users_with_a_phone(audience):
+    """The sign-up form's SMS box (SMS needs opt-in): recorded for exactly those who have a phone and opted in."""
+    with_consent = 0
+    for profile, _ in audience:
+        wants = profile["phone"] is not None and profile["attributes"]["marketing_opt_in"]
+        assert ("consent" in profile) == wants, profile
+        if wants:
+            consent = UserProfile.model_validate(profile).consent["sms"]
+            assert consent.granted and consent.source == "signup_form" and consent.text_version
+            assert consent.at == profile["created_at"]
+            with_consent += 1
+    assert 0.35 < with_consent / len(audience) < 0.65
+
+
 def test_time_zones_belong_to_the_users_country(audience, zones_by_country):
     for profile, _ in audience:
         assert profile["timezone"] in zones_by_country[profile["country"]], profile
