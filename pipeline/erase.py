@@ -29,6 +29,16 @@ exists again. ingest_events drops the events of a marked user. The gate refuses 
 messages with reason ``erased``. The marker is a keyed hash so that the table is not itself a list
 of people (the id can be recomputed only with the key).
 
+In flight (pipeline/send/sender.py, aggregate_io.py, attribution_io.py, match_triggers): a message the
+gate let through just before the erasure is refused by its sender (reason ``erased``: no profile, and the
+marker); what the aggregate (message_log), the touches and the in-app inbox write for a person erased
+meanwhile is undone by the writer, which reads the marker AFTER its write (an erasure it does not see
+committed its marker later, so the erasure's own deletions find the write). An event of an erased user
+starts no journey. The audience stores drop the user on the user-profiles tombstone (pipeline/segments/
+live.py) and replace their snapshots. Known, left as they are: batches waiting in Redis (deferred by quiet
+hours, held by a pause) and the send ledger's entries keep the bare id until they are released (then
+refused) or expire. Herald writes no export file: the export is the HTTP answer itself.
+
 An unsubscribe outlives its person as ``address_hash`` = HMAC-SHA256(key, normalised address): the
 address is gone, yet the same address signing up again can be matched against it.
 """
