@@ -48,6 +48,20 @@ def _refused(exc: cb.CallbackRefused) -> ApiError:
     return ApiError(403, "invalid_signature", str(exc))
 
 
+async def signed_twilio_form(request: Request) -> dict[str, str]:
+    """The form Twilio posted, once its X-Twilio-Signature checks (400, 403, 413 and 415 otherwise)."""
+    settings = request.app.state.settings
+    params = await read_form(request)
+    # Twilio signs the URL it was given, which is the public one (not what a proxy in front of us rewrote).
+    query = request.url.query
+    url = settings.public_url.rstrip("/") + request.url.path + (f"?{query}" if query else "")
+    try:
+        cb.verify_twilio(settings.sms_auth_token, url, params, request.headers.get(cb.TWILIO_SIGNATURE))
+    except cb.CallbackRefused as exc:
+        raise _refused(exc) from None
+    return dict(params)
+
+
 async def _publish(request: Request, events: list[DeliveryEvent]) -> None:
     kafka = request.app.state.kafka
     try:
@@ -91,16 +105,7 @@ async def sendgrid_events(request: Request) -> Response:
 @operation("Twilio message status callback", responses={200: CallbackReceipt}, query=ANY_QUERY)
 async def twilio_status(request: Request) -> Response:
     """Twilio's status changes of an SMS Herald sent (delivered, undelivered, failed)."""
-    settings = request.app.state.settings
-    params = await read_form(request)
-    form = dict(params)
-    # Twilio signs the URL it was given, which is the public one (not what a proxy in front of us rewrote).
-    query = request.url.query
-    url = settings.public_url.rstrip("/") + request.url.path + (f"?{query}" if query else "")
-    try:
-        cb.verify_twilio(settings.sms_auth_token, url, params, request.headers.get(cb.TWILIO_SIGNATURE))
-    except cb.CallbackRefused as exc:
-        raise _refused(exc) from None
+    form = await signed_twilio_form(request)
     read = cb.read_twilio(form, dict(request.query_params), time.time())
     await _publish(request, read.events)
     return JSONResponse(CallbackReceipt(accepted=len(read.events), skipped=read.skipped).model_dump())

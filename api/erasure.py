@@ -23,13 +23,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.auth import require_role
-from api.errors import ApiError, FieldProblem
+from api.errors import ApiError, FieldProblem, user_id_path
 from api.openapi import operation
 from pipeline import audit
 from pipeline import erase as decide
 from pipeline import erase_io
 from pipeline.signing import signing_key
-from schemas.encoding import BIGINT_MAX
 
 
 class Erasure(BaseModel):
@@ -54,14 +53,6 @@ class UserExport(BaseModel):
     inbox: list[Any]
     journeys: dict[str, Any] = Field(description="Flow id (j<journey> or c<triggered campaign>) → the person's place")
     audit: list[dict[str, Any]]
-
-
-def _user_id(request: Request) -> int:
-    user_id = request.path_params["user_id"]
-    if not 0 < user_id <= BIGINT_MAX:
-        raise ApiError(422, "validation_error", "the user id is out of range",
-                       fields=[FieldProblem(field="user_id", reason=f"between 1 and {BIGINT_MAX}")])
-    return user_id
 
 
 def _key(request: Request) -> bytes:
@@ -94,7 +85,7 @@ async def erase_user(request: Request) -> Response:
     A profile or event of the user arriving later is dropped unless it is a new sign-up (a profile
     created after the erasure). The user's messages still queued are refused by the gate (reason erased).
     """
-    user_id = _user_id(request)
+    user_id = user_id_path(request)
     state = request.app.state
     keyspace = state.settings.cassandra_keyspace
     erasure_id = await erase_io.erase_postgres(state.postgres, _key(request), state.pii, user_id,
@@ -130,7 +121,7 @@ async def get_erasure(request: Request) -> Response:
 @operation("Everything Herald holds about a person (GDPR Art. 15, 20)", responses={200: UserExport})
 async def export_user(request: Request) -> Response:
     """Profile, preferences and consent, events, messages, segments, unsubscribes, inbox, journeys and audit entries."""
-    user_id = _user_id(request)
+    user_id = user_id_path(request)
     state = request.app.state
     journeys = await erase_io.journey_state(state.settings.kafka_brokers, user_id)
     export = await erase_io.export_user(state.postgres, state.pii, state.cassandra,

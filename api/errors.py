@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match, Route
 
 from api import inputs
+from schemas.encoding import BIGINT_MAX
 
 log = structlog.get_logger("herald.api")
 
@@ -211,3 +212,12 @@ exception_handlers = {
     ValidationError: _validation_error,
     Exception: _unexpected,
 }
+
+
+def user_id_path(request: Request) -> int:
+    """The ``{user_id:int}`` of the path, a PostgreSQL bigint (422 naming ``user_id`` otherwise)."""
+    user_id = request.path_params["user_id"]
+    if not 0 < user_id <= BIGINT_MAX:
+        raise ApiError(422, "validation_error", "the user id is out of range",
+                       fields=[FieldProblem(field="user_id", reason=f"between 1 and {BIGINT_MAX}")])
+    return user_id

@@ -25,12 +25,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from api.auth import ROLES, require_role
-from api.errors import ApiError, FieldProblem
+from api.errors import ApiError, FieldProblem, user_id_path
 from api.inputs import ascii_int
 from api.openapi import LIMIT, operation
 from pipeline.channels.in_app import INBOX_CAP
 from schemas.keys import inbox_key
-from schemas.encoding import BIGINT_MAX
 
 KEEPALIVE_S = 15.0
 
@@ -51,14 +50,6 @@ class Inbox(BaseModel):
     messages: list[InboxMessage]
 
 
-def _user_id(request: Request) -> int:
-    user_id = request.path_params["user_id"]
-    if not 0 < user_id <= BIGINT_MAX:
-        raise ApiError(422, "validation_error", "the user id is out of range",
-                       fields=[FieldProblem(field="user_id", reason=f"between 1 and {BIGINT_MAX}")])
-    return user_id
-
-
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", "50")
     limit = ascii_int(raw) or 0
@@ -72,7 +63,7 @@ def _limit(request: Request) -> int:
 @operation("A user's in-app inbox", responses={200: Inbox}, query={"limit": {**LIMIT, "maximum": INBOX_CAP}})
 async def get_inbox(request: Request) -> Response:
     """The user's in-app messages, newest first (at most ``limit``, default 50, up to the inbox's cap)."""
-    user_id = _user_id(request)
+    user_id = user_id_path(request)
     limit = _limit(request)
     entries = await request.app.state.redis.lrange(inbox_key(user_id), 0, limit - 1)
     messages = []
@@ -124,7 +115,7 @@ async def _events(request: Request, user_id: int) -> AsyncIterator[bytes]:
 @operation("Live stream of a user's new in-app messages", responses={200: "text/event-stream"})
 async def stream_inbox(request: Request) -> Response:
     """Server-sent events: one ``message`` event per new in-app message (JSON as in the inbox), live."""
-    user_id = _user_id(request)
+    user_id = user_id_path(request)
     return StreamingResponse(_events(request, user_id), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -33,6 +33,7 @@ from starlette.responses import Response
 
 from api.errors import ApiError
 from config import Settings
+from pipeline.send.pacing import REFILL_LUA
 from schemas.keys import address_limit_key, api_key_limit_key
 
 log = structlog.get_logger("herald.api")
@@ -42,27 +43,13 @@ WARN_EVERY_S = 60.0
 
 # KEYS[1] the bucket hash {tokens, ts}; ARGV rate (tokens/s), burst.
 # Returns {allowed (1|0), tokens left (floor), ms until one token, ms until the bucket is full}.
-TAKE_ONE = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local last = tonumber(state[2])
-if tokens == nil or last == nil then
-  tokens = burst
-  last = now
-end
-if now > last then
-  tokens = math.min(burst, tokens + (now - last) * rate)
-end
+TAKE_ONE = REFILL_LUA + """
 local allowed = 0
 if tokens >= 1 then
   tokens = tokens - 1
   allowed = 1
 end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', now))
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', last))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 local wait = 0
 if tokens < 1 then

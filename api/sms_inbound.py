@@ -29,12 +29,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.callbacks import _refused
-from api.errors import read_form
+from api.callbacks import signed_twilio_form
 from api.openapi import ANY_QUERY, operation
 from api.preferences import UserNotFound, change_preferences
 from api.ratelimit import limited_by_address
-from pipeline import callbacks as cb
 from pipeline.pii import phone_index
 from pipeline.sms_keywords import keyword_action
 from schemas.preferences import record_consent
@@ -54,19 +52,6 @@ def twiml(message: str | None = None) -> Response:
     return Response(body, media_type=_TWIML)
 
 
-async def _signed_form(request: Request) -> dict[str, str]:
-    """The form Twilio posted, once its X-Twilio-Signature checks (400, 403, 413 and 415 otherwise)."""
-    settings = request.app.state.settings
-    params = await read_form(request)
-    query = request.url.query
-    url = settings.public_url.rstrip("/") + request.url.path + (f"?{query}" if query else "")
-    try:
-        cb.verify_twilio(settings.sms_auth_token, url, params, request.headers.get(cb.TWILIO_SIGNATURE))
-    except cb.CallbackRefused as exc:
-        raise _refused(exc) from None
-    return dict(params)
-
-
 @limited_by_address("callbacks")
 @operation("Twilio incoming SMS webhook (STOP, START, HELP)", responses={200: _TWIML}, query=ANY_QUERY)
 async def twilio_inbound(request: Request) -> Response:
@@ -75,7 +60,7 @@ async def twilio_inbound(request: Request) -> Response:
     Form fields as Twilio posts them (``From``, ``To``, ``Body``, ``MessageSid``, and ``OptOutType`` when
     Twilio's Advanced Opt-Out is on). Answers TwiML: the reply for a keyword, else an empty Response.
     """
-    form = await _signed_form(request)
+    form = await signed_twilio_form(request)
     settings = request.app.state.settings
     action = keyword_action(form.get("Body"), form.get("OptOutType"))
     if action is None:

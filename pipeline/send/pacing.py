@@ -23,11 +23,12 @@ from schemas.keys import bucket_key, lag_key, lag_writer_key
 
 log = structlog.get_logger()
 
-# KEYS[1] bucket hash {tokens, ts}; ARGV rate, burst, wanted. Redis's own clock, so every worker agrees.
-TOKEN_BUCKET = """
+# A token bucket's refill, the start of every bucket script (this one's and api/ratelimit.py's): KEYS[1] the
+# bucket hash {tokens, ts}, ARGV[1] rate (tokens/s), ARGV[2] burst; leaves ``rate``, ``burst``, ``now`` and
+# ``last`` (the refill's time) set and ``tokens`` refilled. Redis's own clock, so every process agrees.
+REFILL_LUA = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local wanted = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -41,6 +42,11 @@ if now > last then
   tokens = math.min(burst, tokens + (now - last) * rate)
   last = now
 end
+"""
+
+# ARGV[3] wanted: returns {granted, seconds to wait for the rest}.
+TOKEN_BUCKET = REFILL_LUA + """
+local wanted = tonumber(ARGV[3])
 local granted = math.min(wanted, math.floor(tokens))
 tokens = tokens - granted
 local wait = 0
