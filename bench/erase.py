@@ -39,6 +39,7 @@ from api.app import create_app  # noqa: E402
 from config import get_settings  # noqa: E402
 from pipeline import erase  # noqa: E402
 from pipeline.metrics import log_shard  # noqa: E402
+from pipeline.pii_keys import pii_keyring  # noqa: E402
 from pipeline.stores.cassandra import connect, run_async  # noqa: E402
 from schemas import keys  # noqa: E402
 from schemas.topics import DELIVERY_EVENTS  # noqa: E402
@@ -52,9 +53,12 @@ async def make_audience(dsn: str, base: int, n: int) -> int:
     conn = await asyncpg.connect(dsn)
     try:
         ids = range(base, base + n)
+        keyring = pii_keyring(get_settings())
         await conn.copy_records_to_table(
-            "users", columns=["user_id", "email", "first_name", "language", "timezone"],
-            records=((u, f"e{u}@bench.example", "Ann", "en", "UTC") for u in ids))
+            "users", columns=["user_id", "email_enc", "email_idx", "phone_enc", "phone_idx", "first_name", "language",
+                              "timezone"],
+            records=((u, *bench_pipeline.sealed_contacts(keyring, f"e{u}@bench.example"), "Ann", "en", "UTC")
+                     for u in ids))
         segment_id = await conn.fetchval("INSERT INTO segments (name, criteria, dynamic, size) VALUES"
                                          " ($1, '{}'::jsonb, false, $2) RETURNING segment_id", f"bench-erase-{base}", n)
         await conn.copy_records_to_table("segment_members", columns=["segment_id", "user_id"],

@@ -45,6 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from config import get_settings  # noqa: E402
+from pipeline.pii import sealed  # noqa: E402
+from pipeline.pii_keys import pii_keyring  # noqa: E402
 from schemas.topics import DELIVERY_EVENTS  # noqa: E402
 from schemas import keys  # noqa: E402
 
@@ -142,15 +144,23 @@ def serve_peers(out: Path) -> None:
 # ---------------------------------------------------------------- setup
 
 
+def sealed_contacts(keyring, email: str, phone: str | None = None) -> tuple:
+    """(email_enc, email_idx, phone_enc, phone_idx) as ingestion stores them (pipeline/pii.py)."""
+    return (*sealed(keyring, "email", email), *sealed(keyring, "phone", phone))
+
+
 async def make_users(dsn: str, base: int, n: int) -> None:
-    """Users with an email, a phone and a push token each, by COPY (fast, and the launch path needs only rows)."""
+    """Users with an email, a phone (encrypted, as ingestion stores them) and a push token each, by COPY (fast,
+    and the launch path needs only rows)."""
+    keyring = pii_keyring(get_settings())
     conn = await asyncpg.connect(dsn)
     try:
         ids = range(base, base + n)
         await conn.copy_records_to_table(
-            "users", columns=["user_id", "email", "phone", "first_name", "language", "timezone", "push_tokens"],
-            records=((u, f"b{u}@bench.example", f"+1555{u % 10**7:07d}", "Ann", "en", "UTC", f"[\"tok-{u}\"]")
-                     for u in ids))
+            "users", columns=["user_id", "email_enc", "email_idx", "phone_enc", "phone_idx", "first_name", "language",
+                              "timezone", "push_tokens"],
+            records=((u, *sealed_contacts(keyring, f"b{u}@bench.example", f"+1555{u % 10**7:07d}"), "Ann", "en",
+                      "UTC", f"[\"tok-{u}\"]") for u in ids))
     finally:
         await conn.close()
 
