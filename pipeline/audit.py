@@ -35,18 +35,25 @@ async def record(
     (``"unsubscribe-link"``: the signed token was the authority), or None for
     Herald itself (the admin key bootstrap, a campaign completed by the aggregate).
     """
+    await record_many(conn, actor, action, entity_type, [(entity_id, before, after)])
+
+
+async def record_many(
+    conn: asyncpg.Connection,
+    actor: Actor | str | None,
+    action: str,
+    entity_type: str,
+    changes: list[tuple[object, dict[str, Any] | None, dict[str, Any] | None]],
+) -> None:
+    """Append one audit row per (entity id, before, after), in one round trip (``record``'s rules)."""
     if isinstance(actor, str):
         key_id, name = None, actor
     else:
         key_id, name = (actor.key_id, actor.name) if actor else (None, "herald")
-    await conn.execute(
+    await conn.executemany(
         "INSERT INTO audit_log (actor_key_id, actor, action, entity_type, entity_id, before, after)"
         " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)",
-        key_id,
-        name,
-        action,
-        entity_type,
-        None if entity_id is None else str(entity_id),
-        None if before is None else to_json(before),
-        None if after is None else to_json(after),
+        [(key_id, name, action, entity_type, None if entity_id is None else str(entity_id),
+          None if before is None else to_json(before), None if after is None else to_json(after))
+         for entity_id, before, after in changes],
     )

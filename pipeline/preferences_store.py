@@ -66,19 +66,18 @@ async def apply_profile_consent(pool: asyncpg.Pool, producer, opt_in: Collection
         return []
     ids = sorted(newest)
     now = datetime.now(timezone.utc)
-    changed: list[tuple[Preferences, Preferences, bool]] = []
+    changed: list[tuple[Preferences, Preferences]] = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, hashint8(u)) FROM unnest($2::bigint[]) AS u ORDER BY u",
                            LOCK_SPACE, ids)
         rows = {r["user_id"]: r for r in await conn.fetch(
             f"SELECT user_id, {COLUMNS} FROM user_preferences WHERE user_id = ANY($1::bigint[]) FOR UPDATE", ids)}
         for user_id in ids:
-            row = rows.get(user_id)
-            before = stored_preferences(user_id, decoded(row), opt_in)
+            before = stored_preferences(user_id, decoded(rows.get(user_id)), opt_in)
             profile = newest[user_id]
             after = upstream_consent(before, profile.consent or {}, profile.updated_at, now)
             if after is not before:
-                changed.append((before, after, row is not None))
+                changed.append((before, after))
         if not changed:
             return []
         await conn.executemany(
@@ -87,12 +86,12 @@ async def apply_profile_consent(pool: asyncpg.Pool, producer, opt_in: Collection
             f" ON CONFLICT (user_id) DO UPDATE SET ({COLUMNS}) = (EXCLUDED.email_enabled, EXCLUDED.sms_enabled,"
             " EXCLUDED.push_enabled, EXCLUDED.in_app_enabled, EXCLUDED.frequency_cap, EXCLUDED.categories,"
             " EXCLUDED.consent, EXCLUDED.updated_at, EXCLUDED.version)",
-            [(after.user_id, *stored_values(after)) for _, after, _ in changed])
-        for before, after, _ in changed:
-            await audit.record(conn, UPSTREAM_ACTOR, "consent", "user_preferences", after.user_id,
-                               before.model_dump(mode="json"), after.model_dump(mode="json"))
+            [(after.user_id, *stored_values(after)) for _, after in changed])
+        await audit.record_many(conn, UPSTREAM_ACTOR, "consent", "user_preferences",
+                                [(after.user_id, before.model_dump(mode="json"), after.model_dump(mode="json"))
+                                 for before, after in changed])
         sent = [await producer.send(PREFERENCE_UPDATES.name, orjson.dumps(after.to_update().model_dump(mode="json")),
-                                    key=preference_key(after.user_id)) for _, after, _ in changed]
+                                    key=preference_key(after.user_id)) for _, after in changed]
         for future in sent:
             await future
-    return [after for _, after, _ in changed]
+    return [after for _, after in changed]
