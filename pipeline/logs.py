@@ -71,7 +71,11 @@ def _apply() -> None:
             except Exception:  # a bad format string: leave it for logging to report
                 return record
             if "@" in message or "+" in message:
-                record.msg, record.args = redact(message), None
+                redacted = redact(message)
+                if redacted != message:
+                    # An empty tuple, not None: mode's formatter turns None into (None,) and
+                    # then fails on "msg % (None,)" (its "Logging error" at every agent's start).
+                    record.msg, record.args = redacted, ()
             return record
 
         logging.setLogRecordFactory(redacting_record)

@@ -6,6 +6,7 @@ import io
 import logging
 
 import structlog
+from mode.utils.logging import ExtensionFormatter
 
 from pipeline.logs import configure_logging, restore_logging
 from tests.helpers.logscan import find_leaks, leaks_since, log_offsets
@@ -53,3 +54,29 @@ def test_a_leak_written_through_the_configured_logging_is_redacted(tmp_path):
     assert find_leaks(text) == set()
     # Unredacted, the same line is a leak the scan reports.
     assert find_leaks("reason=550 <u77@example.test> unknown") == {"u77@example.test"}
+
+
+def test_records_made_through_the_redacting_factory_format_under_faust_s_formatter():
+    """mode's formatter (Faust's worker log) wraps args; a record the factory touched still formats."""
+    out = io.StringIO()
+    before = configure_logging(out)
+    stdlib = logging.getLogger("herald.test.mode_format")
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(ExtensionFormatter(stream=out, fmt="%(message)s"))
+    stdlib.addHandler(handler)
+    errors: list[logging.LogRecord] = []
+    raise_before, logging.raiseExceptions = logging.raiseExceptions, False
+    handle_error, handler.handleError = handler.handleError, errors.append
+    try:
+        stdlib.warning("[^---OneForOneSupervisor: (1@0x7f3a2c0d1e50)]: Starting...")
+        stdlib.warning("refused %s", "u80@example.test")
+        stdlib.warning("plain +3 offset")
+    finally:
+        handler.handleError = handle_error
+        logging.raiseExceptions = raise_before
+        stdlib.removeHandler(handler)
+        restore_logging(before)
+    assert errors == []
+    text = out.getvalue()
+    assert "(1@0x7f3a2c0d1e50)]: Starting..." in text and "refused [email]" in text
+    assert "plain +3 offset" in text
