@@ -2,7 +2,7 @@
 
 Input: ``user-profiles`` (JSON ``UserProfile``, keyed by user_id, compacted).
 Output: ``dead-letters`` for records that fail validation or that the store refuses.
-Side effects: upserts users in PostgreSQL, one statement per batch; ``user_preferences`` consent. A tombstone (an erasure's,
+Side effects: upserts users in PostgreSQL, one statement per batch. A tombstone (an erasure's,
 pipeline/erase.py: the API already deleted the row) is skipped; a profile of an erased user is
 dropped unless it is a new sign-up, which clears the erasure's marker. Runs as a bulk
 consumer task of the Faust worker (see ``pipeline.batch_consumer`` for why); offsets are
@@ -25,7 +25,6 @@ from pipeline.stores.postgres import upsert_users
 from schemas.records import UserProfile
 
 keyring = pii_keyring(settings)
-opt_in = [c.strip() for c in settings.gate_opt_in_channels.split(",") if c.strip()]
 
 
 async def ingest_batch(raws: list[RawRecord]) -> None:
@@ -35,7 +34,7 @@ async def ingest_batch(raws: list[RawRecord]) -> None:
     refused = await store_batch(decoded, lambda profiles: upsert_users(pool, keyring, profiles), "ingest_profiles")
     gone = {(d.partition, d.offset) for d in refused}
     stored = [p for p, raw in zip(decoded.records, decoded.sources) if (raw.partition, raw.offset) not in gone]
-    await apply_profile_consent(pool, await clients.producer(), opt_in, stored)
+    await apply_profile_consent(pool, await clients.producer(), settings.opt_in_channels, stored)
     await send_dead_letters(decoded.dead + refused)
 
 

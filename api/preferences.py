@@ -46,10 +46,7 @@ from pipeline import audit
 from pipeline.attribution import parse_touches
 from pipeline.partitioning import per_user_records
 from pipeline.pii import CONTACT_COLUMNS, email_index, sealed
-from pipeline.preferences_store import COLUMNS as _COLUMNS
-from pipeline.preferences_store import LOCK_SPACE as _LOCK_SPACE
-from pipeline.preferences_store import decoded as _decoded
-from pipeline.preferences_store import stored_values as _stored_values
+from pipeline.preferences_store import COLUMNS, LOCK_SPACE, decoded, stored_values
 from pipeline.signing import signing_key
 from pipeline.unsubscribe import InvalidUnsubscribeToken, MalformedToken, UnsubscribeClaim, read_unsubscribe_token
 from schemas.preferences import (
@@ -104,11 +101,11 @@ async def _insert(conn: asyncpg.Connection, prefs: Preferences) -> bool:
     """Insert the first row of a user; False if another transaction inserted it first."""
     try:
         inserted = await conn.fetchval(
-            f"INSERT INTO user_preferences (user_id, {_COLUMNS})"
+            f"INSERT INTO user_preferences (user_id, {COLUMNS})"
             " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb, $9, $10)"
             " ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
             prefs.user_id,
-            *_stored_values(prefs),
+            *stored_values(prefs),
         )
     except asyncpg.ForeignKeyViolationError:  # the user was deleted meanwhile
         raise UserNotFound from None
@@ -117,10 +114,10 @@ async def _insert(conn: asyncpg.Connection, prefs: Preferences) -> bool:
 
 async def _update(conn: asyncpg.Connection, prefs: Preferences) -> None:
     await conn.execute(
-        f"UPDATE user_preferences SET ({_COLUMNS})"
+        f"UPDATE user_preferences SET ({COLUMNS})"
         " = ($2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb, $9, $10) WHERE user_id = $1",
         prefs.user_id,
-        *_stored_values(prefs),
+        *stored_values(prefs),
     )
 
 
@@ -161,7 +158,7 @@ async def change_preferences(
     async with request.app.state.postgres.acquire() as conn, conn.transaction():
         # One change per user at a time, even before the user has a row to lock: the
         # publish inside the lock is what keeps the topic in the order of the changes.
-        await conn.execute("SELECT pg_advisory_xact_lock($1, hashint8($2))", _LOCK_SPACE, user_id)
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashint8($2))", LOCK_SPACE, user_id)
         for _ in range(3):
             user = await conn.fetchrow(f"SELECT {CONTACT_COLUMNS}, email_idx FROM users WHERE user_id = $1", user_id)
             if user is None:
@@ -169,9 +166,9 @@ async def change_preferences(
             if check_user is not None:
                 check_user(user)
             row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM user_preferences WHERE user_id = $1 FOR UPDATE", user_id
+                f"SELECT {COLUMNS} FROM user_preferences WHERE user_id = $1 FOR UPDATE", user_id
             )
-            before = stored_preferences(user_id, _decoded(row), _opt_in(request))
+            before = stored_preferences(user_id, decoded(row), request.app.state.settings.opt_in_channels)
             after = decide(before)
             if after is not before:
                 if row is not None:
@@ -215,11 +212,6 @@ def _email_index_of(request: Request, user: asyncpg.Record) -> str | None:
     return user["email_idx"] or sealed(request.app.state.pii, "email", user["email"])[1]
 
 
-def _opt_in(request: Request) -> list[str]:
-    """Channels that need consent (Settings.gate_opt_in_channels): their default shows as not granted."""
-    return [c.strip() for c in request.app.state.settings.gate_opt_in_channels.split(",") if c.strip()]
-
-
 def _not_found(user_id: int) -> ApiError:
     return ApiError(404, "not_found", f"no user {user_id}")
 
@@ -241,13 +233,14 @@ async def get_preferences(request: Request) -> Response:
     if user_id > BIGINT_MAX:
         raise _not_found(user_id)
     row = await request.app.state.postgres.fetchrow(
-        f"SELECT u.user_id AS known, p.user_id AS stored, {', '.join('p.' + c.strip() for c in _COLUMNS.split(','))}"
+        f"SELECT u.user_id AS known, p.user_id AS stored, {', '.join('p.' + c.strip() for c in COLUMNS.split(','))}"
         " FROM users u LEFT JOIN user_preferences p ON p.user_id = u.user_id WHERE u.user_id = $1",
         user_id,
     )
     if row is None:
         raise _not_found(user_id)
-    prefs = stored_preferences(user_id, _decoded(row) if row["stored"] is not None else None, _opt_in(request))
+    prefs = stored_preferences(user_id, decoded(row) if row["stored"] is not None else None,
+                               request.app.state.settings.opt_in_channels)
     return JSONResponse(prefs.model_dump(mode="json"))
 
 

@@ -266,6 +266,11 @@ class Settings(BaseSettings):
         return frozenset(c.strip().upper() for c in self.currencies.split(",") if c.strip())
 
     @property
+    def opt_in_channels(self) -> frozenset[str]:
+        """Channels that need recorded consent before anything is sent on them (``gate_opt_in_channels``)."""
+        return frozenset(c.strip() for c in self.gate_opt_in_channels.split(",") if c.strip())
+
+    @property
     def audience_dir(self) -> Path:
         return self.local_dir / "audience"
 

@@ -24,11 +24,13 @@ import asyncpg
 import orjson
 import redis.asyncio as aioredis
 import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import audit, pii
 from pipeline import erase as decide
 from pipeline.codecs import Decoded
 from pipeline.metrics import log_shard
+from pipeline.partitioning import user_partition
 from pipeline.signing import signing_key
 from pipeline.stores.cassandra import run_async
 from pipeline.worker_clients import WorkerClients
@@ -233,10 +235,6 @@ def _rows(rows) -> list[dict[str, Any]]:
 async def journey_state(brokers: str, user_id: int, timeout_s: float = 30.0) -> dict[str, Any]:
     """The user's place in every flow, as the workers' ``journey_state`` table last wrote it: their last record
     in the table's changelog (the partition of their key; compacted, so about one record per user in it)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from pipeline.partitioning import user_partition
-
     tp = TopicPartition(JOURNEY_STATE.name, user_partition(user_id, JOURNEY_STATE.partitions))
     key = b'"' + str(user_id).encode() + b'"'  # the table's key codec (tables/journey_state.py)
     consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False, group_id=None)

@@ -105,11 +105,10 @@ class GatePolicy:
             channel, window = item.split("=")
             begin, finish = window.strip().split("-")
             channel_quiet[channel.strip()] = (time.fromisoformat(begin), time.fromisoformat(finish))
-        opt_in = frozenset(filter(None, (x.strip() for x in settings.gate_opt_in_channels.split(","))))
         return cls(quiet_hours=(time.fromisoformat(start), time.fromisoformat(end)),
                    quiet_hours_by_default=settings.gate_quiet_hours_by_default, frequency_caps=caps,
                    cap_window_days=settings.gate_cap_window_days, dedup_window_s=settings.gate_dedup_window_s,
-                   opt_in_channels=opt_in, channel_quiet_hours=channel_quiet)
+                   opt_in_channels=settings.opt_in_channels, channel_quiet_hours=channel_quiet)
 
 
 DEFAULTS = GatePolicy()

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -34,8 +33,6 @@ def say(message: str) -> None:
     print(f"[run] {message}", flush=True)
 
 
-
-
 def start_app_processes(settings: Settings) -> list[Proc]:
     run_dir, logs = settings.local_dir / "run", settings.local_dir / "logs"
     procs = []
@@ -43,7 +40,7 @@ def start_app_processes(settings: Settings) -> list[Proc]:
         proc = Proc(run_dir, f"app-worker-{i}")
         if not proc.running():
             proc.spawn([sys.executable, "-m", "pipeline.worker", "worker", "-l", "info", "--without-web"],
-                       log=logs / f"worker-{i}.log", cwd=REPO, env=dict(os.environ))
+                       log=logs / f"worker-{i}.log", cwd=REPO)
         procs.append(proc)
     # Local protocol peers stand in for the channel providers (SMTP, Twilio- and
     # FCM-shaped HTTP, a batch email API, a webhook receiver) on the ports in settings.
